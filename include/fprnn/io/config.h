@@ -1,0 +1,119 @@
+// Run configuration: typed structs with the reference's defaults, read from JSON with dotted overrides.
+//
+// A config file is a JSON object with the sections below; every key is optional and unknown keys are
+// errors. Overrides on the command line use dotted paths: `model.mixer_type=kronecker`, `train.lr=1e-3`.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace fprnn {
+
+using Json = nlohmann::json;
+
+// Fixed-point solver (spec §8). Defaults are the reference FPRNN's.
+struct SolverConfig {
+  int64_t max_iter = 16;             // training cap on no-grad iterations; < 0 ⇒ random cap ⌈Gamma(4, k/16+1)⌉
+  int64_t eval_max_iter = 1000;      // evaluation cap (the reference hard-codes 1000)
+  double threshold = 0.1;            // convergence threshold on the relative ∞-norm residual
+  double outlier_quantile = 0.1;     // training stops when quantile_{1−q}(best residual) < threshold
+  double eval_outlier_quantile = 0;  // evaluation: 0 ⇒ every sample must converge (the reference)
+  double stepsize = 1.0;             // damping: y ← s·F(y) + (1−s)·y (FPRNN: 1, FP-Mamba: 0.99)
+  double stepsize_decay = 1.0;       // s ← s·decay after `decay_patience` iterations without a new best
+  int64_t decay_patience = 15;
+  double stepsize_thresh = 1e-3;     // stop when every sample's step size is below this
+  double eps = 1e-8;                 // residual denominator ‖F(y)‖∞ + eps
+  std::string eval_method = "picard";  // "picard" (iterate F) | "sequential" (dense oracle, spec §4.6)
+};
+
+// One FPRNN layer (spec §4) and its mixer (spec §7).
+struct LayerConfig {
+  int64_t d_model = 64;
+  int64_t expand = 2;                 // d_inner = expand · d_model
+  int64_t d_conv = 4;
+  std::string mixer_type = "householderproduct";  // householderproduct | dplr | kronecker | nonselective
+  int64_t mixer_rank = 1;
+  std::string mixer_ac = "silu";      // identity | relu | silu
+  int64_t mixer_proj_rank = -1;       // −1 full projection; k > 0 two-layer rank-k projection
+  bool mixer_h_dep = true;
+  bool symm_mixer = false;
+  std::string kronecker_normalization = "spectral";  // spectral | column-wise
+  bool use_short_conv = true;
+  int64_t n_backwards = 1;
+  double norm_eps = 1e-5;
+  bool weight_norm = true;            // mixer projections as weight-normalised linears (g, v), as the reference
+};
+
+struct ModelConfig {
+  LayerConfig layer;                  // flattened into the "model" section of the JSON
+  int64_t n_layers = 1;
+  int64_t pad_vocab_size_multiple = 8;
+  double backbone_norm_eps = 1e-5;    // block and final RMSNorm (mamba_ssm default)
+};
+
+// Word problems (spec §12.1, §13.1).
+struct TaskConfig {
+  std::string name = "word_problem";
+  std::string group = "S3";
+  int64_t train_length = 8;           // k: training uses lengths 2..k
+  int64_t min_train_length = 2;
+  int64_t samples_per_length = 20000; // per length; exhaustive when |G|^L is at most this
+  double train_fraction = 0.8;        // of length k (the rest is validation)
+  int64_t eval_min_length = 2;
+  int64_t eval_max_length = 32;
+  int64_t eval_length_step = 2;
+  int64_t eval_samples = 1024;        // sequences of length eval_max_length evaluated by prefix
+  bool loss_on_padding = false;       // reference: true (PAD targets count, spec §16.15); we mask them
+  uint64_t seed = 0;                  // data seed (generation and split)
+};
+
+struct TrainConfig {
+  int64_t steps = 1500;
+  int64_t batch_size = 256;
+  double lr = 3e-3;
+  double weight_decay = 0.01;
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double adam_eps = 1e-8;
+  int64_t warmup_steps = 0;
+  double min_lr_ratio = 0.0;          // cosine decays to lr · min_lr_ratio
+  double grad_clip = 1.0;             // ≤ 0 disables clipping
+  uint64_t seed = 0;                  // model init and data order
+  std::string dtype = "float32";      // compute dtype: float32 | float64 | bfloat16
+  std::string device = "cpu";
+  int64_t threads = 0;                // intra-op threads; 0 = LibTorch default
+  int64_t log_every = 25;
+  int64_t eval_every = 250;           // validation (length k) every this many steps; 0 = only at the end
+  int64_t checkpoint_every = 500;     // 0 = only at the end
+  int64_t eval_batch_size = 512;
+};
+
+struct RunConfig {
+  ModelConfig model;
+  SolverConfig solver;
+  TaskConfig task;
+  TrainConfig train;
+};
+
+Json to_json(const RunConfig& cfg);
+// Reads a full config from JSON merged over the defaults; unknown keys and wrong types throw.
+RunConfig run_config_from_json(const Json& j);
+// Checks sizes and names (throws a one-line error naming the key).
+void validate(const RunConfig& cfg);
+
+namespace config {
+
+// Parses a JSON config file; a missing or malformed file throws one clear line.
+Json load_file(const std::string& path);
+// Recursively merges `user` over `defaults`; a key absent from `defaults` throws, listing the valid keys.
+Json merge(const Json& defaults, const Json& user, const std::string& prefix = "");
+// Applies "a.b.c=value": the key must exist; the value is parsed as the existing value's type.
+void apply_override(Json& cfg, const std::string& assignment);
+// Flattened "key value" lines, aligned, for printing a resolved config.
+std::string format_table(const Json& cfg);
+
+}  // namespace config
+}  // namespace fprnn

@@ -1,0 +1,74 @@
+// Shared helpers: comparison metrics, shift, argument checks.
+#include "fprnn/common.h"
+
+namespace fprnn {
+
+double rms_ratio(const Tensor& out, const Tensor& ref) {
+  TORCH_CHECK(out.sizes() == ref.sizes(), "rms_ratio: shapes differ, ", out.sizes(), " vs ", ref.sizes());
+  const Tensor o = out.detach().to(torch::kFloat64);
+  const Tensor r = ref.detach().to(torch::kFloat64);
+  const double num = (o - r).norm().item<double>();
+  const double den = r.norm().item<double>();
+  if (den == 0.0) return o.norm().item<double>();
+  return num / den;
+}
+
+double max_abs_diff(const Tensor& out, const Tensor& ref) {
+  TORCH_CHECK(out.sizes() == ref.sizes(), "max_abs_diff: shapes differ, ", out.sizes(), " vs ", ref.sizes());
+  if (out.numel() == 0) return 0.0;
+  return (out.detach().to(torch::kFloat64) - ref.detach().to(torch::kFloat64)).abs().max().item<double>();
+}
+
+Tensor shift(const Tensor& x, int64_t n, int64_t dim) {
+  dim = dim < 0 ? dim + x.dim() : dim;
+  TORCH_CHECK(dim >= 0 && dim < x.dim(), "shift: dim ", dim, " out of range for a ", x.dim(), "-d tensor");
+  const int64_t len = x.size(dim);
+  Tensor out = torch::zeros_like(x, torch::MemoryFormat::Contiguous);
+  const int64_t k = std::min<int64_t>(std::abs(n), len);
+  if (k == len) return out;
+  if (n >= 0) {
+    out.narrow(dim, k, len - k).copy_(x.narrow(dim, 0, len - k));
+  } else {
+    out.narrow(dim, 0, len - k).copy_(x.narrow(dim, k, len - k));
+  }
+  return out;
+}
+
+void check_rank(const Tensor& t, int64_t rank, const char* op, const char* name) {
+  TORCH_CHECK(t.defined(), op, ": ", name, " is undefined");
+  TORCH_CHECK(t.dim() == rank, op, ": ", name, " must have ", rank, " dimensions, got ", t.sizes());
+}
+
+void check_floating(const Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK(t.is_floating_point(), op, ": ", name, " must be floating point, got ", t.scalar_type());
+}
+
+void check_same_shape(const Tensor& a, const Tensor& b, const char* op, const char* a_name, const char* b_name) {
+  TORCH_CHECK(a.sizes() == b.sizes(), op, ": ", a_name, " ", a.sizes(), " and ", b_name, " ", b.sizes(),
+              " must have the same shape");
+}
+
+torch::Dtype parse_dtype(const std::string& name) {
+  if (name == "float32" || name == "fp32") return torch::kFloat32;
+  if (name == "float64" || name == "fp64") return torch::kFloat64;
+  if (name == "bfloat16" || name == "bf16") return torch::kBFloat16;
+  TORCH_CHECK(false, "unknown dtype '", name, "' (valid: float32, float64, bfloat16)");
+}
+
+std::string dtype_name(torch::Dtype dtype) {
+  switch (dtype) {
+    case torch::kFloat32: return "float32";
+    case torch::kFloat64: return "float64";
+    case torch::kBFloat16: return "bfloat16";
+    case torch::kFloat16: return "float16";
+    default: return std::string(c10::toString(dtype));
+  }
+}
+
+int64_t numel(const std::vector<Tensor>& tensors) {
+  int64_t n = 0;
+  for (const auto& t : tensors) n += t.numel();
+  return n;
+}
+
+}  // namespace fprnn

@@ -1,0 +1,336 @@
+// Run configuration: JSON (de)serialisation, merging over defaults, dotted overrides, validation.
+#include "fprnn/io/config.h"
+
+#include <c10/util/Exception.h>
+
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <iomanip>
+#include <sstream>
+
+namespace fprnn {
+namespace {
+
+// Field tables: one line per key keeps JSON names, defaults and struct members in one place.
+#define FPRNN_FIELDS_SOLVER(X) \
+  X(max_iter) X(eval_max_iter) X(threshold) X(outlier_quantile) X(eval_outlier_quantile) X(stepsize) \
+  X(stepsize_decay) X(decay_patience) X(stepsize_thresh) X(eps) X(eval_method)
+#define FPRNN_FIELDS_LAYER(X) \
+  X(d_model) X(expand) X(d_conv) X(mixer_type) X(mixer_rank) X(mixer_ac) X(mixer_proj_rank) X(mixer_h_dep) \
+  X(symm_mixer) X(kronecker_normalization) X(use_short_conv) X(n_backwards) X(norm_eps) X(weight_norm)
+#define FPRNN_FIELDS_MODEL(X) X(n_layers) X(pad_vocab_size_multiple) X(backbone_norm_eps)
+#define FPRNN_FIELDS_TASK(X) \
+  X(name) X(group) X(train_length) X(min_train_length) X(samples_per_length) X(train_fraction) \
+  X(eval_min_length) X(eval_max_length) X(eval_length_step) X(eval_samples) X(loss_on_padding) X(seed)
+#define FPRNN_FIELDS_TRAIN(X) \
+  X(steps) X(batch_size) X(lr) X(weight_decay) X(beta1) X(beta2) X(adam_eps) X(warmup_steps) X(min_lr_ratio) \
+  X(grad_clip) X(seed) X(dtype) X(device) X(threads) X(log_every) X(eval_every) X(checkpoint_every) \
+  X(eval_batch_size)
+
+#define FPRNN_TO_JSON(field) j[#field] = s.field;
+#define FPRNN_FROM_JSON(field) get_field(j, #field, s.field, section);
+
+template <typename T>
+void get_field(const Json& j, const char* key, T& out, const std::string& section) {
+  auto it = j.find(key);
+  if (it == j.end()) return;
+  try {
+    out = it->get<T>();
+  } catch (const std::exception&) {
+    TORCH_CHECK(false, "config: ", section, ".", key, " has the wrong type (got ", it->dump(), ")");
+  }
+}
+
+// A JSON integer where a double is expected is fine; a double where an integer is expected is not.
+template <>
+void get_field<int64_t>(const Json& j, const char* key, int64_t& out, const std::string& section) {
+  auto it = j.find(key);
+  if (it == j.end()) return;
+  TORCH_CHECK(it->is_number_integer(), "config: ", section, ".", key, " must be an integer (got ", it->dump(), ")");
+  out = it->get<int64_t>();
+}
+
+template <>
+void get_field<uint64_t>(const Json& j, const char* key, uint64_t& out, const std::string& section) {
+  auto it = j.find(key);
+  if (it == j.end()) return;
+  TORCH_CHECK(it->is_number_integer() && it->get<int64_t>() >= 0, "config: ", section, ".", key,
+              " must be a non-negative integer (got ", it->dump(), ")");
+  out = it->get<uint64_t>();
+}
+
+template <>
+void get_field<double>(const Json& j, const char* key, double& out, const std::string& section) {
+  auto it = j.find(key);
+  if (it == j.end()) return;
+  TORCH_CHECK(it->is_number(), "config: ", section, ".", key, " must be a number (got ", it->dump(), ")");
+  out = it->get<double>();
+}
+
+Json solver_to_json(const SolverConfig& s) {
+  Json j;
+  FPRNN_FIELDS_SOLVER(FPRNN_TO_JSON)
+  return j;
+}
+Json model_to_json(const ModelConfig& m) {
+  Json j;
+  {
+    const LayerConfig& s = m.layer;
+    FPRNN_FIELDS_LAYER(FPRNN_TO_JSON)
+  }
+  const ModelConfig& s = m;
+  FPRNN_FIELDS_MODEL(FPRNN_TO_JSON)
+  return j;
+}
+Json task_to_json(const TaskConfig& s) {
+  Json j;
+  FPRNN_FIELDS_TASK(FPRNN_TO_JSON)
+  return j;
+}
+Json train_to_json(const TrainConfig& s) {
+  Json j;
+  FPRNN_FIELDS_TRAIN(FPRNN_TO_JSON)
+  return j;
+}
+
+std::string join_keys(const Json& obj) {
+  std::string out;
+  for (auto it = obj.begin(); it != obj.end(); ++it) {
+    if (!out.empty()) out += ", ";
+    out += it.key();
+  }
+  return out;
+}
+
+std::string format_number(double v) {
+  std::ostringstream os;
+  os << std::setprecision(10) << v;
+  return os.str();
+}
+
+void flatten(const Json& j, const std::string& prefix, std::vector<std::pair<std::string, std::string>>& rows) {
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    const std::string key = prefix.empty() ? it.key() : prefix + "." + it.key();
+    if (it->is_object()) {
+      flatten(*it, key, rows);
+    } else if (it->is_string()) {
+      rows.emplace_back(key, it->get<std::string>());
+    } else if (it->is_number_float()) {
+      rows.emplace_back(key, format_number(it->get<double>()));
+    } else {
+      rows.emplace_back(key, it->dump());
+    }
+  }
+}
+
+}  // namespace
+
+Json to_json(const RunConfig& cfg) {
+  return Json{{"model", model_to_json(cfg.model)},
+              {"solver", solver_to_json(cfg.solver)},
+              {"task", task_to_json(cfg.task)},
+              {"train", train_to_json(cfg.train)}};
+}
+
+RunConfig run_config_from_json(const Json& user) {
+  RunConfig cfg;
+  const Json j_all = config::merge(to_json(cfg), user);
+  {
+    const Json& j = j_all["model"];
+    std::string section = "model";
+    LayerConfig& s = cfg.model.layer;
+    FPRNN_FIELDS_LAYER(FPRNN_FROM_JSON)
+  }
+  {
+    const Json& j = j_all["model"];
+    std::string section = "model";
+    ModelConfig& s = cfg.model;
+    FPRNN_FIELDS_MODEL(FPRNN_FROM_JSON)
+  }
+  {
+    const Json& j = j_all["solver"];
+    std::string section = "solver";
+    SolverConfig& s = cfg.solver;
+    FPRNN_FIELDS_SOLVER(FPRNN_FROM_JSON)
+  }
+  {
+    const Json& j = j_all["task"];
+    std::string section = "task";
+    TaskConfig& s = cfg.task;
+    FPRNN_FIELDS_TASK(FPRNN_FROM_JSON)
+  }
+  {
+    const Json& j = j_all["train"];
+    std::string section = "train";
+    TrainConfig& s = cfg.train;
+    FPRNN_FIELDS_TRAIN(FPRNN_FROM_JSON)
+  }
+  return cfg;
+}
+
+namespace {
+void check_one_of(const std::string& key, const std::string& value, std::initializer_list<const char*> valid) {
+  std::string list;
+  for (const char* v : valid) {
+    if (value == v) return;
+    list += list.empty() ? v : std::string(", ") + v;
+  }
+  TORCH_CHECK(false, "config: ", key, " = '", value, "' is not known (valid: ", list, ")");
+}
+void check_positive(const std::string& key, int64_t v) {
+  TORCH_CHECK(v > 0, "config: ", key, " must be positive, got ", v);
+}
+}  // namespace
+
+void validate(const RunConfig& cfg) {
+  const LayerConfig& l = cfg.model.layer;
+  check_positive("model.d_model", l.d_model);
+  check_positive("model.expand", l.expand);
+  check_positive("model.d_conv", l.d_conv);
+  check_positive("model.mixer_rank", l.mixer_rank);
+  check_positive("model.n_layers", cfg.model.n_layers);
+  check_positive("model.pad_vocab_size_multiple", cfg.model.pad_vocab_size_multiple);
+  TORCH_CHECK(l.n_backwards >= 0, "config: model.n_backwards must be ≥ 0, got ", l.n_backwards);
+  TORCH_CHECK(l.mixer_proj_rank == -1 || l.mixer_proj_rank > 0,
+              "config: model.mixer_proj_rank must be -1 (full) or positive, got ", l.mixer_proj_rank);
+  TORCH_CHECK(l.norm_eps > 0 && cfg.model.backbone_norm_eps > 0, "config: norm eps must be positive");
+  check_one_of("model.mixer_type", l.mixer_type, {"householderproduct", "dplr", "kronecker", "nonselective"});
+  check_one_of("model.mixer_ac", l.mixer_ac, {"identity", "relu", "silu"});
+  check_one_of("model.kronecker_normalization", l.kronecker_normalization, {"spectral", "column-wise"});
+
+  const SolverConfig& s = cfg.solver;
+  TORCH_CHECK(s.max_iter != 0, "config: solver.max_iter must be non-zero (negative = randomised cap)");
+  check_positive("solver.eval_max_iter", s.eval_max_iter);
+  TORCH_CHECK(s.threshold > 0, "config: solver.threshold must be positive");
+  TORCH_CHECK(s.outlier_quantile >= 0 && s.outlier_quantile < 1, "config: solver.outlier_quantile must be in [0, 1)");
+  TORCH_CHECK(s.eval_outlier_quantile >= 0 && s.eval_outlier_quantile < 1,
+              "config: solver.eval_outlier_quantile must be in [0, 1)");
+  TORCH_CHECK(s.stepsize > 0 && s.stepsize <= 1, "config: solver.stepsize must be in (0, 1]");
+  TORCH_CHECK(s.stepsize_decay > 0 && s.stepsize_decay <= 1, "config: solver.stepsize_decay must be in (0, 1]");
+  check_positive("solver.decay_patience", s.decay_patience);
+  check_one_of("solver.eval_method", s.eval_method, {"picard", "sequential"});
+
+  const TaskConfig& t = cfg.task;
+  check_one_of("task.name", t.name, {"word_problem"});
+  TORCH_CHECK(t.min_train_length >= 1 && t.train_length >= t.min_train_length,
+              "config: task.train_length must be ≥ task.min_train_length ≥ 1, got ", t.train_length, " and ",
+              t.min_train_length);
+  check_positive("task.samples_per_length", t.samples_per_length);
+  TORCH_CHECK(t.train_fraction > 0 && t.train_fraction <= 1, "config: task.train_fraction must be in (0, 1]");
+  TORCH_CHECK(t.eval_min_length >= 1 && t.eval_max_length >= t.eval_min_length,
+              "config: task.eval_max_length must be ≥ task.eval_min_length ≥ 1");
+  check_positive("task.eval_length_step", t.eval_length_step);
+  check_positive("task.eval_samples", t.eval_samples);
+
+  const TrainConfig& r = cfg.train;
+  TORCH_CHECK(r.steps >= 0, "config: train.steps must be ≥ 0");
+  check_positive("train.batch_size", r.batch_size);
+  check_positive("train.eval_batch_size", r.eval_batch_size);
+  TORCH_CHECK(r.lr > 0 && std::isfinite(r.lr), "config: train.lr must be a positive number");
+  TORCH_CHECK(r.weight_decay >= 0, "config: train.weight_decay must be ≥ 0");
+  TORCH_CHECK(r.warmup_steps >= 0, "config: train.warmup_steps must be ≥ 0");
+  TORCH_CHECK(r.threads >= 0, "config: train.threads must be ≥ 0");
+  TORCH_CHECK(r.log_every >= 1, "config: train.log_every must be ≥ 1");
+  TORCH_CHECK(r.eval_every >= 0 && r.checkpoint_every >= 0, "config: eval_every/checkpoint_every must be ≥ 0");
+  check_one_of("train.dtype", r.dtype, {"float32", "float64", "bfloat16"});
+  check_one_of("train.device", r.device, {"cpu", "cuda"});
+}
+
+namespace config {
+
+Json load_file(const std::string& path) {
+  std::ifstream in(path);
+  TORCH_CHECK(in.good(), path, ": cannot open config file (", std::strerror(errno), ")");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  try {
+    Json j = Json::parse(ss.str(), nullptr, true, /*ignore_comments=*/true);
+    TORCH_CHECK(j.is_object(), path, ": a config file must hold a JSON object");
+    return j;
+  } catch (const Json::parse_error& e) {
+    TORCH_CHECK(false, path, ": malformed JSON (", e.what(), ")");
+  }
+}
+
+Json merge(const Json& defaults, const Json& user, const std::string& prefix) {
+  TORCH_CHECK(user.is_object(), "config: ", prefix.empty() ? "the config" : prefix, " must be an object");
+  Json out = defaults;
+  for (auto it = user.begin(); it != user.end(); ++it) {
+    const std::string key = prefix.empty() ? it.key() : prefix + "." + it.key();
+    auto d = defaults.find(it.key());
+    TORCH_CHECK(d != defaults.end(), "config: unknown key '", key, "' (valid here: ", join_keys(defaults), ")");
+    if (d->is_object()) {
+      out[it.key()] = merge(*d, *it, key);
+    } else {
+      TORCH_CHECK(!it->is_object(), "config: '", key, "' is a value, not a section");
+      out[it.key()] = *it;
+    }
+  }
+  return out;
+}
+
+void apply_override(Json& cfg, const std::string& assignment) {
+  const auto eq = assignment.find('=');
+  TORCH_CHECK(eq != std::string::npos && eq > 0, "override '", assignment, "' must look like section.key=value");
+  const std::string path = assignment.substr(0, eq);
+  const std::string value = assignment.substr(eq + 1);
+  Json* node = &cfg;
+  std::string walked;
+  size_t start = 0;
+  while (true) {
+    const auto dot = path.find('.', start);
+    const std::string part = path.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
+    TORCH_CHECK(node->is_object(), "override '", assignment, "': '", walked, "' is not a section");
+    auto it = node->find(part);
+    TORCH_CHECK(it != node->end(), "override '", assignment, "': unknown key '", walked.empty() ? "" : walked + ".",
+                part, "' (valid here: ", join_keys(*node), ")");
+    walked = walked.empty() ? part : walked + "." + part;
+    node = &*it;
+    if (dot == std::string::npos) break;
+    start = dot + 1;
+  }
+  TORCH_CHECK(!node->is_object(), "override '", assignment, "': '", path, "' is a section, name one of its keys");
+  try {
+    if (node->is_string()) {
+      *node = value;
+    } else if (node->is_boolean()) {
+      TORCH_CHECK(value == "true" || value == "false" || value == "1" || value == "0", "override '", assignment,
+                  "': expected true or false");
+      *node = (value == "true" || value == "1");
+    } else if (node->is_number_integer()) {
+      size_t used = 0;
+      const long long v = std::stoll(value, &used);
+      TORCH_CHECK(used == value.size(), "override '", assignment, "': expected an integer");
+      *node = static_cast<int64_t>(v);
+    } else if (node->is_number()) {
+      size_t used = 0;
+      const double v = std::stod(value, &used);
+      TORCH_CHECK(used == value.size(), "override '", assignment, "': expected a number");
+      *node = v;
+    } else {
+      *node = Json::parse(value);
+    }
+  } catch (const std::invalid_argument&) {
+    TORCH_CHECK(false, "override '", assignment, "': cannot parse '", value, "'");
+  } catch (const std::out_of_range&) {
+    TORCH_CHECK(false, "override '", assignment, "': '", value, "' is out of range");
+  } catch (const Json::parse_error&) {
+    TORCH_CHECK(false, "override '", assignment, "': cannot parse '", value, "'");
+  }
+}
+
+std::string format_table(const Json& cfg) {
+  std::vector<std::pair<std::string, std::string>> rows;
+  flatten(cfg, "", rows);
+  size_t width = 0;
+  for (const auto& r : rows) width = std::max(width, r.first.size());
+  std::ostringstream os;
+  for (const auto& r : rows) os << "  " << std::left << std::setw(static_cast<int>(width)) << r.first << "  " << r.second
+                                << "\n";
+  return os.str();
+}
+
+}  // namespace config
+}  // namespace fprnn

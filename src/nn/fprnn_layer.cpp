@@ -1,0 +1,189 @@
+// The FPRNN layer (spec §4): input gates, the fixed-point map F, the solve, the one-step gradient and
+// the gated output. Layout: u (B, T, d_model) → (B, T, d_model), D = expand · d_model.
+#include "fprnn/nn/fprnn_layer.h"
+
+#include "fprnn/common.h"
+#include "fprnn/ops/linrec.h"
+#include "fprnn/solver/sequential.h"
+
+namespace fprnn::nn {
+
+FPRNNLayerImpl::FPRNNLayerImpl(const LayerConfig& cfg_, const SolverConfig& solver)
+    : cfg(cfg_), solver_cfg(solver), D(cfg_.expand * cfg_.d_model) {
+  TORCH_CHECK(cfg.d_model > 0 && cfg.expand > 0, "FPRNN: d_model and expand must be positive, got ", cfg.d_model,
+              " and ", cfg.expand);
+  TORCH_CHECK(cfg.n_backwards >= 0, "FPRNN: n_backwards must be ≥ 0, got ", cfg.n_backwards);
+  const int64_t d = cfg.d_model;
+  // Plain (not weight-normalised) linears, as in the reference layer; only the mixer's are weight-normed.
+  input_trans = register_module("input_trans", Linear(d, 2 * D, false, false));
+  if (cfg.use_short_conv) {
+    conv1d_x = register_module("conv1d_x", CausalConv1d(D, cfg.d_conv));
+    conv1d_b = register_module("conv1d_b", CausalConv1d(D, cfg.d_conv));
+    conv1d_mixer = register_module("conv1d_mixer", CausalConv1d(D, cfg.d_conv));
+    conv1d_lambda = register_module("conv1d_lambda", CausalConv1d(D, cfg.d_conv));
+    conv1d_c = register_module("conv1d_c", CausalConv1d(2 * D, cfg.d_conv));
+  }
+  b_proj = register_module("b_proj", Linear(D, D, false, false));
+  lambda_proj = register_module("lambda_proj", Linear(D, D, true, false));
+  c_proj = register_module("c_proj", Linear(2 * D, D, false, false));
+  output_norm = register_module("output_norm", RMSNorm(D, cfg.norm_eps));
+  output_trans = register_module("output_trans", Linear(D, d, false, false));
+  const int64_t P = (cfg.symm_mixer || !cfg.mixer_h_dep) ? D : 2 * D;
+  mixer = make_mixer(cfg, P, D);
+  register_module("mixer", mixer);
+}
+
+FPRNNLayerImpl::Inputs FPRNNLayerImpl::prepare(const Tensor& u) {
+  TORCH_CHECK(u.dim() == 3 && u.size(2) == cfg.d_model, "FPRNN: input must be (B, T, ", cfg.d_model, "), got ",
+              u.sizes());
+  TORCH_CHECK(u.size(0) > 0 && u.size(1) > 0, "FPRNN: empty input ", u.sizes());
+  Inputs in;
+  const Tensor xz = input_trans->forward(u);
+  Tensor x = xz.narrow(2, 0, D);
+  in.z = xz.narrow(2, D, D);
+  Tensor x_b, x_lambda;
+  if (cfg.use_short_conv) {
+    // All four convolutions read the same pre-conv x.
+    in.x_mix = torch::silu(conv1d_mixer->forward(x));
+    x_b = torch::silu(conv1d_b->forward(x));
+    x_lambda = torch::silu(conv1d_lambda->forward(x));
+    x = torch::silu(conv1d_x->forward(x));
+  } else {
+    // Spec §16.23: the reference crashes on this branch; its evident intent is x in (B, T, D), no activation.
+    in.x_mix = x_b = x_lambda = x;
+  }
+  in.x = x;
+  const Tensor b = torch::silu(b_proj->forward(x_b));
+  in.bx = b * x;
+  in.lambda = torch::sigmoid(lambda_proj->forward(x_lambda));
+  in.one_minus_lambda = 1 - in.lambda;
+  return in;
+}
+
+Tensor FPRNNLayerImpl::mixer_param(const Inputs& in, const Tensor& h) const {
+  if (!cfg.mixer_h_dep) return in.x_mix;
+  const Tensor s = shift(h, 1, 1);
+  if (cfg.symm_mixer) return in.x_mix + s;
+  return torch::cat({in.x_mix, s}, -1);
+}
+
+Tensor FPRNNLayerImpl::step(const Inputs& in, const Tensor& h) {
+  const Tensor mixed = mixer->forward(mixer_param(in, h), in.bx - h);
+  return ops::linrec(in.one_minus_lambda * (mixed + h), in.lambda);
+}
+
+Tensor FPRNNLayerImpl::output(const Inputs& in, const Tensor& h) {
+  Tensor x_c;
+  if (cfg.use_short_conv) {
+    x_c = torch::silu(conv1d_c->forward(torch::cat({in.x, h}, -1)));  // sees h_t and the 3 steps before
+  } else {
+    x_c = torch::cat({in.x, shift(h, 1, 1)}, -1);
+  }
+  const Tensor c = torch::silu(c_proj->forward(x_c));
+  return output_trans->forward(output_norm->forward(torch::silu(in.z) * (c * h)));
+}
+
+Tensor FPRNNLayerImpl::solve_with(const Inputs& in, const solver::SolverOptions& opt) {
+  torch::NoGradGuard no_grad;
+  FastStep F(*this, in);
+  auto [h, stats] = solver::solve([&](const Tensor& y) { return F(y); }, torch::zeros_like(in.x), opt);
+  stats_ = stats;
+  return h;
+}
+
+Tensor FPRNNLayerImpl::solve(const Inputs& in) {
+  if (!is_training() && solver_cfg.eval_method == "sequential") {
+    torch::NoGradGuard no_grad;
+    Tensor h = solver::solve_sequential(*this, in);
+    stats_ = solver::SolveStats{};
+    stats_.iterations = 0;
+    stats_.converged = true;
+    return h;
+  }
+  const auto opt = is_training() ? solver::SolverOptions::training(solver_cfg, max_iter_override_)
+                                 : solver::SolverOptions::evaluation(solver_cfg);
+  return solve_with(in, opt);
+}
+
+Tensor FPRNNLayerImpl::finish(const Inputs& in, const Tensor& h_star) {
+  Tensor h = h_star.detach();
+  for (int64_t i = 0; i < cfg.n_backwards; ++i) h = step(in, h);
+  return output(in, h);
+}
+
+Tensor FPRNNLayerImpl::forward(const Tensor& u, Tensor* h_star) {
+  const Inputs in = prepare(u);
+  const Tensor h = solve(in).detach();
+  if (h_star != nullptr) *h_star = h;
+  return finish(in, h);
+}
+
+// ---- FastStep --------------------------------------------------------------------------------------
+
+FastStep::FastStep(FPRNNLayerImpl& layer, const FPRNNLayerImpl::Inputs& in)
+    : layer_(layer), in_(in), h_dep_(layer.cfg.mixer_h_dep) {
+  torch::NoGradGuard no_grad;
+  const auto dtype = in.x.scalar_type();
+  const int64_t D = layer.D;
+  auto projections = layer.mixer->projections();
+  if (projections.empty()) return;  // the mixer has no parameter input (non-selective)
+
+  // Stack every projection's first stage into one matrix W0 (rows0 × P) with its biases.
+  std::vector<Tensor> w0, b0;
+  int64_t row = 0;
+  for (auto& p : projections) {
+    auto& first = p->stages.front();
+    const Tensor w = first->weight().detach().to(dtype);
+    w0.push_back(w);
+    b0.push_back(first->bias.defined() ? first->bias.detach().to(dtype) : torch::zeros({w.size(0)}, w.options()));
+    Part part;
+    part.offset = row;
+    part.rows = w.size(0);
+    if (p->stages.size() == 2) {
+      auto& second = p->stages[1];
+      part.w1_t = second->weight().detach().to(dtype).t().contiguous();
+      if (second->bias.defined()) part.b1 = second->bias.detach().to(dtype);
+      single_stage_ = false;
+    }
+    parts_.push_back(part);
+    row += w.size(0);
+  }
+  const Tensor W0 = torch::cat(w0, 0);
+  const Tensor bias0 = torch::cat(b0, 0);
+  const Tensor x2d = in.x_mix.reshape({-1, D});
+  const bool concat = h_dep_ && !layer.cfg.symm_mixer;
+  const Tensor w_x = concat ? W0.narrow(1, 0, D) : W0;
+  base_ = torch::addmm(bias0, x2d, w_x.t());
+  if (h_dep_) w_h_t_ = (concat ? W0.narrow(1, D, D) : W0).t().contiguous();
+  if (!h_dep_) raw_const_ = finish(base_).view({in.x.size(0), in.x.size(1), -1});
+}
+
+Tensor FastStep::finish(const Tensor& z) const {
+  if (single_stage_) return z;
+  std::vector<Tensor> pieces;
+  for (const auto& part : parts_) {
+    Tensor piece = z.narrow(1, part.offset, part.rows);
+    if (part.w1_t.defined()) {
+      piece = part.b1.defined() ? torch::addmm(part.b1, piece, part.w1_t) : torch::mm(piece, part.w1_t);
+    }
+    pieces.push_back(piece);
+  }
+  return torch::cat(pieces, 1);
+}
+
+Tensor FastStep::raw(const Tensor& h) {
+  torch::NoGradGuard no_grad;
+  if (!base_.defined()) return torch::empty({h.size(0), h.size(1), 0}, h.options());
+  if (!h_dep_) return raw_const_;
+  const int64_t B = h.size(0), T = h.size(1), D = h.size(2);
+  const Tensor s = shift(h, 1, 1).view({-1, D});
+  const Tensor z = torch::addmm(base_, s, w_h_t_);
+  return finish(z).view({B, T, -1});
+}
+
+Tensor FastStep::operator()(const Tensor& h) {
+  const Tensor mixed = layer_.mixer->apply(raw(h), in_.bx - h);
+  return ops::linrec(in_.one_minus_lambda * (mixed + h), in_.lambda);
+}
+
+}  // namespace fprnn::nn

@@ -1,0 +1,66 @@
+// Householder-product (spec §7.1) and DPLR (§7.2) mixers: raw (…, r·n + r) = [u part, reflection i in
+// columns i·n..(i+1)·n | alpha part (r)]; u_i = normalize(act(raw_u,i), eps), α_i = σ(raw_α,i); v (…, n).
+#include "fprnn/nn/mixer.h"
+
+#include "fprnn/ops/householder.h"
+
+#include <torch/torch.h>
+
+#include <string>
+#include <vector>
+
+namespace fprnn::nn {
+namespace {
+
+void check_mixer_ac(const std::string& ac) {
+  TORCH_CHECK(ac == "identity" || ac == "relu" || ac == "silu", "unknown mixer_ac '", ac,
+              "' (valid: identity, relu, silu)");
+}
+
+}  // namespace
+
+HouseholderMixerImpl::HouseholderMixerImpl(int64_t in_features, int64_t n, int64_t rank, const std::string& ac,
+                                           int64_t proj_rank, double eps, bool weight_norm, bool sum_form)
+    : MixerImpl(in_features, n), rank(rank), ac(ac), eps(eps), sum_form(sum_form) {
+  const char* name = sum_form ? "dplr" : "householderproduct";
+  TORCH_CHECK(in_features > 0 && n > 0, name, " mixer: in_features and n must be positive, got ", in_features,
+              " and ", n);
+  TORCH_CHECK(rank >= 1, name, " mixer: mixer_rank must be at least 1, got ", rank);
+  TORCH_CHECK(eps > 0, name, " mixer: norm_eps must be positive, got ", eps);
+  check_mixer_ac(ac);
+  // Only the direction projection is low-rank; alpha_proj stays a full Linear with a bias (reference).
+  u_proj = register_module("u_proj", Projection(in_features, rank * n, proj_rank, /*bias=*/false, weight_norm));
+  alpha_proj = register_module("alpha_proj", Projection(in_features, rank, -1, /*bias=*/true, weight_norm));
+}
+
+Tensor HouseholderMixerImpl::project(const Tensor& param) {
+  return torch::cat({u_proj->forward(param), alpha_proj->forward(param)}, -1);
+}
+
+std::pair<Tensor, Tensor> HouseholderMixerImpl::factors(const Tensor& raw) const {
+  TORCH_CHECK(raw.dim() >= 1 && raw.size(-1) == raw_size(), sum_form ? "dplr" : "householderproduct",
+              " mixer: raw must be (…, ", raw_size(), "), got ", raw.sizes());
+  std::vector<int64_t> shape(raw.sizes().begin(), raw.sizes().end() - 1);
+  shape.push_back(rank);
+  const Tensor alpha = torch::sigmoid(raw.narrow(-1, rank * n, rank));
+  shape.push_back(n);
+  const Tensor u = l2_normalize(activation(raw.narrow(-1, 0, rank * n).reshape(shape), ac), -1, eps);
+  return {u, alpha};
+}
+
+Tensor HouseholderMixerImpl::apply(const Tensor& raw, const Tensor& v) {
+  const char* name = sum_form ? "dplr" : "householderproduct";
+  TORCH_CHECK(v.dim() >= 1 && v.size(-1) == n, name, " mixer: v must be (…, ", n, "), got ", v.sizes());
+  TORCH_CHECK(raw.dim() == v.dim() && raw.sizes().slice(0, raw.dim() - 1) == v.sizes().slice(0, v.dim() - 1),
+              name, " mixer: raw ", raw.sizes(), " and v ", v.sizes(), " must share their leading dimensions");
+  const auto [u, alpha] = factors(raw);
+  // Computed in the promoted dtype of raw and v; the result has v's dtype.
+  const auto dt = torch::promote_types(raw.scalar_type(), v.scalar_type());
+  const int64_t N = v.numel() / n;
+  const Tensor u2 = u.reshape({N, rank, n}).to(dt), a2 = alpha.reshape({N, rank}).to(dt);
+  const Tensor v2 = v.reshape({N, n}).to(dt);
+  const Tensor out = sum_form ? ops::dplr_apply(u2, a2, v2) : ops::householder_apply(u2, a2, v2);
+  return out.reshape(v.sizes()).to(v.scalar_type());
+}
+
+}  // namespace fprnn::nn

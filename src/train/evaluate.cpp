@@ -1,0 +1,158 @@
+// Word-problem scoring: per-batch metrics, evaluation of a set, the prefix-length sweep, CSV and table.
+#include "fprnn/train/evaluate.h"
+
+#include <chrono>
+#include <cstdio>
+#include <iomanip>
+#include <sstream>
+
+namespace fprnn::train {
+
+void BatchScore::add(const BatchScore& o) {
+  loss_sum += o.loss_sum;
+  positions += o.positions;
+  correct_positions += o.correct_positions;
+  sequences += o.sequences;
+  correct_sequences += o.correct_sequences;
+}
+
+BatchScore score_batch(const torch::Tensor& logits, const torch::Tensor& labels, int64_t pad, bool count_padding) {
+  torch::NoGradGuard no_grad;
+  const int64_t B = labels.size(0), T = labels.size(1);
+  const torch::Tensor lf = logits.to(torch::kFloat32).reshape({B * T, -1});
+  const torch::Tensor lab = labels.reshape({-1});
+  const torch::Tensor mask = count_padding ? torch::ones_like(lab, torch::kBool) : lab.ne(pad);
+  const torch::Tensor ce = torch::nn::functional::cross_entropy(
+      lf, lab, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
+  const torch::Tensor correct = lf.argmax(-1).eq(lab);
+  BatchScore s;
+  s.loss_sum = ce.masked_select(mask).sum().to(torch::kFloat64).item<double>();
+  s.positions = mask.sum().item<int64_t>();
+  s.correct_positions = (correct & mask).sum().item<int64_t>();
+  const torch::Tensor wrong = (~correct & mask).view({B, T}).any(1);
+  s.sequences = B;
+  s.correct_sequences = B - wrong.sum().item<int64_t>();
+  return s;
+}
+
+EvalResult evaluate(nn::FPLMImpl& model, const tasks::WordProblem& task, const tasks::SequenceSet& set,
+                    int64_t max_len, int64_t batch_size, bool count_padding) {
+  TORCH_CHECK(batch_size > 0, "evaluate: batch_size must be positive");
+  TORCH_CHECK(set.size() > 0, "evaluate: empty sequence set");
+  const auto start = std::chrono::steady_clock::now();
+  const bool was_training = model.is_training();
+  model.eval();
+  torch::NoGradGuard no_grad;
+  EvalResult r;
+  r.length = max_len;
+  const size_t L = model.layers.size();
+  r.iters_mean.assign(L, 0.0);
+  r.iters_max.assign(L, 0.0);
+  int64_t batches = 0;
+  BatchScore total;
+  for (int64_t first = 0; first < set.size(); first += batch_size) {
+    std::vector<int64_t> idx;
+    for (int64_t i = first; i < std::min(set.size(), first + batch_size); ++i) idx.push_back(i);
+    const tasks::Batch batch = task.make_batch(set, idx, max_len);
+    const torch::Tensor logits = model.forward(batch.input_ids);
+    total.add(score_batch(logits, batch.labels, task.vocab().pad(), count_padding));
+    const auto stats = model.last_stats();
+    for (size_t l = 0; l < L; ++l) {
+      const double it = static_cast<double>(stats[l].recorded());
+      r.iters_mean[l] += it;
+      r.iters_max[l] = std::max(r.iters_max[l], it);
+    }
+    ++batches;
+  }
+  for (auto& v : r.iters_mean) v /= static_cast<double>(batches);
+  r.sequences = total.sequences;
+  r.sequence_accuracy = total.sequence_accuracy();
+  r.token_accuracy = total.token_accuracy();
+  r.loss = total.loss();
+  if (was_training) model.train();
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return r;
+}
+
+std::vector<EvalResult> evaluate_lengths(nn::FPLMImpl& model, const tasks::WordProblem& task, const TaskConfig& cfg,
+                                         int64_t batch_size, const std::function<void(const EvalResult&)>& progress) {
+  std::vector<EvalResult> out;
+  for (int64_t len = cfg.eval_min_length; len <= cfg.eval_max_length; len += cfg.eval_length_step) {
+    out.push_back(evaluate(model, task, task.test(), len, batch_size, cfg.loss_on_padding));
+    if (progress) progress(out.back());
+  }
+  return out;
+}
+
+std::string eval_csv(const std::vector<EvalResult>& results) {
+  std::ostringstream os;
+  os << "length,sequences,sequence_accuracy,token_accuracy,loss";
+  const size_t L = results.empty() ? 0 : results.front().iters_mean.size();
+  for (size_t l = 0; l < L; ++l) os << ",iters_mean_layer" << l << ",iters_max_layer" << l;
+  os << "\n" << std::setprecision(10);
+  for (const auto& r : results) {
+    os << r.length << "," << r.sequences << "," << r.sequence_accuracy << "," << r.token_accuracy << "," << r.loss;
+    for (size_t l = 0; l < L; ++l) os << "," << r.iters_mean[l] << "," << r.iters_max[l];
+    os << "\n";
+  }
+  return os.str();
+}
+
+std::vector<EvalResult> parse_eval_csv(const std::string& text, const std::string& source) {
+  std::istringstream in(text);
+  std::string line;
+  TORCH_CHECK(std::getline(in, line) && line.rfind("length,sequences,sequence_accuracy", 0) == 0, source,
+              ": not an fprnn eval.csv (bad header)");
+  size_t columns = 1;
+  for (char c : line) columns += (c == ',');
+  TORCH_CHECK(columns >= 5 && (columns - 5) % 2 == 0, source, ": malformed header");
+  const size_t L = (columns - 5) / 2;
+  std::vector<EvalResult> out;
+  int64_t row = 1;
+  while (std::getline(in, line)) {
+    ++row;
+    if (line.empty()) continue;
+    std::vector<double> v;
+    std::stringstream ls(line);
+    std::string cell;
+    while (std::getline(ls, cell, ',')) {
+      try {
+        v.push_back(std::stod(cell));
+      } catch (const std::exception&) {
+        TORCH_CHECK(false, source, ": line ", row, ": '", cell, "' is not a number");
+      }
+    }
+    TORCH_CHECK(v.size() == columns, source, ": line ", row, " has ", v.size(), " columns, expected ", columns);
+    EvalResult r;
+    r.length = static_cast<int64_t>(v[0]);
+    r.sequences = static_cast<int64_t>(v[1]);
+    r.sequence_accuracy = v[2];
+    r.token_accuracy = v[3];
+    r.loss = v[4];
+    for (size_t l = 0; l < L; ++l) {
+      r.iters_mean.push_back(v[5 + 2 * l]);
+      r.iters_max.push_back(v[6 + 2 * l]);
+    }
+    out.push_back(r);
+  }
+  return out;
+}
+
+std::string eval_table(const std::vector<EvalResult>& results) {
+  std::ostringstream os;
+  os << "  length   seq acc   token acc     loss   iters (mean/max per layer)\n";
+  char buf[160];
+  for (const auto& r : results) {
+    std::snprintf(buf, sizeof(buf), "  %6lld   %6.1f %%   %7.1f %%   %6.3f   ", static_cast<long long>(r.length),
+                  100 * r.sequence_accuracy, 100 * r.token_accuracy, r.loss);
+    os << buf;
+    for (size_t l = 0; l < r.iters_mean.size(); ++l) {
+      std::snprintf(buf, sizeof(buf), "%s%.1f/%.0f", l ? ", " : "", r.iters_mean[l], r.iters_max[l]);
+      os << buf;
+    }
+    os << "\n";
+  }
+  return os.str();
+}
+
+}  // namespace fprnn::train

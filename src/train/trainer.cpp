@@ -1,0 +1,387 @@
+// Word-problem training runs: AdamW with no-decay groups, warmup + cosine schedule, gradient clipping,
+// randomised fixed-point caps, periodic validation and checkpoints, bit-exact resume, final length sweep.
+#include "fprnn/train/trainer.h"
+
+#include "fprnn/common.h"
+#include "fprnn/io/safetensors.h"
+#include "fprnn/solver/fixed_point.h"
+#include "fprnn/train/checkpoint.h"
+#include "fprnn/train/plot.h"
+#include "fprnn/train/schedule.h"
+
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <unistd.h>
+
+namespace fprnn::train {
+namespace fs = std::filesystem;
+
+namespace {
+
+volatile std::sig_atomic_t g_interrupted = 0;
+void on_sigint(int) { g_interrupted = 1; }
+
+// Installs the SIGINT handler for the lifetime of a training loop: the first Ctrl-C finishes the
+// current step, writes a checkpoint and returns; the previous handler is restored afterwards.
+class InterruptGuard {
+ public:
+  InterruptGuard() {
+    g_interrupted = 0;
+    previous_ = std::signal(SIGINT, on_sigint);
+  }
+  ~InterruptGuard() { std::signal(SIGINT, previous_); }
+
+ private:
+  void (*previous_)(int);
+};
+
+std::string format_duration(double seconds) {
+  if (!std::isfinite(seconds) || seconds < 0) return "?";
+  const auto s = static_cast<int64_t>(seconds + 0.5);
+  char buf[32];
+  if (s >= 3600)
+    std::snprintf(buf, sizeof(buf), "%lldh%02lldm", static_cast<long long>(s / 3600),
+                  static_cast<long long>((s % 3600) / 60));
+  else if (s >= 60)
+    std::snprintf(buf, sizeof(buf), "%lldm%02llds", static_cast<long long>(s / 60), static_cast<long long>(s % 60));
+  else
+    std::snprintf(buf, sizeof(buf), "%llds", static_cast<long long>(s));
+  return buf;
+}
+
+// Progress on one updating line on a terminal, plain lines otherwise.
+class Progress {
+ public:
+  explicit Progress(bool quiet) : quiet_(quiet), tty_(::isatty(::fileno(stderr)) != 0) {}
+  void update(const std::string& line) {
+    if (quiet_) return;
+    if (tty_) {
+      std::fprintf(stderr, "\r\033[K%s", line.c_str());
+      dirty_ = true;
+    } else {
+      std::fprintf(stderr, "%s\n", line.c_str());
+    }
+    std::fflush(stderr);
+  }
+  void message(const std::string& line) {
+    if (quiet_) return;
+    if (dirty_) std::fprintf(stderr, "\n");
+    dirty_ = false;
+    std::fprintf(stderr, "%s\n", line.c_str());
+    std::fflush(stderr);
+  }
+  ~Progress() {
+    if (dirty_) std::fprintf(stderr, "\n");
+  }
+
+ private:
+  bool quiet_, tty_, dirty_ = false;
+};
+
+std::string json_line(const Json& j) { return j.dump() + "\n"; }
+
+// Keeps the metrics lines of steps ≤ `step` (a resumed run rewrites what came after its checkpoint).
+void truncate_metrics(const std::string& path, int64_t step) {
+  std::ifstream in(path);
+  if (!in.good()) return;
+  std::string line, kept;
+  while (std::getline(in, line)) {
+    if (line.empty()) continue;
+    try {
+      if (Json::parse(line).value("step", int64_t{0}) <= step) kept += line + "\n";
+    } catch (const std::exception&) {
+      // a torn last line from an interrupted run: drop it
+    }
+  }
+  io::write_file_atomic(path, kept);
+}
+
+Json iters_json(const std::vector<double>& v) { return Json(v); }
+
+}  // namespace
+
+void apply_threads(const TrainConfig& cfg) {
+  if (cfg.threads > 0) torch::set_num_threads(static_cast<int>(cfg.threads));
+}
+
+nn::FPLM build_model(const RunConfig& cfg, int64_t vocab_size) {
+  torch::manual_seed(cfg.train.seed);
+  nn::FPLM model(cfg.model, cfg.solver, vocab_size);
+  const auto dtype = parse_dtype(cfg.train.dtype);
+  model->compute_dtype = dtype;
+  if (dtype == torch::kFloat64) model->to(torch::kFloat64);
+  return model;
+}
+
+std::vector<std::string> write_sweep(const std::string& dir, const std::vector<EvalResult>& sweep,
+                                     const RunConfig& cfg, const std::string& title) {
+  io::write_file_atomic(dir + "/eval.csv", eval_csv(sweep));
+  io::write_file_atomic(dir + "/eval_table.txt", eval_table(sweep));
+  Series s;
+  s.name = title;
+  for (const auto& r : sweep) {
+    s.length.push_back(static_cast<double>(r.length));
+    s.accuracy.push_back(r.sequence_accuracy);
+    s.iterations.push_back(r.iters_mean.empty() ? 0.0 : r.iters_mean[0]);
+  }
+  return plot_length_curves(dir + "/eval", {s}, static_cast<double>(cfg.task.train_length),
+                            cfg.task.group + ": accuracy and iterations by length");
+}
+
+TrainSummary run_training(const RunConfig& cfg, const TrainOptions& opts) {
+  validate(cfg);
+  TORCH_CHECK(cfg.train.device == "cpu", "train.device=", cfg.train.device,
+              " is not available in this build (CPU only; the CUDA path is issue #3)");
+  TORCH_CHECK(!opts.out_dir.empty(), "train: --out DIR is required");
+  apply_threads(cfg.train);
+  const std::string out = opts.out_dir;
+  const std::string ckpt_dir = out + "/checkpoints";
+  const std::string last_ckpt = ckpt_dir + "/last.safetensors";
+  const std::string metrics_path = out + "/metrics.jsonl";
+  if (opts.resume) {
+    TORCH_CHECK(fs::exists(last_ckpt), "train: nothing to resume in ", out, " (no checkpoints/last.safetensors)");
+  } else {
+    TORCH_CHECK(!fs::exists(out + "/config.json"), "train: ", out,
+                " already holds a run; pass --resume to continue it, or choose another --out");
+  }
+  Progress progress(opts.quiet);
+  const auto t_data = std::chrono::steady_clock::now();
+  tasks::WordProblem task(cfg.task);
+  const double data_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_data).count();
+  {
+    std::ostringstream os;
+    os << "data: " << cfg.task.group << " (order " << task.group().order() << "), " << task.train().size()
+       << " training / " << task.validation().size() << " validation / " << task.test().size()
+       << " test sequences, generated in " << std::fixed << std::setprecision(2) << data_seconds << " s";
+    progress.message(os.str());
+  }
+  TORCH_CHECK(task.train().size() > 0, "train: the training set is empty (check task.train_length)");
+
+  nn::FPLM model = build_model(cfg, task.vocab().size());
+  {
+    std::ostringstream os;
+    os << "model: " << cfg.model.n_layers << " × FPRNN(d_model " << cfg.model.layer.d_model << ", "
+       << cfg.model.layer.mixer_type << " r=" << cfg.model.layer.mixer_rank << "), "
+       << numel(model->parameters()) << " parameters, compute " << cfg.train.dtype;
+    progress.message(os.str());
+  }
+
+  // Only now, with the config, data and model known to be good, does anything reach the disk.
+  fs::create_directories(ckpt_dir);
+  if (!opts.resume) io::write_file_atomic(out + "/config.json", to_json(cfg).dump(2) + "\n");
+
+  // AdamW with the reference's groups: no decay for biases and norms.
+  const auto [decay_names, no_decay_names] = model->decay_groups();
+  auto params = model->named_parameters();
+  std::vector<torch::Tensor> decay, no_decay;
+  for (const auto& n : decay_names) decay.push_back(params[n]);
+  for (const auto& n : no_decay_names) no_decay.push_back(params[n]);
+  auto adam = [&](double wd) {
+    return std::make_unique<torch::optim::AdamWOptions>(torch::optim::AdamWOptions(cfg.train.lr)
+                                                            .betas({cfg.train.beta1, cfg.train.beta2})
+                                                            .eps(cfg.train.adam_eps)
+                                                            .weight_decay(wd));
+  };
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  groups.emplace_back(decay, adam(cfg.train.weight_decay));
+  groups.emplace_back(no_decay, adam(0.0));
+  torch::optim::AdamW optimizer(groups);
+
+  int64_t step = 0;
+  Json extra = Json::object();
+  if (opts.resume) {
+    const CheckpointInfo info = load_checkpoint(last_ckpt, *model, &optimizer);
+    TORCH_CHECK(to_json(info.config) == to_json(cfg), "train: ", out,
+                " was started with a different config; resume it without changing the config");
+    step = info.step;
+    extra = info.extra;
+    truncate_metrics(metrics_path, step);
+    progress.message("resumed from step " + std::to_string(step));
+  } else {
+    io::write_file_atomic(metrics_path, "");
+  }
+  std::ofstream metrics(metrics_path, std::ios::app);
+  TORCH_CHECK(metrics.good(), metrics_path, ": cannot open for writing");
+
+  const int64_t B = cfg.train.batch_size;
+  const int64_t N = task.train().size();
+  const int64_t batches_per_epoch = std::max<int64_t>(1, N / B);
+  const int64_t target = opts.stop_after >= 0 ? std::min(cfg.train.steps, opts.stop_after) : cfg.train.steps;
+  const bool randomised_cap = cfg.solver.max_iter < 0;
+  const auto pad = task.vocab().pad();
+  const int64_t n_layers = cfg.model.n_layers;
+
+  TrainSummary summary;
+  std::vector<int64_t> order;
+  int64_t order_epoch = -1;
+  BatchScore window;
+  std::vector<double> window_iters(static_cast<size_t>(n_layers), 0.0);
+  int64_t window_steps = 0, window_tokens = 0;
+  double window_grad = 0;
+  auto t_start = std::chrono::steady_clock::now();
+  auto t_window = t_start;
+  int64_t run_tokens = 0;
+  const int64_t first_step = step;
+
+  auto save = [&](const std::string& path) {
+    CheckpointInfo info{cfg, step, extra};
+    save_checkpoint(path, *model, &optimizer, info);
+  };
+  auto validate_now = [&]() {
+    if (task.validation().size() == 0) return;
+    EvalResult v = evaluate(*model, task, task.validation(), -1, cfg.train.eval_batch_size, cfg.task.loss_on_padding);
+    v.length = cfg.task.train_length;
+    metrics << json_line({{"step", step},
+                          {"split", "val"},
+                          {"loss", v.loss},
+                          {"token_acc", v.token_accuracy},
+                          {"seq_acc", v.sequence_accuracy},
+                          {"iters", iters_json(v.iters_mean)}});
+    metrics.flush();
+    const double best = extra.value("best_val_seq_acc", -1.0);
+    if (v.sequence_accuracy > best) extra["best_val_seq_acc"] = v.sequence_accuracy;
+    char buf[200];
+    std::snprintf(buf, sizeof(buf), "step %lld validation (length %lld): loss %.4f, token acc %.2f %%, seq acc %.2f %%, iters %.1f",
+                  static_cast<long long>(step), static_cast<long long>(cfg.task.train_length), v.loss,
+                  100 * v.token_accuracy, 100 * v.sequence_accuracy, v.iters_mean.empty() ? 0.0 : v.iters_mean[0]);
+    progress.message(buf);
+    summary.validation = {v};
+  };
+
+  {
+    InterruptGuard guard;
+    model->train();
+    while (step < target && !g_interrupted) {
+      const int64_t epoch = step / batches_per_epoch;
+      if (epoch != order_epoch) {
+        order = task.epoch_order(cfg.train.seed, epoch);
+        order_epoch = epoch;
+      }
+      const int64_t j = step % batches_per_epoch;
+      std::vector<int64_t> idx(order.begin() + j * std::min(B, N), order.begin() + std::min(N, (j + 1) * B));
+      const tasks::Batch batch = task.make_batch(task.train(), idx);
+
+      if (randomised_cap)
+        for (int64_t l = 0; l < n_layers; ++l)
+          model->set_max_iter(static_cast<size_t>(l),
+                              solver::random_max_iter(cfg.train.seed, step, l, cfg.task.train_length));
+
+      const double lr = learning_rate(cfg.train, step);
+      for (auto& g : optimizer.param_groups()) g.options().set_lr(lr);
+
+      optimizer.zero_grad();
+      const torch::Tensor logits = model->forward(batch.input_ids);
+      const int64_t V = logits.size(-1);
+      auto ce = torch::nn::functional::CrossEntropyFuncOptions();
+      if (!cfg.task.loss_on_padding) ce.ignore_index(pad);
+      const torch::Tensor loss =
+          torch::nn::functional::cross_entropy(logits.reshape({-1, V}), batch.labels.reshape({-1}), ce);
+      const double loss_value = loss.item<double>();
+      TORCH_CHECK(std::isfinite(loss_value), "training diverged: the loss is ", loss_value, " at step ", step,
+                  " (the last good checkpoint is ", last_ckpt, "); lower train.lr or raise train.grad_clip");
+      loss.backward();
+      double grad_norm = 0;
+      if (cfg.train.grad_clip > 0) {
+        grad_norm = torch::nn::utils::clip_grad_norm_(model->parameters(), cfg.train.grad_clip);
+      }
+      optimizer.step();
+      ++step;
+
+      window.add(score_batch(logits.detach(), batch.labels, pad, cfg.task.loss_on_padding));
+      const auto stats = model->last_stats();
+      for (int64_t l = 0; l < n_layers; ++l) window_iters[l] += static_cast<double>(stats[l].recorded());
+      ++window_steps;
+      window_tokens += batch.tokens;
+      run_tokens += batch.tokens;
+      window_grad += grad_norm;
+      summary.final_loss = loss_value;
+
+      if (step % cfg.train.log_every == 0 || step == target) {
+        const auto now = std::chrono::steady_clock::now();
+        const double dt = std::chrono::duration<double>(now - t_window).count();
+        const double elapsed = std::chrono::duration<double>(now - t_start).count();
+        const double tok_s = dt > 0 ? window_tokens / dt : 0.0;
+        std::vector<double> iters(window_iters);
+        for (auto& v : iters) v /= static_cast<double>(window_steps);
+        metrics << json_line({{"step", step},
+                              {"split", "train"},
+                              {"loss", window.loss()},
+                              {"token_acc", window.token_accuracy()},
+                              {"seq_acc", window.sequence_accuracy()},
+                              {"lr", lr},
+                              {"grad_norm", window_grad / window_steps},
+                              {"iters", iters_json(iters)},
+                              {"tokens_per_s", tok_s},
+                              {"elapsed_s", elapsed}});
+        metrics.flush();
+        const double eta = (step > first_step) ? elapsed / (step - first_step) * (target - step) : 0.0;
+        char buf[256];
+        std::snprintf(buf, sizeof(buf),
+                      "step %lld/%lld | loss %.4f | acc %.2f %% | seq %.2f %% | iters %.1f | %.1fk tok/s | ETA %s",
+                      static_cast<long long>(step), static_cast<long long>(cfg.train.steps), window.loss(),
+                      100 * window.token_accuracy(), 100 * window.sequence_accuracy(), iters.empty() ? 0.0 : iters[0],
+                      tok_s / 1000.0, format_duration(eta).c_str());
+        progress.update(buf);
+        window = BatchScore{};
+        std::fill(window_iters.begin(), window_iters.end(), 0.0);
+        window_steps = 0;
+        window_tokens = 0;
+        window_grad = 0;
+        t_window = now;
+      }
+      if (cfg.train.eval_every > 0 && step % cfg.train.eval_every == 0 && step < cfg.train.steps) {
+        validate_now();
+        model->train();
+      }
+      if (cfg.train.checkpoint_every > 0 && step % cfg.train.checkpoint_every == 0) save(last_ckpt);
+    }
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+  summary.steps_done = step;
+  summary.seconds = seconds;
+  summary.tokens_per_second = seconds > 0 ? run_tokens / seconds : 0.0;
+  summary.finished = step >= cfg.train.steps;
+  save(last_ckpt);
+  if (!summary.finished) {
+    progress.message(std::string(g_interrupted ? "interrupted" : "stopped") + " at step " + std::to_string(step) +
+                     "; continue with --resume (checkpoint " + last_ckpt + ")");
+    return summary;
+  }
+
+  validate_now();
+  save_checkpoint(out + "/model.safetensors", *model, nullptr, CheckpointInfo{cfg, step, extra});
+  if (!opts.skip_final_eval) {
+    progress.message("evaluating lengths " + std::to_string(cfg.task.eval_min_length) + ".." +
+                     std::to_string(cfg.task.eval_max_length) + " on " + std::to_string(task.test().size()) +
+                     " sequences (eval cap " + std::to_string(cfg.solver.eval_max_iter) + " iterations)");
+    summary.lengths = evaluate_lengths(*model, task, cfg.task, cfg.train.eval_batch_size, [&](const EvalResult& r) {
+      char buf[160];
+      std::snprintf(buf, sizeof(buf), "  length %3lld: seq acc %6.2f %%, iters %.1f (%.1f s)",
+                    static_cast<long long>(r.length), 100 * r.sequence_accuracy,
+                    r.iters_mean.empty() ? 0.0 : r.iters_mean[0], r.seconds);
+      progress.update(buf);
+    });
+    write_sweep(out, summary.lengths, cfg, cfg.model.layer.mixer_type + " (" + out + ")");
+  }
+  Json s = {{"steps", step},
+            {"train_seconds", seconds},
+            {"tokens_per_second", summary.tokens_per_second},
+            {"final_train_loss", summary.final_loss},
+            {"parameters", numel(model->parameters())}};
+  if (!summary.validation.empty())
+    s["validation"] = {{"seq_acc", summary.validation[0].sequence_accuracy},
+                       {"token_acc", summary.validation[0].token_accuracy},
+                       {"loss", summary.validation[0].loss}};
+  Json sweep = Json::array();
+  for (const auto& r : summary.lengths)
+    sweep.push_back({{"length", r.length}, {"seq_acc", r.sequence_accuracy}, {"iters", iters_json(r.iters_mean)}});
+  s["lengths"] = sweep;
+  io::write_file_atomic(out + "/summary.json", s.dump(2) + "\n");
+  return summary;
+}
+
+}  // namespace fprnn::train

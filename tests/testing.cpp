@@ -1,0 +1,82 @@
+// Test helpers shared by every test binary.
+#include "testing.h"
+
+#include "fprnn/common.h"
+
+#include <filesystem>
+#include <sstream>
+
+namespace fprnn::testing {
+
+std::string fixtures_dir() { return FPRNN_FIXTURES_DIR; }
+
+std::string temp_dir(const std::string& tag) {
+  namespace fs = std::filesystem;
+  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+  std::string name = tag;
+  if (info != nullptr) name += std::string("_") + info->test_suite_name() + "_" + info->name();
+  for (char& c : name)
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '_') c = '_';
+  fs::path dir = fs::temp_directory_path() / ("fprnn_test_" + name + "_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir.string();
+}
+
+Tensor randn(c10::IntArrayRef shape, uint64_t seed, torch::Dtype dtype) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  return at::randn(shape, gen, torch::TensorOptions().dtype(torch::kFloat64)).to(dtype);
+}
+
+void expect_close(const Tensor& out, const Tensor& ref, double tol, const std::string& what) {
+  ASSERT_EQ(out.sizes(), ref.sizes()) << what << ": shapes differ";
+  const double r = rms_ratio(out, ref);
+  EXPECT_LE(r, tol) << what << ": rms ratio " << r << " > " << tol << " (max abs error " << max_abs_diff(out, ref)
+                    << ", ref norm " << ref.to(torch::kFloat64).norm().item<double>() << ")";
+}
+
+Tensor numerical_grad(const std::function<Tensor()>& fn, Tensor x, double step) {
+  torch::NoGradGuard no_grad;
+  TORCH_CHECK(x.scalar_type() == torch::kFloat64, "numerical_grad needs float64 tensors");
+  Tensor flat = x.view(-1);  // x must be contiguous: perturbations go through this view
+  TORCH_CHECK(x.is_contiguous(), "numerical_grad needs a contiguous tensor");
+  Tensor grad = torch::zeros_like(flat);
+  for (int64_t i = 0; i < flat.numel(); ++i) {
+    const double orig = flat[i].item<double>();
+    flat[i] = orig + step;
+    const double plus = fn().sum().item<double>();
+    flat[i] = orig - step;
+    const double minus = fn().sum().item<double>();
+    flat[i] = orig;
+    grad[i] = (plus - minus) / (2 * step);
+  }
+  return grad.view(x.sizes());
+}
+
+void check_gradients(const std::function<Tensor()>& fn, std::vector<Tensor> inputs, double tol,
+                     const std::string& what, double step) {
+  for (auto& t : inputs) {
+    ASSERT_EQ(t.scalar_type(), torch::kFloat64) << what << ": gradient checks run in float64";
+    t.requires_grad_(true);
+  }
+  Tensor out0;
+  {
+    torch::NoGradGuard g;
+    out0 = fn();
+  }
+  const Tensor w = randn(out0.sizes(), 1234);
+  auto loss_fn = [&]() { return (fn() * w).sum(); };
+  for (auto& t : inputs)
+    if (t.grad().defined()) t.mutable_grad().zero_();
+  loss_fn().backward();
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    Tensor analytic = inputs[i].grad();
+    ASSERT_TRUE(analytic.defined()) << what << ": input " << i << " got no gradient";
+    Tensor numeric = numerical_grad(loss_fn, inputs[i].detach(), step);
+    std::ostringstream name;
+    name << what << ": gradient of input " << i;
+    expect_close(analytic, numeric, tol, name.str());
+  }
+}
+
+}  // namespace fprnn::testing
