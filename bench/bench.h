@@ -14,6 +14,9 @@ struct Options {
   int64_t warmup = 2;
   int64_t repeat = 5;   // timed repetitions; the median is reported
   bool quick = false;   // smaller shapes (for smoke tests)
+  torch::Device device = torch::kCPU;
+  std::string filter;   // run only the measurements whose name contains this (empty: all)
+  bool selected(const std::string& name) const { return filter.empty() || name.find(filter) != std::string::npos; }
 };
 
 struct Row {
@@ -28,6 +31,7 @@ struct Row {
   std::string ratio_label = "time/baseline";
   bool check_ok = true;   // the subject's result matched its reference
   std::string check;      // what was checked, and the error
+  double reference_ms = 0;    // the authors' code, from ../shared/BASELINES.md (not this run), if known
 };
 
 // A row with the subject's and the baseline's timings filled in (ratio and check set by the caller).
@@ -53,7 +57,8 @@ struct Case {
 // All registered cases (bench_cases.cpp).
 std::vector<Case> all_cases();
 
-// Median wall time in milliseconds of fn() over opts.repeat runs after opts.warmup runs.
+// Median wall time in milliseconds of fn() over opts.repeat runs after opts.warmup runs; on a GPU each
+// run is bracketed by device synchronisations, so the time is the device's.
 double time_ms(const std::function<void()>& fn, const Options& opts);
 
 }  // namespace fprnn::bench

@@ -24,12 +24,24 @@ std::string shape_str(std::initializer_list<int64_t> s) {
 // du, dc (5 tensors). The baseline is dst.copy_(src) over one tensor (2 tensors moved).
 std::vector<Row> bench_linrec(const Options& opts) {
   std::vector<Row> rows;
-  std::vector<std::array<int64_t, 3>> shapes = opts.quick ? std::vector<std::array<int64_t, 3>>{{2, 64, 128}}
-                                                          : std::vector<std::array<int64_t, 3>>{{16, 512, 1024},
-                                                                                                {512, 17, 1024}};
+  const bool cuda = opts.device.is_cuda();
+  std::vector<std::array<int64_t, 3>> shapes;
+  if (opts.quick) {
+    shapes = {{2, 64, 128}};
+  } else if (cuda) {
+    shapes = {{16, 4096, 1024}, {512, 17, 1024}, {8, 2048, 1536}};
+  } else {
+    shapes = {{16, 512, 1024}, {512, 17, 1024}};
+  }
+  const auto fwd = [&](const torch::Tensor& u, const torch::Tensor& c) {
+    return cuda ? ops::linrec_fwd_cuda(u, c, false) : ops::linrec_fwd_cpu(u, c, false);
+  };
+  const auto bwd = [&](const torch::Tensor& g, const torch::Tensor& c, const torch::Tensor& y) {
+    return cuda ? ops::linrec_bwd_cuda(g, c, y, false) : ops::linrec_bwd_cpu(g, c, y, false);
+  };
   for (const auto& s : shapes) {
     const int64_t B = s[0], T = s[1], D = s[2];
-    const auto o = torch::TensorOptions().dtype(torch::kFloat32);
+    const auto o = torch::TensorOptions().dtype(torch::kFloat32).device(opts.device);
     const torch::Tensor u = torch::randn({B, T, D}, o);
     const torch::Tensor c = torch::sigmoid(torch::randn({B, T, D}, o));
     const torch::Tensor g = torch::randn({B, T, D}, o);
@@ -38,19 +50,20 @@ std::vector<Row> bench_linrec(const Options& opts) {
     const double copy_ms = time_ms([&] { dst.copy_(u); }, opts);
     const double copy_gbs = 2 * bytes1 / copy_ms / 1e6;
 
-    torch::Tensor y = ops::linrec_fwd_cpu(u, c, false);
+    torch::Tensor y = fwd(u, c);
     // Check on the first batch element against the float64 loop reference.
-    const torch::Tensor y_ref = ops::linrec_fwd_ref(u.narrow(0, 0, 1), c.narrow(0, 0, 1), false);
-    const double err_f = rms_ratio(y.narrow(0, 0, 1), y_ref);
-    auto [du, dc] = ops::linrec_bwd_cpu(g, c, y, false);
-    auto [du_ref, dc_ref] = ops::linrec_bwd_ref(g.narrow(0, 0, 1), c.narrow(0, 0, 1), y.narrow(0, 0, 1), false);
-    const double err_b = std::max(rms_ratio(du.narrow(0, 0, 1), du_ref), rms_ratio(dc.narrow(0, 0, 1), dc_ref));
+    const auto first = [](const torch::Tensor& t) { return t.narrow(0, 0, 1).cpu(); };
+    const torch::Tensor y_ref = ops::linrec_fwd_ref(first(u), first(c), false);
+    const double err_f = rms_ratio(first(y), y_ref);
+    auto [du, dc] = bwd(g, c, y);
+    auto [du_ref, dc_ref] = ops::linrec_bwd_ref(first(g), first(c), first(y), false);
+    const double err_b = std::max(rms_ratio(first(du), du_ref), rms_ratio(first(dc), dc_ref));
 
-    const double fwd_ms = time_ms([&] { y = ops::linrec_fwd_cpu(u, c, false); }, opts);
-    const double bwd_ms = time_ms([&] { std::tie(du, dc) = ops::linrec_bwd_cpu(g, c, y, false); }, opts);
+    const double fwd_ms = time_ms([&] { y = fwd(u, c); }, opts);
+    const double bwd_ms = time_ms([&] { std::tie(du, dc) = bwd(g, c, y); }, opts);
     char check[96];
     std::snprintf(check, sizeof(check), "vs float64 reference, rms ratio %.1e (tolerance 1e-5)", err_f);
-    Row f = make_row("linrec fwd " + shape_str({B, T, D}) + " float32", fwd_ms, "GB/s", 3 * bytes1 / fwd_ms / 1e6,
+    Row f = make_row("linrec fwd " + shape_str({B, T, D}) + " float32 " + (cuda ? "cuda" : "cpu"), fwd_ms, "GB/s", 3 * bytes1 / fwd_ms / 1e6,
           "memory copy (same run)", copy_ms, copy_gbs);
     f.ratio = f.value / copy_gbs;
     f.ratio_label = "fraction of copy GB/s";
@@ -58,7 +71,7 @@ std::vector<Row> bench_linrec(const Options& opts) {
     f.check = check;
     rows.push_back(f);
     std::snprintf(check, sizeof(check), "vs float64 reference, rms ratio %.1e (tolerance 1e-5)", err_b);
-    Row b = make_row("linrec bwd " + shape_str({B, T, D}) + " float32", bwd_ms, "GB/s", 5 * bytes1 / bwd_ms / 1e6,
+    Row b = make_row("linrec bwd " + shape_str({B, T, D}) + " float32 " + (cuda ? "cuda" : "cpu"), bwd_ms, "GB/s", 5 * bytes1 / bwd_ms / 1e6,
           "memory copy (same run)", copy_ms, copy_gbs);
     b.ratio = b.value / copy_gbs;
     b.ratio_label = "fraction of copy GB/s";
@@ -195,14 +208,95 @@ std::vector<Row> bench_train_step(const Options& opts) {
   return rows;
 }
 
+// ---- one layer, forward + backward ------------------------------------------------------------------
+// The setting of ../shared/BASELINES.md: one FPRNN layer alone (mixer_h_dep, short convolutions), forward
+// and backward of mean(y²), a fixed number of iterations (counting the differentiable one), so `iters − 1`
+// no-grad steps. The same-run baseline is the same layer with one iteration (the diagonal floor); the
+// reference's time on an H200 is printed beside it where BASELINES.md has the shape.
+std::vector<Row> bench_layer(const Options& opts) {
+  struct Setup {
+    int64_t B, T, d;
+    std::string mixer;
+    int64_t rank, iters;
+    torch::Dtype dtype;
+    double reference_ms;  // BASELINES.md (H200, torch.compile), 0 if not measured there
+  };
+  std::vector<Setup> setups;
+  const auto bf16 = torch::kBFloat16, f32 = torch::kFloat32;
+  if (opts.device.is_cuda()) {
+    setups = {{512, 17, 512, "householderproduct", 1, 5, bf16, 16.2},  {512, 17, 512, "householderproduct", 1, 17, bf16, 27.5},
+              {512, 17, 512, "householderproduct", 4, 17, bf16, 37.1},  {512, 17, 512, "kronecker", 1, 17, bf16, 72.9},
+              {512, 17, 512, "dplr", 2, 17, bf16, 32.9},                {8, 2048, 768, "householderproduct", 1, 5, bf16, 30.6},
+              {8, 2048, 768, "householderproduct", 1, 17, bf16, 50.1},  {512, 17, 512, "householderproduct", 1, 5, f32, 28.1},
+              {512, 17, 512, "householderproduct", 1, 17, f32, 50.3},   {512, 17, 512, "householderproduct", 4, 17, f32, 94.2},
+              {512, 17, 512, "kronecker", 1, 17, f32, 92.8},            {512, 17, 512, "dplr", 2, 17, f32, 67.7},
+              {8, 2048, 768, "householderproduct", 1, 17, f32, 133.0}};
+  } else if (opts.quick) {
+    setups = {{4, 9, 16, "householderproduct", 1, 5, f32, 0}};
+  } else {
+    setups = {{128, 17, 128, "householderproduct", 1, 17, f32, 0}, {128, 17, 128, "householderproduct", 4, 17, f32, 0},
+              {128, 17, 128, "dplr", 2, 17, f32, 0},               {128, 17, 128, "kronecker", 1, 17, f32, 0},
+              {2, 1024, 192, "householderproduct", 1, 17, f32, 0}};
+  }
+  std::vector<Row> rows;
+  for (const auto& s : setups) {
+    const std::string name = s.mixer + " r=" + std::to_string(s.rank) + " " + shape_str({s.B, s.T, s.d}) + " " +
+                             std::to_string(s.iters) + " it " + dtype_name(s.dtype);
+    if (!opts.selected(name)) continue;
+    auto run = [&](int64_t iters, bool fused, torch::Tensor* y_out) {
+      torch::manual_seed(0);
+      LayerConfig lc;
+      lc.d_model = s.d;
+      lc.mixer_type = s.mixer;
+      lc.mixer_rank = s.rank;
+      SolverConfig sc;
+      sc.max_iter = std::max<int64_t>(1, iters - 1);
+      sc.threshold = -1.0;  // never converged: exactly iters − 1 no-grad steps
+      sc.fused = fused;
+      nn::FPRNNLayer layer(lc, sc);
+      layer->to(opts.device);
+      layer->train();
+      torch::manual_seed(1);
+      const torch::Tensor u = torch::randn({s.B, s.T, s.d}, torch::TensorOptions().device(opts.device)).to(s.dtype);
+      auto step = [&] {
+        layer->zero_grad();
+        const torch::Tensor y = layer->forward(u);
+        y.to(torch::kFloat32).pow(2).mean().backward();
+        if (y_out != nullptr) *y_out = y.detach().to(torch::kFloat32);
+      };
+      return time_ms(step, opts);
+    };
+    torch::Tensor y_fused, y_plain;
+    const double ms = run(s.iters, true, &y_fused);
+    const double ms1 = run(1, true, nullptr);
+    run(s.iters, false, &y_plain);  // the same layer through the plain (unfused) map, for the check
+    const double err = rms_ratio(y_fused.cpu(), y_plain.cpu());
+    // bf16 compute: both paths round differently at every step, so compare at bf16 resolution.
+    const double tol = s.dtype == torch::kBFloat16 ? 3e-2 : 1e-4;
+    const double tokens = static_cast<double>(s.B * s.T);
+    Row r = make_row("layer fwd+bwd " + name, ms, "tok/s", tokens / ms * 1e3, "same layer, 1 iteration", ms1,
+                     tokens / ms1 * 1e3);
+    r.ratio = ms / ms1;
+    r.reference_ms = s.reference_ms;
+    char check[128];
+    std::snprintf(check, sizeof(check), "fused vs plain map output, rms ratio %.1e (tolerance %.0e)", err, tol);
+    r.check = check;
+    r.check_ok = std::isfinite(err) && err <= tol;
+    rows.push_back(r);
+  }
+  return rows;
+}
+
 }  // namespace
 
 std::vector<Case> all_cases() {
   return {
-      {"linrec", "diagonal scan forward/backward (CPU kernel) against a memory copy", bench_linrec},
+      {"linrec", "diagonal scan forward/backward (the device's kernel) against a memory copy", bench_linrec},
       {"iteration", "one fixed-point iteration (no grad) against its projection GEMM alone", bench_iteration},
       {"train_step", "a full training step (forward, one-step backward, AdamW) against the 1-iteration model",
        bench_train_step},
+      {"layer", "one FPRNN layer forward+backward at a fixed iteration count (BASELINES.md shapes on a GPU)",
+       bench_layer},
   };
 }
 

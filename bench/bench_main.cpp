@@ -12,11 +12,16 @@
 namespace fprnn::bench {
 
 double time_ms(const std::function<void()>& fn, const Options& opts) {
+  auto sync = [&] {
+    if (opts.device.is_cuda()) torch::cuda::synchronize();
+  };
   for (int64_t i = 0; i < opts.warmup; ++i) fn();
+  sync();
   std::vector<double> t;
   for (int64_t i = 0; i < std::max<int64_t>(1, opts.repeat); ++i) {
     const auto a = std::chrono::steady_clock::now();
     fn();
+    sync();
     t.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - a).count());
   }
   std::sort(t.begin(), t.end());
@@ -32,7 +37,7 @@ void add_bench(CLI::App& app) {
     std::vector<std::string> cases;
     bool list = false, quick = false;
     int64_t repeat = 5, warmup = 2, threads = 0;
-    std::string json;
+    std::string json, device = "cpu", filter;
   };
   auto args = std::make_shared<Args>();
   CLI::App* cmd = app.add_subcommand("bench", "Benchmarks: kernels and layer steps next to same-run baselines.");
@@ -45,6 +50,8 @@ void add_bench(CLI::App& app) {
   cmd->add_option("--warmup", args->warmup, "Untimed warm-up runs")->capture_default_str();
   cmd->add_option("--threads", args->threads, "Intra-op threads (default: LibTorch's)");
   cmd->add_option("--json", args->json, "Also write the rows as JSON to this file");
+  cmd->add_option("--filter", args->filter, "Only the measurements whose name contains this text (layer case)");
+  cmd->add_option("--device", args->device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
   cmd->callback([args]() {
     const auto cases = bench::all_cases();
     if (args->list) {
@@ -61,8 +68,15 @@ void add_bench(CLI::App& app) {
     opts.repeat = args->repeat;
     opts.warmup = args->warmup;
     opts.quick = args->quick;
-    std::printf("fprnn bench | fprnn %s (%s, %s build) | LibTorch %s | device cpu | %d threads%s\n", FPRNN_VERSION,
-                FPRNN_GIT_REV, FPRNN_BUILD_TYPE, TORCH_VERSION, torch::get_num_threads(),
+    opts.filter = args->filter;
+    std::string device_name = "cpu";
+    if (args->device == "cuda") {
+      TORCH_CHECK(torch::cuda::is_available(), "bench: --device cuda but no CUDA device is available");
+      opts.device = torch::kCUDA;
+      device_name = "cuda (" + std::to_string(torch::cuda::device_count()) + " device(s))";
+    }
+    std::printf("fprnn bench | fprnn %s (%s, %s build) | LibTorch %s | device %s | %d CPU threads%s\n", FPRNN_VERSION,
+                FPRNN_GIT_REV, FPRNN_BUILD_TYPE, TORCH_VERSION, device_name.c_str(), torch::get_num_threads(),
                 args->quick ? " | QUICK (not a measurement)" : "");
     Json out = Json::array();
     bool all_ok = true;
@@ -79,7 +93,10 @@ void add_bench(CLI::App& app) {
           std::printf("  %-52s %9.3f ms %10.2f %-9s | %-26s %9.3f ms", r.name.c_str(), r.ms, r.value, r.unit.c_str(),
                       r.baseline.c_str(), r.baseline_ms);
           if (r.baseline_value > 0) std::printf(" %10.2f %-9s", r.baseline_value, r.unit.c_str());
-          std::printf(" | %s %.2f\n", r.ratio_label.c_str(), r.ratio);
+          std::printf(" | %s %.2f", r.ratio_label.c_str(), r.ratio);
+          if (r.reference_ms > 0)
+            std::printf(" | reference %.1f ms (BASELINES.md): %.1fx", r.reference_ms, r.reference_ms / r.ms);
+          std::printf("\n");
         }
         std::fflush(stdout);
         out.push_back({{"case", c.name},
@@ -93,7 +110,8 @@ void add_bench(CLI::App& app) {
                        {"ratio", r.ratio},
                        {"ratio_label", r.ratio_label},
                        {"check_ok", r.check_ok},
-                       {"check", r.check}});
+                       {"check", r.check},
+                       {"reference_ms", r.reference_ms}});
       }
     }
     if (!args->json.empty()) io::write_file_atomic(args->json, out.dump(2) + "\n");

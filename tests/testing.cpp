@@ -3,6 +3,7 @@
 
 #include "fprnn/common.h"
 
+#include <cstdlib>
 #include <filesystem>
 #include <sstream>
 
@@ -17,10 +18,11 @@ std::string temp_dir(const std::string& tag) {
   if (info != nullptr) name += std::string("_") + info->test_suite_name() + "_" + info->name();
   for (char& c : name)
     if (!std::isalnum(static_cast<unsigned char>(c)) && c != '_') c = '_';
-  fs::path dir = fs::temp_directory_path() / ("fprnn_test_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir.string();
+  // A fresh directory from mkdtemp, never removed: the CUDA wheel's libtorch.so exports its own
+  // std::filesystem::remove_all, which crashes when our binaries bind to it (seen with torch 2.11 + CUDA 13).
+  std::string pattern = (fs::temp_directory_path() / ("fprnn_test_" + name + "_XXXXXX")).string();
+  TORCH_CHECK(::mkdtemp(pattern.data()) != nullptr, "temp_dir: cannot create ", pattern);
+  return pattern;
 }
 
 Tensor randn(c10::IntArrayRef shape, uint64_t seed, torch::Dtype dtype) {
@@ -71,8 +73,14 @@ void check_gradients(const std::function<Tensor()>& fn, std::vector<Tensor> inpu
   loss_fn().backward();
   for (size_t i = 0; i < inputs.size(); ++i) {
     Tensor analytic = inputs[i].grad();
-    ASSERT_TRUE(analytic.defined()) << what << ": input " << i << " got no gradient";
     Tensor numeric = numerical_grad(loss_fn, inputs[i].detach(), step);
+    if (!analytic.defined()) {
+      // No gradient reached this input (e.g. the non-selective mixer ignores conv1d_mixer): correct only
+      // if the output does not depend on it.
+      EXPECT_LT(numeric.abs().max().item<double>(), 1e-9) << what << ": input " << i
+                                                          << " got no gradient but the output depends on it";
+      continue;
+    }
     std::ostringstream name;
     name << what << ": gradient of input " << i;
     expect_close(analytic, numeric, tol, name.str());

@@ -16,7 +16,7 @@ namespace {
 // Field tables: one line per key keeps JSON names, defaults and struct members in one place.
 #define FPRNN_FIELDS_SOLVER(X) \
   X(max_iter) X(eval_max_iter) X(threshold) X(outlier_quantile) X(eval_outlier_quantile) X(stepsize) \
-  X(stepsize_decay) X(decay_patience) X(stepsize_thresh) X(eps) X(eval_method)
+  X(stepsize_decay) X(decay_patience) X(stepsize_thresh) X(eps) X(eval_method) X(fused) X(device_check_every)
 #define FPRNN_FIELDS_LAYER(X) \
   X(d_model) X(expand) X(d_conv) X(mixer_type) X(mixer_rank) X(mixer_ac) X(mixer_proj_rank) X(mixer_h_dep) \
   X(symm_mixer) X(kronecker_normalization) X(use_short_conv) X(n_backwards) X(norm_eps) X(weight_norm)
@@ -210,6 +210,7 @@ void validate(const RunConfig& cfg) {
   TORCH_CHECK(s.stepsize > 0 && s.stepsize <= 1, "config: solver.stepsize must be in (0, 1]");
   TORCH_CHECK(s.stepsize_decay > 0 && s.stepsize_decay <= 1, "config: solver.stepsize_decay must be in (0, 1]");
   check_positive("solver.decay_patience", s.decay_patience);
+  check_positive("solver.device_check_every", s.device_check_every);
   check_one_of("solver.eval_method", s.eval_method, {"picard", "sequential"});
 
   const TaskConfig& t = cfg.task;

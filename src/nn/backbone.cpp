@@ -40,7 +40,7 @@ torch::Tensor FPLMImpl::forward(const torch::Tensor& ids) {
   TORCH_CHECK(ids.dim() == 2, "FPLM: ids must be (B, T), got ", ids.sizes());
   TORCH_CHECK(ids.scalar_type() == torch::kInt64, "FPLM: ids must be int64");
   const auto residual_dtype = compute_dtype == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
-  torch::Tensor h = torch::embedding(embedding, ids).to(residual_dtype);
+  torch::Tensor h = torch::embedding(embedding, ids.to(embedding.device())).to(residual_dtype);
   torch::Tensor r;
   for (size_t i = 0; i < layers.size(); ++i) {
     r = (i == 0) ? h : r + h.to(residual_dtype);

@@ -1,6 +1,8 @@
 // Building blocks: (weight-normalised) Linear, low-rank Projection, depthwise causal conv, RMSNorm.
 #include "fprnn/nn/basic.h"
 
+#include "fprnn/ops/conv1d.h"
+
 #include <cmath>
 
 namespace fprnn::nn {
@@ -101,18 +103,22 @@ CausalConv1dImpl::CausalConv1dImpl(int64_t channels, int64_t kernel_size, bool b
   }
 }
 
-Tensor CausalConv1dImpl::forward(const Tensor& x) {
-  TORCH_CHECK(x.dim() == 3 && x.size(2) == channels, "CausalConv1d: input must be (B, T, ", channels, "), got ",
+namespace {
+
+// The module's convolution with or without the fused SiLU; weight and bias are cast to x's dtype.
+Tensor causal_conv(const CausalConv1dImpl& m, const Tensor& x, bool silu) {
+  TORCH_CHECK(x.dim() == 3 && x.size(2) == m.channels, "CausalConv1d: input must be (B, T, ", m.channels, "), got ",
               x.sizes());
-  const int64_t T = x.size(1);
-  const int64_t K = kernel_size;
-  // Pad K−1 zeros in front of time; tap k reads x_{t−K+1+k}.
-  const Tensor xp = torch::constant_pad_nd(x, {0, 0, K - 1, 0});
-  const Tensor w = weight.to(x.scalar_type()).view({channels, K});
-  Tensor y = bias.defined() ? bias.to(x.scalar_type()).expand_as(x) : torch::zeros_like(x);
-  for (int64_t k = 0; k < K; ++k) y = y + xp.narrow(1, k, T) * w.select(1, k);
-  return y;
+  const Tensor w = m.weight.to(x.scalar_type());
+  const Tensor b = m.bias.defined() ? m.bias.to(x.scalar_type()) : Tensor();
+  return ops::causal_conv1d(x, w, b, silu);
 }
+
+}  // namespace
+
+Tensor CausalConv1dImpl::forward(const Tensor& x) { return causal_conv(*this, x, /*silu=*/false); }
+
+Tensor CausalConv1dImpl::forward_silu(const Tensor& x) { return causal_conv(*this, x, /*silu=*/true); }
 
 // ---- RMSNorm ---------------------------------------------------------------------------------------
 

@@ -6,6 +6,10 @@
 #include "fprnn/ops/linrec.h"
 #include "fprnn/solver/sequential.h"
 
+#ifdef FPRNN_WITH_CUDA
+#include "fprnn/ops/fp_step_cuda.h"
+#endif
+
 namespace fprnn::nn {
 
 FPRNNLayerImpl::FPRNNLayerImpl(const LayerConfig& cfg_, const SolverConfig& solver)
@@ -44,10 +48,10 @@ FPRNNLayerImpl::Inputs FPRNNLayerImpl::prepare(const Tensor& u) {
   Tensor x_b, x_lambda;
   if (cfg.use_short_conv) {
     // All four convolutions read the same pre-conv x.
-    in.x_mix = torch::silu(conv1d_mixer->forward(x));
-    x_b = torch::silu(conv1d_b->forward(x));
-    x_lambda = torch::silu(conv1d_lambda->forward(x));
-    x = torch::silu(conv1d_x->forward(x));
+    in.x_mix = conv1d_mixer->forward_silu(x);
+    x_b = conv1d_b->forward_silu(x);
+    x_lambda = conv1d_lambda->forward_silu(x);
+    x = conv1d_x->forward_silu(x);
   } else {
     // Spec §16.23: the reference crashes on this branch; its evident intent is x in (B, T, D), no activation.
     in.x_mix = x_b = x_lambda = x;
@@ -75,7 +79,7 @@ Tensor FPRNNLayerImpl::step(const Inputs& in, const Tensor& h) {
 Tensor FPRNNLayerImpl::output(const Inputs& in, const Tensor& h) {
   Tensor x_c;
   if (cfg.use_short_conv) {
-    x_c = torch::silu(conv1d_c->forward(torch::cat({in.x, h}, -1)));  // sees h_t and the 3 steps before
+    x_c = conv1d_c->forward_silu(torch::cat({in.x, h}, -1));  // sees h_t and the 3 steps before
   } else {
     x_c = torch::cat({in.x, shift(h, 1, 1)}, -1);
   }
@@ -86,7 +90,13 @@ Tensor FPRNNLayerImpl::output(const Inputs& in, const Tensor& h) {
 Tensor FPRNNLayerImpl::solve_with(const Inputs& in, const solver::SolverOptions& opt) {
   torch::NoGradGuard no_grad;
   FastStep F(*this, in);
-  auto [h, stats] = solver::solve([&](const Tensor& y) { return F(y); }, torch::zeros_like(in.x), opt);
+  if (F.device_loop()) {
+    auto [h, stats] = F.solve_device(opt, solver_cfg.device_check_every);
+    stats_ = stats;
+    return h;
+  }
+  auto [h, stats] = solver::solve_with_residual([&](const Tensor& y) { return F.step_with_residual(y, opt.eps); },
+                                                torch::zeros_like(in.x), opt);
   stats_ = stats;
   return h;
 }
@@ -156,6 +166,23 @@ FastStep::FastStep(FPRNNLayerImpl& layer, const FPRNNLayerImpl::Inputs& in)
   base_ = torch::addmm(bias0, x2d, w_x.t());
   if (h_dep_) w_h_t_ = (concat ? W0.narrow(1, D, D) : W0).t().contiguous();
   if (!h_dep_) raw_const_ = finish(base_).view({in.x.size(0), in.x.size(1), -1});
+
+  // The fused kernel covers the Householder/DPLR mixers whose projections are single Linears; low-rank
+  // projections (a second GEMM), the Kronecker and non-selective mixers and bfloat16 stay generic.
+  const auto* hh = dynamic_cast<const HouseholderMixerImpl*>(layer.mixer.get());
+  const bool fusable = layer.solver_cfg.fused && hh != nullptr && single_stage_;
+#ifdef FPRNN_WITH_CUDA
+  device_loop_ = fusable && h_dep_ && in.x.is_cuda() && (dtype == torch::kFloat32 || dtype == torch::kBFloat16);
+#endif
+  fused_ = fusable && in.x.is_cpu() && (dtype == torch::kFloat32 || dtype == torch::kFloat64);
+  if (!fused_ && !device_loop_) return;
+  fp_cfg_.rank = hh->rank;
+  fp_cfg_.ac = ops::mixer_ac_from_name(hh->ac);
+  fp_cfg_.norm_eps = hh->eps;
+  fp_cfg_.sum_form = hh->sum_form;
+  fp_in_.base = base_.view({in.x.size(0), in.x.size(1), -1});
+  fp_in_.bx = in.bx.contiguous();
+  fp_in_.lambda = in.lambda.contiguous();
 }
 
 Tensor FastStep::finish(const Tensor& z) const {
@@ -181,9 +208,127 @@ Tensor FastStep::raw(const Tensor& h) {
   return finish(z).view({B, T, -1});
 }
 
+bool FastStep::use_fused(const Tensor& h) const {
+  return fused_ && h.scalar_type() == in_.x.scalar_type() && h.device() == in_.x.device() &&
+         h.sizes() == in_.x.sizes();
+}
+
+Tensor FastStep::take_output() {
+  // Free: this object holds the only reference to the tensor and to its storage (no caller handle or view).
+  const auto is_free = [](const Tensor& t) {
+    return t.defined() && t.use_count() == 1 && t.storage().use_count() == 1;
+  };
+  for (int k = 0; k < 2; ++k) {
+    const int slot = (next_out_ + k) % 2;
+    if (is_free(out_[slot])) {
+      next_out_ = 1 - slot;
+      return out_[slot];
+    }
+  }
+  // Both in use by the caller (or not made yet): a new buffer replaces our handle on the older one.
+  const int slot = !out_[0].defined() ? 0 : !out_[1].defined() ? 1 : next_out_;
+  out_[slot] = torch::empty(in_.x.sizes(), in_.x.options());
+  next_out_ = 1 - slot;
+  return out_[slot];
+}
+
+Tensor FastStep::fused_step(const Tensor& h, bool with_stats) {
+  torch::NoGradGuard no_grad;
+  const int64_t B = h.size(0), T = h.size(1), D = h.size(2);
+  fp_in_.h = h.contiguous();
+  fp_in_.z = Tensor();
+  if (h_dep_ && T > 1) {  // at T = 1 no token reads z (row t − 1 of the previous token)
+    if (!z_.defined()) z_ = torch::empty({B * T, w_h_t_.size(1)}, base_.options());
+    torch::mm_out(z_, fp_in_.h.view({B * T, D}), w_h_t_);
+    fp_in_.z = z_.view({B, T, -1});
+  }
+  if (with_stats && !stats_.defined()) stats_ = torch::empty({B, T, 2}, h.options());
+  Tensor stats = with_stats ? stats_ : Tensor();
+  Tensor y = take_output();
+  ops::fp_step_fwd_cpu(fp_in_, fp_cfg_, y, stats);
+  fp_in_.h = Tensor();  // do not keep the caller's iterate alive (it may be one of out_)
+  fp_in_.z = Tensor();
+  return y;
+}
+
 Tensor FastStep::operator()(const Tensor& h) {
+  if (use_fused(h)) return fused_step(h, /*with_stats=*/false);
   const Tensor mixed = layer_.mixer->apply(raw(h), in_.bx - h);
   return ops::linrec(in_.one_minus_lambda * (mixed + h), in_.lambda);
+}
+
+std::pair<Tensor, solver::SolveStats> FastStep::solve_device(const solver::SolverOptions& opt, int64_t check_every) {
+  TORCH_CHECK(device_loop_, "FastStep::solve_device: this layer's solve cannot run on the device loop");
+  TORCH_CHECK(check_every > 0, "FastStep::solve_device: check_every must be positive, got ", check_every);
+#ifdef FPRNN_WITH_CUDA
+  torch::NoGradGuard no_grad;
+  const int64_t B = in_.x.size(0), T = in_.x.size(1), D = layer_.D;
+  ops::DeviceSolverOptions dopt;
+  dopt.max_iter = opt.max_iter;
+  dopt.quantile = opt.quantile;
+  dopt.threshold = opt.threshold;
+  dopt.stepsize = opt.stepsize;
+  dopt.stepsize_decay = opt.stepsize_decay;
+  dopt.decay_patience = opt.decay_patience;
+  dopt.stepsize_thresh = opt.stepsize_thresh;
+  dopt.eps = opt.eps;
+  ops::DeviceSolverState state = ops::make_device_solver_state(B, T, dopt, in_.x.device());
+  const auto f32 = in_.x.options().dtype(torch::kFloat32);
+  const Tensor bx = in_.bx.to(torch::kFloat32).contiguous();
+  const Tensor lambda = in_.lambda.to(torch::kFloat32).contiguous();
+  const Tensor base = base_.contiguous();  // (B·T, rows) in the compute dtype
+  const bool cast = base.scalar_type() != torch::kFloat32;
+  // buf[n % 2] holds the iterate after n iterations; a queued iteration after the stop writes nothing.
+  Tensor buf[2] = {torch::zeros({B, T, D}, f32), torch::empty({B, T, D}, f32)};
+  Tensor v = torch::empty({B, T, D}, f32);
+  Tensor z = torch::empty({B * T, w_h_t_.size(1)}, base.options());
+  Tensor h_c = cast ? torch::empty({B * T, D}, base.options()) : Tensor();
+  const std::string ac = fp_cfg_.ac == ops::MixerAc::kIdentity ? "identity"
+                         : fp_cfg_.ac == ops::MixerAc::kRelu   ? "relu"
+                                                               : "silu";
+  int64_t queued = 0, done = 0;
+  while (queued < opt.max_iter) {
+    const int64_t n = std::min(check_every, opt.max_iter - queued);
+    for (int64_t k = 0; k < n; ++k, ++queued) {
+      const Tensor& h = buf[queued % 2];
+      Tensor& y = buf[(queued + 1) % 2];
+      if (cast) {
+        h_c.copy_(h.view({B * T, D}));
+        at::mm_out(z, h_c, w_h_t_);
+      } else {
+        at::mm_out(z, h.view({B * T, D}), w_h_t_);
+      }
+      ops::fp_mix_cuda(z, base, bx, h, lambda, v, fp_cfg_.rank, ac, fp_cfg_.norm_eps, fp_cfg_.sum_form, state);
+      ops::fp_scan_cuda(v, lambda, h, y, state);
+      ops::fp_controller_cuda(state, dopt);
+    }
+    const Tensor c = state.counters.cpu();  // the one synchronisation per `check_every` iterations
+    done = c[0].item<int64_t>();
+    if (c[1].item<int64_t>() == 0) break;
+  }
+  const Tensor best = state.best.cpu(), last = state.last.cpu();
+  solver::SolveStats stats;
+  stats.iterations = done;
+  stats.last_residual_max = last.max().item<double>();
+  stats.best_residual_max = best.max().item<double>();
+  std::vector<double> bv(best.data_ptr<double>(), best.data_ptr<double>() + B);
+  stats.best_residual_quantile = solver::quantile(bv, opt.quantile);
+  stats.converged = stats.best_residual_quantile < opt.threshold;
+  return {buf[done % 2].to(in_.x.scalar_type()), stats};
+#else
+  (void)opt;
+  TORCH_CHECK(false, "FastStep::solve_device: this build has no CUDA kernels");
+#endif
+}
+
+std::pair<Tensor, std::vector<double>> FastStep::step_with_residual(const Tensor& h, double eps) {
+  if (use_fused(h)) {
+    Tensor y = fused_step(h, /*with_stats=*/true);
+    return {y, ops::fp_step_residual(stats_, eps)};
+  }
+  Tensor y = (*this)(h);
+  std::vector<double> r = solver::relative_residual(h, y, eps);
+  return {y, r};
 }
 
 }  // namespace fprnn::nn

@@ -95,20 +95,20 @@ std::vector<double> relative_residual(const Tensor& y, const Tensor& y_new, doub
   const auto acc = y_new.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
   const Tensor diff = (y.to(acc) - y_new.to(acc)).abs().amax(-1);
   const Tensor scale = y_new.to(acc).abs().amax(-1) + eps;
-  const Tensor r = (diff / scale).amax(-1).to(torch::kFloat64).contiguous();
+  const Tensor r = (diff / scale).amax(-1).to(torch::kFloat64).cpu().contiguous();
   const double* p = r.data_ptr<double>();
   return std::vector<double>(p, p + r.numel());
 }
 
-std::pair<Tensor, SolveStats> solve(const std::function<Tensor(const Tensor&)>& F, Tensor y0,
-                                    const SolverOptions& opt) {
+std::pair<Tensor, SolveStats> solve_with_residual(const StepWithResidual& F, Tensor y0, const SolverOptions& opt) {
   torch::NoGradGuard no_grad;
   TORCH_CHECK(y0.dim() == 3, "fixed-point solver: the iterate must be (B, T, D), got ", y0.sizes());
   FixedPointController ctl(y0.size(0), opt);
-  Tensor y = y0;
+  Tensor y = std::move(y0);
   while (ctl.should_continue()) {
-    Tensor y_new = F(y);
-    std::vector<double> r = relative_residual(y, y_new, opt.eps);
+    auto [y_new, r] = F(y);
+    TORCH_CHECK(y_new.sizes() == y.sizes(), "fixed-point solver: F returned ", y_new.sizes(), " for an iterate of ",
+                y.sizes());
     if (ctl.all_unit_steps()) {
       y = y_new;
     } else {
@@ -127,6 +127,17 @@ std::pair<Tensor, SolveStats> solve(const std::function<Tensor(const Tensor&)>& 
   stats.best_residual_quantile = quantile(ctl.best(), opt.quantile);
   stats.converged = stats.best_residual_quantile < opt.threshold;
   return {y, stats};
+}
+
+std::pair<Tensor, SolveStats> solve(const std::function<Tensor(const Tensor&)>& F, Tensor y0,
+                                    const SolverOptions& opt) {
+  return solve_with_residual(
+      [&](const Tensor& y) {
+        Tensor y_new = F(y);
+        std::vector<double> r = relative_residual(y, y_new, opt.eps);
+        return std::make_pair(std::move(y_new), std::move(r));
+      },
+      std::move(y0), opt);
 }
 
 int64_t random_max_iter(uint64_t seed, int64_t step, int64_t layer, int64_t train_length) {

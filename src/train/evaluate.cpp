@@ -20,7 +20,7 @@ BatchScore score_batch(const torch::Tensor& logits, const torch::Tensor& labels,
   torch::NoGradGuard no_grad;
   const int64_t B = labels.size(0), T = labels.size(1);
   const torch::Tensor lf = logits.to(torch::kFloat32).reshape({B * T, -1});
-  const torch::Tensor lab = labels.reshape({-1});
+  const torch::Tensor lab = labels.to(logits.device()).reshape({-1});
   const torch::Tensor mask = count_padding ? torch::ones_like(lab, torch::kBool) : lab.ne(pad);
   const torch::Tensor ce = torch::nn::functional::cross_entropy(
       lf, lab, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));

@@ -108,12 +108,22 @@ void apply_threads(const TrainConfig& cfg) {
   if (cfg.threads > 0) torch::set_num_threads(static_cast<int>(cfg.threads));
 }
 
+torch::Device run_device(const TrainConfig& cfg) {
+  if (cfg.device == "cpu") return torch::kCPU;
+  TORCH_CHECK(cfg.device == "cuda", "train.device must be cpu or cuda, got '", cfg.device, "'");
+  TORCH_CHECK(torch::cuda::is_available(),
+              "train.device=cuda but no CUDA device is available (or this LibTorch has no CUDA); use train.device=cpu");
+  return torch::kCUDA;
+}
+
 nn::FPLM build_model(const RunConfig& cfg, int64_t vocab_size) {
+  const torch::Device device = run_device(cfg.train);
   torch::manual_seed(cfg.train.seed);
   nn::FPLM model(cfg.model, cfg.solver, vocab_size);
   const auto dtype = parse_dtype(cfg.train.dtype);
   model->compute_dtype = dtype;
   if (dtype == torch::kFloat64) model->to(torch::kFloat64);
+  model->to(device);
   return model;
 }
 
@@ -134,8 +144,6 @@ std::vector<std::string> write_sweep(const std::string& dir, const std::vector<E
 
 TrainSummary run_training(const RunConfig& cfg, const TrainOptions& opts) {
   validate(cfg);
-  TORCH_CHECK(cfg.train.device == "cpu", "train.device=", cfg.train.device,
-              " is not available in this build (CPU only; the CUDA path is issue #3)");
   TORCH_CHECK(!opts.out_dir.empty(), "train: --out DIR is required");
   apply_threads(cfg.train);
   const std::string out = opts.out_dir;
@@ -278,8 +286,8 @@ TrainSummary run_training(const RunConfig& cfg, const TrainOptions& opts) {
       const int64_t V = logits.size(-1);
       auto ce = torch::nn::functional::CrossEntropyFuncOptions();
       if (!cfg.task.loss_on_padding) ce.ignore_index(pad);
-      const torch::Tensor loss =
-          torch::nn::functional::cross_entropy(logits.reshape({-1, V}), batch.labels.reshape({-1}), ce);
+      const torch::Tensor labels = batch.labels.to(logits.device());
+      const torch::Tensor loss = torch::nn::functional::cross_entropy(logits.reshape({-1, V}), labels.reshape({-1}), ce);
       const double loss_value = loss.item<double>();
       TORCH_CHECK(std::isfinite(loss_value), "training diverged: the loss is ", loss_value, " at step ", step,
                   " (the last good checkpoint is ", last_ckpt, "); lower train.lr or raise train.grad_clip");
@@ -291,7 +299,7 @@ TrainSummary run_training(const RunConfig& cfg, const TrainOptions& opts) {
       optimizer.step();
       ++step;
 
-      window.add(score_batch(logits.detach(), batch.labels, pad, cfg.task.loss_on_padding));
+      window.add(score_batch(logits.detach(), labels, pad, cfg.task.loss_on_padding));
       const auto stats = model->last_stats();
       for (int64_t l = 0; l < n_layers; ++l) window_iters[l] += static_cast<double>(stats[l].recorded());
       ++window_steps;

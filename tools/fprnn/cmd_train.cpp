@@ -1,6 +1,7 @@
 // `fprnn train`: a word-problem training run from a config file plus key=value overrides.
 #include "commands.h"
 
+#include "fprnn/tasks/groups.h"
 #include "fprnn/train/evaluate.h"
 #include "fprnn/train/trainer.h"
 
@@ -46,6 +47,8 @@ void add_train(CLI::App& app) {
       std::printf("%s\n", cfg_json.dump(2).c_str());
       return;
     }
+    // Fail on a bad group name before printing anything, so that bad input is one line.
+    if (cfg.task.name == "word_problem") (void)tasks::Group::from_name(cfg.task.group);
     if (!args->quiet) print_config(cfg_json, "config:");
     train::TrainOptions opts;
     opts.out_dir = args->out;

@@ -4,8 +4,12 @@
 #include <c10/util/Exception.h>
 #include <torch/torch.h>
 
+#include <csignal>
 #include <cstdio>
+#include <cstdlib>
+#include <execinfo.h>
 #include <iostream>
+#include <unistd.h>
 
 namespace fprnn::cli {
 
@@ -32,9 +36,22 @@ std::string first_line(const std::string& msg) {
   return nl == std::string::npos ? msg : msg.substr(0, nl);
 }
 
+// A crash (a bug in fprnn, never bad input) prints its stack before the default action, so that a report
+// can say where; the binary exports its symbols (ENABLE_EXPORTS) for readable names.
+void on_fatal_signal(int sig) {
+  const char msg[] = "fprnn: internal error: fatal signal; stack:\n";
+  (void)!write(STDERR_FILENO, msg, sizeof(msg) - 1);
+  void* frames[64];
+  const int n = backtrace(frames, 64);
+  backtrace_symbols_fd(frames, n, STDERR_FILENO);
+  std::signal(sig, SIG_DFL);
+  std::raise(sig);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  for (int sig : {SIGSEGV, SIGBUS, SIGFPE, SIGILL}) std::signal(sig, on_fatal_signal);
   CLI::App app{"fprnn — Fixed-Point RNNs (Movahedi et al., NeurIPS 2025) in C++/LibTorch.\n"
                "Dense, state-tracking RNNs computed as fixed points of diagonal scans plus structured mixers."};
   app.set_version_flag("--version", std::string("fprnn ") + FPRNN_VERSION + " (" + FPRNN_GIT_REV + ", LibTorch " +
@@ -48,6 +65,16 @@ int main(int argc, char** argv) {
   fprnn::cli::add_verify(app);
   fprnn::cli::add_report(app);
   fprnn::cli::add_bench(app);
+  if (argc > 1 && argv[1][0] != '-') {
+    const std::string sub = argv[1];
+    bool known = false;
+    for (const CLI::App* c : app.get_subcommands([](CLI::App*) { return true; })) known = known || c->get_name() == sub;
+    if (!known) {
+      std::fprintf(stderr, "fprnn: error: unknown command '%s' (expected train, eval, verify, report or bench; see fprnn --help)\n",
+                   sub.c_str());
+      return 2;
+    }
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -27,6 +27,10 @@ struct SolverConfig {
   double stepsize_thresh = 1e-3;     // stop when every sample's step size is below this
   double eps = 1e-8;                 // residual denominator ‖F(y)‖∞ + eps
   std::string eval_method = "picard";  // "picard" (iterate F) | "sequential" (dense oracle, spec §4.6)
+  bool fused = true;                 // fused no-grad iterations (ops::fp_step on the CPU, the device loop on a
+                                     // GPU) where they apply; false: the plain map, for checks and benchmarks
+  int64_t device_check_every = 4;    // GPU: iterations queued between host reads of the stop flag (results
+                                     // are the same for any value; larger hides more launch latency)
 };
 
 // One FPRNN layer (spec §4) and its mixer (spec §7).

@@ -49,10 +49,13 @@ TORCH_MODULE(Projection);
 // Depthwise causal convolution along time on (B, T, C):
 //   y_t[c] = bias[c] + Σ_{k=0..K−1} w[c, k] · x_{t−K+1+k}[c]   (zero for negative time)
 // weight (C, 1, K) and bias (C) as PyTorch's Conv1d(C, C, K, groups=C); init U(±1/√K) for both.
+// Computed by the fused op ops::causal_conv1d (weight and bias cast to x's dtype).
 class CausalConv1dImpl : public torch::nn::Module {
  public:
   CausalConv1dImpl(int64_t channels, int64_t kernel_size, bool bias = true);
   Tensor forward(const Tensor& x);
+  // silu(forward(x)), fused into the same pass.
+  Tensor forward_silu(const Tensor& x);
   int64_t channels, kernel_size;
   Tensor weight, bias;
 };

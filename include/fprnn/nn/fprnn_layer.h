@@ -13,11 +13,14 @@
 #include "fprnn/io/config.h"
 #include "fprnn/nn/basic.h"
 #include "fprnn/nn/mixer.h"
+#include "fprnn/ops/fp_step.h"
 #include "fprnn/solver/fixed_point.h"
 
 #include <torch/torch.h>
 
 #include <memory>
+#include <utility>
+#include <vector>
 
 namespace fprnn::nn {
 
@@ -71,17 +74,40 @@ class FPRNNLayerImpl : public torch::nn::Module {
 TORCH_MODULE(FPRNNLayer);
 
 // The no-grad map F with the mixer projection split into a part computed once per solve (from x_mix)
-// and a part recomputed per iteration (from shift(h)): one GEMM per iteration, on width D instead of 2D.
+// and a part recomputed per iteration (from h): one GEMM per iteration, on width D instead of 2D.
+//
+// Fused path (Householder and DPLR mixers with single-stage projections, float32/float64, CPU): the GEMM
+// runs on h itself (z = h·W_hᵀ, no shift copy) and ops::fp_step does the rest of the iteration, the
+// solver's residual included, in one pass; the iterate lives in two output buffers reused across calls, so
+// an iteration allocates nothing. A returned tensor stays valid while the caller holds it: a buffer is
+// overwritten only when nothing outside this object references its storage, otherwise a new one replaces
+// it. Generic path (low-rank projections, mixer_proj_rank > 0; the Kronecker and non-selective mixers;
+// bfloat16): the GEMM on shift(h), then the mixer's `apply` and linrec, allocating as it goes.
 class FastStep {
  public:
   FastStep(FPRNNLayerImpl& layer, const FPRNNLayerImpl::Inputs& in);
   Tensor operator()(const Tensor& h);
+  // (F(h), r) with r_b = solver::relative_residual(h, F(h), eps), from the fused kernel when it applies.
+  std::pair<Tensor, std::vector<double>> step_with_residual(const Tensor& h, double eps);
   // The mixer's raw projections for iterate h (exposed for tests: equals mixer->project(mixer_param(h))).
   Tensor raw(const Tensor& h);
+  // Whether the fused kernel serves iterates shaped like x.
+  bool fused() const { return fused_; }
+  // Whether the whole solve can run on the GPU without host synchronisation (a CUDA build, CUDA inputs, a
+  // Householder/DPLR mixer with single-stage h-dependent projections, float32 or bfloat16 compute).
+  bool device_loop() const { return device_loop_; }
+  // The solve on the GPU (ops/fp_step_cuda.h): the host queues `check_every` iterations between reads of
+  // the device's stop flag; the result and the statistics are those of solver::solve on the same map.
+  std::pair<Tensor, solver::SolveStats> solve_device(const solver::SolverOptions& opt, int64_t check_every);
 
  private:
   // Applies the second stages of low-rank projections to the stacked first-stage output z (N, rows0).
   Tensor finish(const Tensor& z) const;
+  bool use_fused(const Tensor& h) const;
+  // Fused F(h) into a reused buffer; with_stats also fills stats_ with the residual maxima.
+  Tensor fused_step(const Tensor& h, bool with_stats);
+  // An output buffer (B, T, D) that nothing outside this object references (allocated if none is free).
+  Tensor take_output();
 
   FPRNNLayerImpl& layer_;
   const FPRNNLayerImpl::Inputs& in_;
@@ -95,6 +121,15 @@ class FastStep {
   };
   std::vector<Part> parts_;
   bool single_stage_ = true;
+
+  bool fused_ = false;
+  bool device_loop_ = false;
+  ops::FpStepConfig fp_cfg_;
+  ops::FpStepInputs fp_in_;  // base (B, T, rows0) and contiguous bx, λ; z and h set per call
+  Tensor z_;                 // h·W_hᵀ for every token (B·T, rows0), reused
+  Tensor stats_;             // (B, T, 2) residual maxima, reused
+  Tensor out_[2];            // the iterate buffers, used in turn
+  int next_out_ = 0;
 };
 
 }  // namespace fprnn::nn

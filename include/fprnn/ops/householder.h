@@ -35,4 +35,16 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> dplr_bwd_cpu(const torch
                                                                      const torch::Tensor& v,
                                                                      const torch::Tensor& grad);
 
+// CUDA kernels (contiguous CUDA float32/float64 inputs). In a build without CUDA they throw.
+torch::Tensor householder_fwd_cuda(const torch::Tensor& u, const torch::Tensor& alpha, const torch::Tensor& v);
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> householder_bwd_cuda(const torch::Tensor& u,
+                                                                             const torch::Tensor& alpha,
+                                                                             const torch::Tensor& v,
+                                                                             const torch::Tensor& grad);
+torch::Tensor dplr_fwd_cuda(const torch::Tensor& u, const torch::Tensor& alpha, const torch::Tensor& v);
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> dplr_bwd_cuda(const torch::Tensor& u,
+                                                                      const torch::Tensor& alpha,
+                                                                      const torch::Tensor& v,
+                                                                      const torch::Tensor& grad);
+
 }  // namespace fprnn::ops

@@ -29,4 +29,10 @@ torch::Tensor linrec_fwd_cpu(const torch::Tensor& inputs, const torch::Tensor& c
 std::pair<torch::Tensor, torch::Tensor> linrec_bwd_cpu(const torch::Tensor& grad, const torch::Tensor& coeffs,
                                                        const torch::Tensor& outputs, bool reverse);
 
+// CUDA kernels (chunked three-phase scan, float32 accumulation): contiguous CUDA (B, T, D) inputs. In a build
+// without CUDA they exist but throw.
+torch::Tensor linrec_fwd_cuda(const torch::Tensor& inputs, const torch::Tensor& coeffs, bool reverse);
+std::pair<torch::Tensor, torch::Tensor> linrec_bwd_cuda(const torch::Tensor& grad, const torch::Tensor& coeffs,
+                                                        const torch::Tensor& outputs, bool reverse);
+
 }  // namespace fprnn::ops

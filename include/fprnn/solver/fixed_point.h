@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <functional>
 #include <utility>
+#include <vector>
 
 namespace fprnn::solver {
 
@@ -82,6 +83,14 @@ std::vector<double> relative_residual(const Tensor& y, const Tensor& y_new, doub
 // Runs the loop above from y0 with the map F (called under NoGradGuard). Returns the final iterate.
 std::pair<Tensor, SolveStats> solve(const std::function<Tensor(const Tensor&)>& F, Tensor y0,
                                     const SolverOptions& opt);
+
+// A map that also returns the residual of its own step: for the iterate y, (ŷ = F(y), r) with r (B doubles)
+// equal to relative_residual(y, ŷ, opt.eps). A fused map computes r in the pass that writes ŷ; ŷ may be a
+// buffer the map reuses once the caller has let go of it (the loop keeps only y).
+using StepWithResidual = std::function<std::pair<Tensor, std::vector<double>>(const Tensor&)>;
+
+// The same loop as `solve` with the residual taken from F; `solve` is this with relative_residual.
+std::pair<Tensor, SolveStats> solve_with_residual(const StepWithResidual& F, Tensor y0, const SolverOptions& opt);
 
 // The reference's randomised training cap ⌈Gamma(shape 4, scale k/16 + 1)⌉ (mean k/4 + 4), drawn from
 // a generator keyed by (seed, step, layer) so that a resumed run draws the same caps.

@@ -38,7 +38,10 @@ struct TrainSummary {
 // --resume, a missing checkpoint to resume from, or a diverged loss.
 TrainSummary run_training(const RunConfig& cfg, const TrainOptions& opts);
 
-// Builds the model a config describes (seeded by cfg.train.seed) for a task with `vocab_size` tokens.
+// The device cfg.device names; "cuda" without a usable GPU throws one clear line.
+torch::Device run_device(const TrainConfig& cfg);
+
+// Builds the model a config describes (seeded by cfg.train.seed, on its device) for `vocab_size` tokens.
 nn::FPLM build_model(const RunConfig& cfg, int64_t vocab_size);
 
 // Sets LibTorch's intra-op threads when cfg.train.threads > 0.

@@ -25,9 +25,11 @@ HouseholderSizes check_inputs(const char* op, const torch::Tensor& u, const torc
               dt, ", ", alpha.scalar_type(), ", ", v.scalar_type());
   TORCH_CHECK(alpha.device() == u.device() && v.device() == u.device(), op,
               ": u, alpha and v must be on one device, got ", u.device(), ", ", alpha.device(), ", ", v.device());
-  TORCH_CHECK(!u.is_cuda(), op, ": CUDA tensors are not supported yet (this build has no CUDA kernels); ",
+#ifndef FPRNN_WITH_CUDA
+  TORCH_CHECK(!u.is_cuda(), op, ": CUDA tensors need a build with CUDA (this build has no CUDA kernels); ",
               "run on the CPU");
-  TORCH_CHECK(u.is_cpu(), op, ": only CPU tensors are supported, got device ", u.device());
+#endif
+  TORCH_CHECK(u.is_cpu() || u.is_cuda(), op, ": no kernel for device ", u.device());
   return s;
 }
 
@@ -58,11 +60,12 @@ using torch::autograd::variable_list;
 // One Function for both ops: sum_form = false is the ordered product (householder), true the sum (dplr).
 class HouseholderFunction : public torch::autograd::Function<HouseholderFunction> {
  public:
-  // u (N, r, D), alpha (N, r), v (N, D): contiguous, CPU, float32 or float64.
+  // u (N, r, D), alpha (N, r), v (N, D): contiguous, float32 or float64, on the CPU or a GPU.
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& u, const torch::Tensor& alpha,
                                const torch::Tensor& v, bool sum_form) {
     ctx->save_for_backward({u, alpha, v});
     ctx->saved_data["sum_form"] = sum_form;
+    if (u.is_cuda()) return sum_form ? dplr_fwd_cuda(u, alpha, v) : householder_fwd_cuda(u, alpha, v);
     return sum_form ? dplr_fwd_cpu(u, alpha, v) : householder_fwd_cpu(u, alpha, v);
   }
 
@@ -77,8 +80,12 @@ class HouseholderFunction : public torch::autograd::Function<HouseholderFunction
                                           : detail::householder_bwd_ref(u, alpha, v, grads[0]);
       return {du.to(u.scalar_type()), dalpha.to(u.scalar_type()), dv.to(u.scalar_type()), torch::Tensor()};
     }
-    const torch::Tensor g = grads[0].contiguous();
-    std::tie(du, dalpha, dv) = sum_form ? dplr_bwd_cpu(u, alpha, v, g) : householder_bwd_cpu(u, alpha, v, g);
+    const torch::Tensor g = grads[0].to(v.scalar_type()).contiguous();
+    if (u.is_cuda()) {
+      std::tie(du, dalpha, dv) = sum_form ? dplr_bwd_cuda(u, alpha, v, g) : householder_bwd_cuda(u, alpha, v, g);
+    } else {
+      std::tie(du, dalpha, dv) = sum_form ? dplr_bwd_cpu(u, alpha, v, g) : householder_bwd_cpu(u, alpha, v, g);
+    }
     return {du, dalpha, dv, torch::Tensor()};
   }
 };
@@ -96,6 +103,27 @@ torch::Tensor apply_entry(const char* op, const torch::Tensor& u, const torch::T
 }
 
 }  // namespace
+
+#ifndef FPRNN_WITH_CUDA
+// Without CUDA the CUDA entry points exist (so callers and tests link) but refuse to run.
+namespace {
+[[noreturn]] void no_cuda(const char* op) { TORCH_CHECK(false, op, ": this build has no CUDA kernels"); }
+}  // namespace
+torch::Tensor householder_fwd_cuda(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&) {
+  no_cuda("householder_fwd_cuda");
+}
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> householder_bwd_cuda(const torch::Tensor&, const torch::Tensor&,
+                                                                             const torch::Tensor&, const torch::Tensor&) {
+  no_cuda("householder_bwd_cuda");
+}
+torch::Tensor dplr_fwd_cuda(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&) {
+  no_cuda("dplr_fwd_cuda");
+}
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> dplr_bwd_cuda(const torch::Tensor&, const torch::Tensor&,
+                                                                      const torch::Tensor&, const torch::Tensor&) {
+  no_cuda("dplr_bwd_cuda");
+}
+#endif
 
 torch::Tensor householder_apply(const torch::Tensor& u, const torch::Tensor& alpha, const torch::Tensor& v) {
   return apply_entry("householder", u, alpha, v, /*sum_form=*/false);

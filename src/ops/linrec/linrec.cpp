@@ -42,15 +42,18 @@ namespace {
 
 // Backend choice by device: explicit errors instead of silent fallbacks.
 void check_backend(const torch::Tensor& t) {
+#ifndef FPRNN_WITH_CUDA
   TORCH_CHECK(!t.is_cuda(),
-              "linrec: CUDA tensors are not supported yet (the CUDA kernel is not built); move inputs and "
+              "linrec: CUDA tensors need a build with CUDA (this build has no CUDA kernels); move inputs and "
               "coeffs to the CPU");
-  TORCH_CHECK(t.device().is_cpu(), "linrec: no kernel for device ", t.device(), " (only CPU is supported)");
+#endif
+  TORCH_CHECK(t.device().is_cpu() || t.is_cuda(), "linrec: no kernel for device ", t.device());
 }
 
 // inputs, coeffs: (B, T, D) contiguous → outputs (B, T, D).
 torch::Tensor linrec_fwd(const torch::Tensor& inputs, const torch::Tensor& coeffs, bool reverse) {
   check_backend(inputs);
+  if (inputs.is_cuda()) return linrec_fwd_cuda(inputs, coeffs, reverse);
   return linrec_fwd_cpu(inputs, coeffs, reverse);
 }
 
@@ -58,6 +61,7 @@ torch::Tensor linrec_fwd(const torch::Tensor& inputs, const torch::Tensor& coeff
 std::pair<torch::Tensor, torch::Tensor> linrec_bwd(const torch::Tensor& grad, const torch::Tensor& coeffs,
                                                    const torch::Tensor& outputs, bool reverse) {
   check_backend(grad);
+  if (grad.is_cuda()) return linrec_bwd_cuda(grad, coeffs, outputs, reverse);
   return linrec_bwd_cpu(grad, coeffs, outputs, reverse);
 }
 
@@ -87,6 +91,17 @@ struct LinrecFunction : public torch::autograd::Function<LinrecFunction> {
 };
 
 }  // namespace
+
+#ifndef FPRNN_WITH_CUDA
+// Without CUDA the CUDA entry points exist (so callers and tests link) but refuse to run.
+torch::Tensor linrec_fwd_cuda(const torch::Tensor&, const torch::Tensor&, bool) {
+  TORCH_CHECK(false, "linrec_fwd_cuda: this build has no CUDA kernels");
+}
+std::pair<torch::Tensor, torch::Tensor> linrec_bwd_cuda(const torch::Tensor&, const torch::Tensor&,
+                                                        const torch::Tensor&, bool) {
+  TORCH_CHECK(false, "linrec_bwd_cuda: this build has no CUDA kernels");
+}
+#endif
 
 torch::Tensor linrec(const torch::Tensor& inputs, const torch::Tensor& coeffs, bool reverse) {
   detail::linrec_check_args("linrec", {{"inputs", inputs}, {"coeffs", coeffs}}, /*cpu_contiguous=*/false);

@@ -1,0 +1,52 @@
+// The fixed-point iteration on the GPU without host synchronisation (spec §8 semantics, on the device).
+//
+// One iteration is: z = h · W_hᵀ (cuBLAS, in the compute dtype), then
+//   fp_mix_cuda:     v = (1 − λ) ⊙ (Q(raw) (b⊙x − h) + h),  raw[b,t] = base[b,t] + z[b,t−1]   (Householder / DPLR)
+//   fp_scan_cuda:    ŷ = Scan_λ(v); per (b, t): max_d |ŷ − h| and max_d |ŷ| (atomic maxima); y = s_b ŷ + (1 − s_b) h
+//   controller_step: r_b = max_t diff/(ymax + eps); best/patience/step-size updates; the continue test
+// Every kernel first reads the device flag `active` and returns at once when it is 0, so the host may queue
+// several iterations and check the flag only every few: the iterations after the stop are no-ops and the
+// results (iterate, count, residuals) are exactly those of checking before every step.
+//
+// Layout: every (B, T, D) tensor contiguous; h, bx, lambda, v, y float32; z and base (B·T, rows) in the
+// compute dtype (float32 or bfloat16), rows = r·D + r with reflection i in columns i·D..(i+1)·D and the
+// α logits last.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <string>
+
+namespace fprnn::ops {
+
+// Device-resident solver state for a batch of B samples (all CUDA tensors).
+struct DeviceSolverState {
+  torch::Tensor best, last, stepsize;  // (B) float64
+  torch::Tensor patience;              // (B) int64
+  torch::Tensor counters;              // (2) int64: [iterations, active]
+  torch::Tensor diff, ymax;            // (B, T) float32 scratch, zero between iterations
+};
+
+struct DeviceSolverOptions {
+  int64_t max_iter = 1000;
+  double quantile = 1.0, threshold = 0.1, stepsize = 1.0, stepsize_decay = 1.0, stepsize_thresh = 1e-3, eps = 1e-8;
+  int64_t decay_patience = 15;
+};
+
+DeviceSolverState make_device_solver_state(int64_t B, int64_t T, const DeviceSolverOptions& opt,
+                                           const torch::Device& device);
+
+// v (B, T, D) float32 ← the mixed, gated scan input. mixer_ac: "identity" | "relu" | "silu".
+void fp_mix_cuda(const torch::Tensor& z, const torch::Tensor& base, const torch::Tensor& bx, const torch::Tensor& h,
+                 const torch::Tensor& lambda, torch::Tensor& v, int64_t rank, const std::string& mixer_ac, double eps,
+                 bool sum_form, const DeviceSolverState& state);
+
+// y (B, T, D) float32 ← s·Scan_λ(v) + (1 − s)·h, accumulating the residual maxima into state.diff/ymax.
+void fp_scan_cuda(const torch::Tensor& v, const torch::Tensor& lambda, const torch::Tensor& h, torch::Tensor& y,
+                  const DeviceSolverState& state);
+
+// Records the residual of the step just taken and evaluates the continue test for the next one.
+void fp_controller_cuda(DeviceSolverState& state, const DeviceSolverOptions& opt);
+
+}  // namespace fprnn::ops

@@ -1,0 +1,180 @@
+// causal_conv1d entry: y_t = act(bias + Σ_k w_k ⊙ x_{t−K+1+k}) with autograd (saves x, weight, bias; the
+// backward recomputes the pre-activation), checks and dispatch (CPU: fused kernels; other devices: ATen ops).
+// Layout contract: x (B, T, C), weight (C, K) or (C, 1, K), bias (C) or undefined; any strides (made
+// contiguous here).
+#include "fprnn/ops/conv1d.h"
+
+#include "ops/conv1d/conv1d_common.h"
+
+#include <torch/autograd.h>
+
+#include <vector>
+
+namespace fprnn::ops {
+
+namespace detail {
+
+Conv1dSizes conv1d_check_args(const char* fn, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                              const at::Tensor& grad, bool cpu_contiguous) {
+  TORCH_CHECK(x.defined(), fn, ": x is undefined");
+  TORCH_CHECK(weight.defined(), fn, ": weight is undefined");
+  TORCH_CHECK(x.dim() == 3, fn, ": x must be (B, T, C), got sizes ", x.sizes());
+  Conv1dSizes s{x.size(0), x.size(1), x.size(2), weight.size(-1)};
+  const bool weight_2d = weight.dim() == 2 && weight.size(0) == s.C;
+  const bool weight_3d = weight.dim() == 3 && weight.size(0) == s.C && weight.size(1) == 1;
+  TORCH_CHECK(weight_2d || weight_3d, fn, ": weight must be (C, K) or (C, 1, K) with C = ", s.C,
+              " (the channels of x ", x.sizes(), "), got ", weight.sizes());
+  TORCH_CHECK(s.K >= 1, fn, ": the kernel width K must be at least 1, got weight ", weight.sizes());
+  if (bias.defined()) {
+    TORCH_CHECK(bias.dim() == 1 && bias.size(0) == s.C, fn, ": bias must be (C) = (", s.C, "), got ",
+                bias.sizes());
+  }
+  if (grad.defined()) {
+    TORCH_CHECK(grad.sizes() == x.sizes(), fn, ": grad must have the sizes of x ", x.sizes(), ", got ",
+                grad.sizes());
+  }
+  const auto dtype = x.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16, fn,
+              ": x must be float32, float64 or bfloat16, got ", dtype);
+  struct Named {
+    const char* name;
+    const at::Tensor& t;
+  };
+  for (const Named& a : {Named{"x", x}, Named{"weight", weight}, Named{"bias", bias}, Named{"grad", grad}}) {
+    if (!a.t.defined()) continue;
+    TORCH_CHECK(a.t.scalar_type() == dtype, fn, ": ", a.name, " must have the dtype of x (", dtype, "), got ",
+                a.t.scalar_type());
+    TORCH_CHECK(a.t.device() == x.device(), fn, ": ", a.name, " is on ", a.t.device(), " but x is on ", x.device());
+    if (cpu_contiguous) {
+      TORCH_CHECK(a.t.device().is_cpu(), fn, ": ", a.name, " must be a CPU tensor, got ", a.t.device());
+      TORCH_CHECK(a.t.is_contiguous(), fn, ": ", a.name, " must be contiguous, got sizes ", a.t.sizes(),
+                  " and strides ", a.t.strides(), " (causal_conv1d() makes its arguments contiguous)");
+    }
+  }
+  return s;
+}
+
+}  // namespace detail
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// The pre-activation z = bias + Σ_k w_k ⊙ x_{t−K+1+k} in ATen ops (differentiable, any device).
+// x (B, T, C); weight (C, K) or (C, 1, K); bias (C) or undefined → z (B, T, C).
+torch::Tensor pre_aten(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
+  const int64_t T = x.size(1), C = x.size(2), K = weight.size(-1);
+  const torch::Tensor w = weight.reshape({C, K});
+  const torch::Tensor xp = torch::constant_pad_nd(x, {0, 0, K - 1, 0});  // xp_{t+k} = x_{t−K+1+k}
+  torch::Tensor z = bias.defined() ? bias.expand_as(x) : torch::zeros_like(x);
+  for (int64_t k = 0; k < K; ++k) z = z + xp.narrow(1, k, T) * w.select(1, k);
+  return z;
+}
+
+// The forward in ATen ops, differentiable through ATen's autograd: the backend for devices without a fused
+// kernel (CUDA, until one lands), as the module computed it before this op existed.
+torch::Tensor fwd_aten(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias, bool silu) {
+  const torch::Tensor z = pre_aten(x, weight, bias);
+  return silu ? torch::silu(z) : z;
+}
+
+// The forward on a GPU: ATen's depthwise conv1d (cuDNN), differentiable through ATen's autograd. The tap
+// loop above costs 2K strided elementwise kernels forward and more backward; this is one convolution.
+// conv1d is a cross-correlation: with K−1 zeros on both sides, output t = Σ_k w_k x_{t−K+1+k} for t < T.
+torch::Tensor fwd_device(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias, bool silu) {
+  const int64_t T = x.size(1), C = x.size(2), K = weight.size(-1);
+  const torch::Tensor xt = x.transpose(1, 2).contiguous();  // (B, C, T)
+  const torch::Tensor z = torch::conv1d(xt, weight.reshape({C, 1, K}), bias, /*stride=*/1, /*padding=*/K - 1,
+                                        /*dilation=*/1, /*groups=*/C)
+                              .narrow(2, 0, T)
+                              .transpose(1, 2)
+                              .contiguous();
+  return silu ? torch::silu(z) : z;
+}
+
+// The backward in ATen ops, differentiable (for create_graph, i.e. double backward); the formulas of the
+// kernels. grad, x: (B, T, C); weight (C, K) or (C, 1, K); bias (C) or undefined → {dx, dweight, dbias}.
+variable_list bwd_aten(const torch::Tensor& grad, const torch::Tensor& x, const torch::Tensor& weight,
+                       const torch::Tensor& bias, bool silu) {
+  const int64_t T = x.size(1), C = x.size(2), K = weight.size(-1);
+  const torch::Tensor w = weight.reshape({C, K});
+  torch::Tensor gz = grad;
+  if (silu) {
+    const torch::Tensor z = pre_aten(x, weight, bias);
+    const torch::Tensor s = torch::sigmoid(z);
+    gz = grad * (s * (1 + z * (1 - s)));
+  }
+  const torch::Tensor xp = torch::constant_pad_nd(x, {0, 0, K - 1, 0});    // xp_{t+k} = x_{t−K+1+k}
+  const torch::Tensor gp = torch::constant_pad_nd(gz, {0, 0, 0, K - 1});   // gp_t = gz_t, zero for t ≥ T
+  torch::Tensor dx = torch::zeros_like(x);
+  std::vector<torch::Tensor> dw_taps;
+  for (int64_t k = 0; k < K; ++k) {
+    dx = dx + gp.narrow(1, K - 1 - k, T) * w.select(1, k);  // dx_s += w_k gz_{s+K−1−k}
+    dw_taps.push_back((gz * xp.narrow(1, k, T)).sum(at::IntArrayRef{0, 1}));
+  }
+  const torch::Tensor dw = torch::stack(dw_taps, 1).reshape(weight.sizes());
+  return {dx, dw, bias.defined() ? gz.sum(at::IntArrayRef{0, 1}) : torch::Tensor()};
+}
+
+// Autograd inputs must be defined tensors, so "no bias" travels as a 0-element placeholder and has_bias = false.
+struct CausalConv1dFunction : public torch::autograd::Function<CausalConv1dFunction> {
+  // x (B, T, C), weight (C, K) or (C, 1, K), bias (C) (or the placeholder): contiguous CPU → y (B, T, C).
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& weight,
+                               const torch::Tensor& bias, bool has_bias, bool silu) {
+    const torch::Tensor b = has_bias ? bias : torch::Tensor();
+    ctx->save_for_backward({x, weight, b});
+    ctx->saved_data["silu"] = silu;
+    return x.is_cuda() ? causal_conv1d_fwd_cuda(x, weight, b, silu) : causal_conv1d_fwd_cpu(x, weight, b, silu);
+  }
+
+  // grad_outputs[0]: (B, T, C), any strides → {dx, dweight, dbias (undefined without bias), none, none}.
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const torch::Tensor& grad = grad_outputs[0];
+    if (!grad.defined()) return {torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    const auto saved = ctx->get_saved_variables();
+    const torch::Tensor &x = saved[0], &weight = saved[1], &bias = saved[2];
+    const bool silu = ctx->saved_data["silu"].toBool();
+    const torch::Tensor g = grad.to(x.scalar_type());
+    variable_list d;
+    if (torch::GradMode::is_enabled()) {
+      // create_graph: the kernel is not differentiable, so take the same formulas in ATen ops.
+      d = bwd_aten(g, x, weight, bias, silu);
+    } else {
+      auto [dx, dw, db] = x.is_cuda() ? causal_conv1d_bwd_cuda(g.contiguous(), x, weight, bias, silu)
+                                      : causal_conv1d_bwd_cpu(g.contiguous(), x, weight, bias, silu);
+      d = {dx, dw, db};
+    }
+    d.push_back(torch::Tensor());
+    d.push_back(torch::Tensor());
+    return d;
+  }
+};
+
+}  // namespace
+
+#ifndef FPRNN_WITH_CUDA
+torch::Tensor causal_conv1d_fwd_cuda(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, bool) {
+  TORCH_CHECK(false, "causal_conv1d_fwd_cuda: this build has no CUDA kernels");
+}
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> causal_conv1d_bwd_cuda(const torch::Tensor&,
+                                                                               const torch::Tensor&,
+                                                                               const torch::Tensor&,
+                                                                               const torch::Tensor&, bool) {
+  TORCH_CHECK(false, "causal_conv1d_bwd_cuda: this build has no CUDA kernels");
+}
+#endif
+
+torch::Tensor causal_conv1d(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
+                            bool silu) {
+  detail::conv1d_check_args("causal_conv1d", x, weight, bias, torch::Tensor(), /*cpu_contiguous=*/false);
+  if (!x.device().is_cpu() && !x.is_cuda()) return fwd_aten(x, weight, bias, silu);
+#ifndef FPRNN_WITH_CUDA
+  if (x.is_cuda()) return fwd_device(x, weight, bias, silu);  // a build without CUDA kernels: cuDNN
+#endif
+  const bool has_bias = bias.defined();
+  return CausalConv1dFunction::apply(x.contiguous(), weight.contiguous(),
+                                     has_bias ? bias.contiguous() : torch::empty({0}, x.options()), has_bias, silu);
+}
+
+}  // namespace fprnn::ops

@@ -1,0 +1,346 @@
+// The fixed-point iteration's kernels on CUDA: the fused mixer step (Householder / DPLR), the scan with
+// the residual maxima and the damped update, and the device-side controller (spec §8).
+// Layout contract: see include/fprnn/ops/fp_step_cuda.h.
+//
+// Napkin math at the A5 shape (B, T, D) = (512, 17, 1024), rank 1, bf16 GEMM: per iteration the GEMM is
+// 8704 × 1024 × 1025 ≈ 18 GFLOP (~25 µs at ~750 TFLOP/s); fp_mix reads z and base (2 × 18 MB in bf16)
+// and bx, h, λ (3 × 36 MB) and writes v (36 MB): ~180 MB ≈ 45 µs at 4 TB/s; fp_scan reads v, λ, h and
+// writes y (4 × 36 MB) ≈ 36 µs. So about 0.1 ms per iteration, memory-bound outside the GEMM.
+#include "fprnn/ops/fp_step_cuda.h"
+
+#include <ATen/Dispatch.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <algorithm>
+#include <limits>
+
+namespace fprnn::ops {
+namespace {
+
+constexpr int kThreads = 256;
+enum Activation : int { kIdentity = 0, kRelu = 1, kSilu = 2 };
+
+Activation parse_activation(const std::string& name) {
+  if (name == "identity") return kIdentity;
+  if (name == "relu") return kRelu;
+  if (name == "silu") return kSilu;
+  TORCH_CHECK(false, "fp_mix_cuda: unknown mixer_ac '", name, "' (valid: identity, relu, silu)");
+}
+
+__device__ __forceinline__ float activate(float x, int ac) {
+  if (ac == kSilu) return x / (1.0f + __expf(-x));
+  if (ac == kRelu) return x > 0.0f ? x : 0.0f;
+  return x;
+}
+
+// Block-wide sum of two values; every thread receives both. `scratch` holds 64 floats.
+__device__ __forceinline__ float2 block_sum2(float a, float b, float* scratch) {
+  for (int o = 16; o > 0; o >>= 1) {
+    a += __shfl_xor_sync(0xffffffffu, a, o);
+    b += __shfl_xor_sync(0xffffffffu, b, o);
+  }
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
+  __syncthreads();
+  if (lane == 0) {
+    scratch[warp] = a;
+    scratch[32 + warp] = b;
+  }
+  __syncthreads();
+  float sa = 0.0f, sb = 0.0f;
+  for (int w = 0; w < warps; ++w) {
+    sa += scratch[w];
+    sb += scratch[32 + w];
+  }
+  return make_float2(sa, sb);
+}
+
+// max that keeps a NaN (fmaxf drops it), so a NaN iterate reaches the residual and stops the solver.
+__device__ __forceinline__ float nan_max(float a, float b) { return (a != a) ? a : ((b != b) ? b : fmaxf(a, b)); }
+
+// One block per token n = b·T + t. Shared memory: w (D), and for the sum form the input δ (D).
+template <typename zt>
+__global__ void fp_mix_kernel(const zt* __restrict__ z, const zt* __restrict__ base, const float* __restrict__ bx,
+                              const float* __restrict__ h, const float* __restrict__ lambda, float* __restrict__ v,
+                              int64_t T, int64_t D, int64_t rows, int r, int ac, float eps, bool sum_form,
+                              const int64_t* __restrict__ counters) {
+  if (counters[1] == 0) return;
+  extern __shared__ float smem[];
+  float* w = smem;
+  float* delta = smem + D;
+  __shared__ float scratch[64];
+  const int64_t n = blockIdx.x;
+  const int64_t t = n % T;
+  const zt* bn = base + n * rows;
+  const zt* zp = t > 0 ? z + (n - 1) * rows : nullptr;  // raw[b, t] = base[b, t] + z[b, t − 1]
+  auto raw = [&](int64_t j) { return static_cast<float>(bn[j]) + (zp != nullptr ? static_cast<float>(zp[j]) : 0.0f); };
+  const float* hn = h + n * D;
+  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+    const float x = bx[n * D + d] - hn[d];
+    w[d] = x;
+    if (sum_form) delta[d] = x;
+  }
+  __syncthreads();
+  for (int i = 0; i < r; ++i) {
+    const float* src = sum_form ? delta : w;  // DPLR: every dot product against the input δ
+    float uu = 0.0f, uw = 0.0f;
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+      const float a = activate(raw(i * D + d), ac);
+      uu += a * a;
+      uw += a * src[d];
+    }
+    const float2 s = block_sum2(uu, uw, scratch);
+    const float inv = 1.0f / fmaxf(sqrtf(s.x), eps);  // u = a / max(‖a‖, eps)
+    const float alpha = 1.0f / (1.0f + __expf(-raw(r * D + i)));
+    const float c = -2.0f * alpha * s.y * inv * inv;  // −2 α (uᵀw) u = c · a
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) w[d] += c * activate(raw(i * D + d), ac);
+    __syncthreads();
+  }
+  for (int64_t d = threadIdx.x; d < D; d += blockDim.x)
+    v[n * D + d] = (1.0f - lambda[n * D + d]) * (w[d] + hn[d]);
+}
+
+// The scan over one (b, chunk) per blockIdx.y and channels d across blockIdx.x·blockDim.x + threadIdx.x,
+// as in linrec_cuda.cu; phase 3 also writes the damped iterate and the residual maxima (one atomic per
+// warp and step: the 32 lanes reduce first).
+__global__ void fp_scan_summary_kernel(const float* __restrict__ v, const float* __restrict__ lambda, float* end_state,
+                                       float* prod, int64_t T, int64_t D, int64_t NC, int64_t L,
+                                       const int64_t* __restrict__ counters) {
+  if (counters[1] == 0) return;
+  const int64_t d = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t bk = blockIdx.y, b = bk / NC, k = bk % NC;
+  if (d >= D) return;
+  const int64_t t0 = k * L, t1 = min(T, t0 + L);
+  float s = 0.0f, p = 1.0f;
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t i = (b * T + t) * D + d;
+    s = lambda[i] * s + v[i];
+    p *= lambda[i];
+  }
+  end_state[bk * D + d] = s;
+  prod[bk * D + d] = p;
+}
+
+__global__ void fp_scan_carry_kernel(const float* end_state, const float* prod, float* carry_in, int64_t B, int64_t D,
+                                     int64_t NC, const int64_t* __restrict__ counters) {
+  if (counters[1] == 0) return;
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= B * D) return;
+  const int64_t d = idx % D, b = idx / D;
+  float carry = 0.0f;
+  for (int64_t k = 0; k < NC; ++k) {
+    const int64_t i = (b * NC + k) * D + d;
+    carry_in[i] = carry;
+    carry = prod[i] * carry + end_state[i];
+  }
+}
+
+__global__ void fp_scan_output_kernel(const float* __restrict__ v, const float* __restrict__ lambda,
+                                      const float* __restrict__ h, float* __restrict__ y, const float* carry_in,
+                                      const double* __restrict__ stepsize, float* diff, float* ymax, int64_t T,
+                                      int64_t D, int64_t NC, int64_t L, const int64_t* __restrict__ counters) {
+  if (counters[1] == 0) return;
+  const int64_t d = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t bk = blockIdx.y, b = bk / NC, k = bk % NC;
+  const bool live = d < D;
+  const float s_b = static_cast<float>(stepsize[b]);
+  const int64_t t0 = k * L, t1 = min(T, t0 + L);
+  float state = (live && carry_in != nullptr) ? carry_in[bk * D + d] : 0.0f;
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t i = (b * T + t) * D + d;
+    float dev = 0.0f, mag = 0.0f;
+    if (live) {
+      state = lambda[i] * state + v[i];
+      const float old = h[i];
+      y[i] = s_b == 1.0f ? state : s_b * state + (1.0f - s_b) * old;
+      dev = fabsf(state - old);
+      mag = fabsf(state);
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+      dev = nan_max(dev, __shfl_xor_sync(0xffffffffu, dev, o));
+      mag = nan_max(mag, __shfl_xor_sync(0xffffffffu, mag, o));
+    }
+    if ((threadIdx.x & 31) == 0) {
+      // Non-negative floats order like their bit patterns; a NaN (positive bits) wins the maximum.
+      atomicMax(reinterpret_cast<int*>(diff) + b * T + t, __float_as_int(fabsf(dev)));
+      atomicMax(reinterpret_cast<int*>(ymax) + b * T + t, __float_as_int(fabsf(mag)));
+    }
+  }
+}
+
+// One block. Records r_b = max_t diff/(ymax + eps), updates best/patience/step size (spec §8), counts the
+// iteration, zeroes the scratch and evaluates the continue test for the next step into counters[1].
+__global__ void fp_controller_kernel(float* diff, float* ymax, double* best, double* last, double* stepsize,
+                                     int64_t* patience, int64_t* counters, int64_t B, int64_t T, double eps,
+                                     int64_t decay_patience, double decay, double threshold, double quantile,
+                                     double stepsize_thresh, int64_t max_iter) {
+  if (counters[1] == 0) return;
+  extern __shared__ double sorted[];  // B values
+  __shared__ double smax[32];
+  double local_smax = 0.0;
+  for (int64_t b = threadIdx.x; b < B; b += blockDim.x) {
+    double r = 0.0;
+    for (int64_t t = 0; t < T; ++t) {
+      const double dv = diff[b * T + t], ym = ymax[b * T + t];
+      const double q = dv / (ym + eps);
+      r = (q > r || isnan(q)) ? q : r;
+      diff[b * T + t] = 0.0f;
+      ymax[b * T + t] = 0.0f;
+    }
+    const bool improved = r < best[b];
+    if (improved || isnan(r)) best[b] = r;  // torch.minimum semantics: NaN poisons the sample
+    patience[b] = improved ? decay_patience : patience[b] - 1;
+    if (patience[b] == 0) {
+      patience[b] += decay_patience;
+      stepsize[b] *= decay;
+    }
+    last[b] = r;
+    local_smax = fmax(local_smax, stepsize[b]);
+  }
+  // Max step size over the batch.
+  for (int o = 16; o > 0; o >>= 1) local_smax = fmax(local_smax, __shfl_xor_sync(0xffffffffu, local_smax, o));
+  if ((threadIdx.x & 31) == 0) smax[threadIdx.x >> 5] = local_smax;
+  __syncthreads();
+  // Sort best by rank (NaN last, ties by index) for the linear-interpolation quantile.
+  for (int64_t i = threadIdx.x; i < B; i += blockDim.x) {
+    const double x = best[i];
+    int64_t rank = 0;
+    for (int64_t j = 0; j < B; ++j) {
+      const double y = best[j];
+      const bool less = isnan(x) ? (!isnan(y) || j < i) : (!isnan(y) && (y < x || (y == x && j < i)));
+      rank += less;
+    }
+    sorted[rank] = x;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double max_step = 0.0;
+    for (int w = 0; w < (blockDim.x + 31) / 32; ++w) max_step = fmax(max_step, smax[w]);
+    const int64_t iter = counters[0] + 1;
+    counters[0] = iter;
+    const double pos = quantile * static_cast<double>(B - 1);
+    const int64_t lo = static_cast<int64_t>(floor(pos)), hi = static_cast<int64_t>(ceil(pos));
+    const double a = sorted[lo], bq = sorted[hi];
+    double q = a;
+    if (lo != hi && a != bq) {
+      const double wgt = pos - static_cast<double>(lo);
+      q = wgt < 0.5 ? a + wgt * (bq - a) : bq - (1.0 - wgt) * (bq - a);
+    }
+    const bool go = iter < max_iter && q >= threshold && max_step >= stepsize_thresh;
+    counters[1] = go ? 1 : 0;
+  }
+}
+
+void check_f32(const torch::Tensor& t, const char* name, c10::IntArrayRef sizes) {
+  TORCH_CHECK(t.is_cuda() && t.is_contiguous() && t.scalar_type() == torch::kFloat32 && t.sizes() == sizes,
+              "fp_step_cuda: ", name, " must be a contiguous float32 CUDA tensor of sizes ", sizes, ", got ",
+              t.sizes(), " ", t.scalar_type());
+}
+
+int64_t target_threads(const torch::Device& device) {
+  int sms = 0, per_sm = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device.index()));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxThreadsPerMultiProcessor, device.index()));
+  return static_cast<int64_t>(sms) * per_sm;
+}
+
+}  // namespace
+
+DeviceSolverState make_device_solver_state(int64_t B, int64_t T, const DeviceSolverOptions& opt,
+                                           const torch::Device& device) {
+  TORCH_CHECK(device.is_cuda(), "fp_step_cuda: the device solver needs a CUDA device");
+  TORCH_CHECK(B > 0 && T > 0, "fp_step_cuda: empty batch");
+  TORCH_CHECK(opt.max_iter > 0, "fp_step_cuda: max_iter must be positive");
+  const auto f64 = torch::TensorOptions().dtype(torch::kFloat64).device(device);
+  DeviceSolverState s;
+  s.best = torch::full({B}, std::numeric_limits<double>::infinity(), f64);
+  s.last = torch::full({B}, std::numeric_limits<double>::infinity(), f64);
+  s.stepsize = torch::full({B}, opt.stepsize, f64);
+  s.patience = torch::full({B}, opt.decay_patience, f64.dtype(torch::kInt64));
+  s.counters = torch::tensor({int64_t{0}, int64_t{1}}, f64.dtype(torch::kInt64));
+  s.diff = torch::zeros({B, T}, f64.dtype(torch::kFloat32));
+  s.ymax = torch::zeros({B, T}, f64.dtype(torch::kFloat32));
+  return s;
+}
+
+void fp_mix_cuda(const torch::Tensor& z, const torch::Tensor& base, const torch::Tensor& bx, const torch::Tensor& h,
+                 const torch::Tensor& lambda, torch::Tensor& v, int64_t rank, const std::string& mixer_ac, double eps,
+                 bool sum_form, const DeviceSolverState& state) {
+  TORCH_CHECK(h.dim() == 3, "fp_mix_cuda: h must be (B, T, D), got ", h.sizes());
+  const int64_t B = h.size(0), T = h.size(1), D = h.size(2), N = B * T, rows = rank * D + rank;
+  for (const auto& [t, name] : {std::pair<const torch::Tensor&, const char*>{bx, "bx"}, {h, "h"}, {lambda, "lambda"},
+                                {v, "v"}})
+    check_f32(t, name, h.sizes());
+  TORCH_CHECK(rank >= 1, "fp_mix_cuda: rank must be ≥ 1");
+  TORCH_CHECK(z.is_cuda() && base.is_cuda() && z.is_contiguous() && base.is_contiguous() &&
+                  z.scalar_type() == base.scalar_type() && z.numel() == N * rows && base.numel() == N * rows,
+              "fp_mix_cuda: z and base must be contiguous (B·T, r·D + r) = (", N, ", ", rows,
+              ") CUDA tensors of one dtype, got ", z.sizes(), " and ", base.sizes());
+  const c10::cuda::CUDAGuard guard(h.device());
+  const int ac = parse_activation(mixer_ac);
+  const size_t smem = static_cast<size_t>((sum_form ? 2 : 1) * D) * sizeof(float);
+  TORCH_CHECK(smem <= 96 * 1024, "fp_mix_cuda: D = ", D, " is too wide for the fused kernel");
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, z.scalar_type(), "fp_mix_cuda", [&] {
+    if (smem > 48 * 1024)
+      C10_CUDA_CHECK(cudaFuncSetAttribute(fp_mix_kernel<scalar_t>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(smem)));
+    fp_mix_kernel<scalar_t><<<N, kThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(
+        z.data_ptr<scalar_t>(), base.data_ptr<scalar_t>(), bx.data_ptr<float>(), h.data_ptr<float>(),
+        lambda.data_ptr<float>(), v.data_ptr<float>(), T, D, rows, static_cast<int>(rank), ac, static_cast<float>(eps),
+        sum_form, state.counters.data_ptr<int64_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+void fp_scan_cuda(const torch::Tensor& v, const torch::Tensor& lambda, const torch::Tensor& h, torch::Tensor& y,
+                  const DeviceSolverState& state) {
+  TORCH_CHECK(v.dim() == 3, "fp_scan_cuda: v must be (B, T, D), got ", v.sizes());
+  for (const auto& [t, name] : {std::pair<const torch::Tensor&, const char*>{lambda, "lambda"}, {h, "h"}, {y, "y"}})
+    check_f32(t, name, v.sizes());
+  const int64_t B = v.size(0), T = v.size(1), D = v.size(2);
+  TORCH_CHECK(state.diff.size(0) == B && state.diff.size(1) == T, "fp_scan_cuda: solver state is for another shape");
+  const c10::cuda::CUDAGuard guard(v.device());
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  const int64_t want = (target_threads(v.device()) + B * D - 1) / (B * D);
+  const int64_t NC = std::max<int64_t>(1, std::min<int64_t>(want, T / 16));
+  const int64_t L = (T + NC - 1) / NC;
+  const dim3 grid(static_cast<unsigned>((D + kThreads - 1) / kThreads), static_cast<unsigned>(B * NC));
+  const int64_t* counters = state.counters.data_ptr<int64_t>();
+  torch::Tensor carry_in;
+  if (NC > 1) {
+    torch::Tensor end_state = torch::empty({B * NC, D}, v.options());
+    torch::Tensor prod = torch::empty({B * NC, D}, v.options());
+    carry_in = torch::empty({B * NC, D}, v.options());
+    fp_scan_summary_kernel<<<grid, kThreads, 0, stream>>>(v.data_ptr<float>(), lambda.data_ptr<float>(),
+                                                          end_state.data_ptr<float>(), prod.data_ptr<float>(), T, D,
+                                                          NC, L, counters);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    fp_scan_carry_kernel<<<(B * D + kThreads - 1) / kThreads, kThreads, 0, stream>>>(
+        end_state.data_ptr<float>(), prod.data_ptr<float>(), carry_in.data_ptr<float>(), B, D, NC, counters);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  fp_scan_output_kernel<<<grid, kThreads, 0, stream>>>(
+      v.data_ptr<float>(), lambda.data_ptr<float>(), h.data_ptr<float>(), y.data_ptr<float>(),
+      carry_in.defined() ? carry_in.data_ptr<float>() : nullptr, state.stepsize.data_ptr<double>(),
+      state.diff.data_ptr<float>(), state.ymax.data_ptr<float>(), T, D, NC, L, counters);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void fp_controller_cuda(DeviceSolverState& state, const DeviceSolverOptions& opt) {
+  const int64_t B = state.best.size(0), T = state.diff.size(1);
+  const size_t smem = static_cast<size_t>(B) * sizeof(double);
+  TORCH_CHECK(smem <= 96 * 1024, "fp_controller_cuda: batch of ", B, " is too large for the device controller");
+  const c10::cuda::CUDAGuard guard(state.best.device());
+  if (smem > 48 * 1024)
+    C10_CUDA_CHECK(cudaFuncSetAttribute(fp_controller_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(smem)));
+  fp_controller_kernel<<<1, 1024, smem, c10::cuda::getCurrentCUDAStream()>>>(
+      state.diff.data_ptr<float>(), state.ymax.data_ptr<float>(), state.best.data_ptr<double>(),
+      state.last.data_ptr<double>(), state.stepsize.data_ptr<double>(), state.patience.data_ptr<int64_t>(),
+      state.counters.data_ptr<int64_t>(), B, T, opt.eps, opt.decay_patience, opt.stepsize_decay, opt.threshold,
+      opt.quantile, opt.stepsize_thresh, opt.max_iter);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace fprnn::ops

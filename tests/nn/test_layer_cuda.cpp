@@ -1,0 +1,161 @@
+// The FPRNN layer on a GPU: the device solve loop (ops/fp_step_cuda.h, no host synchronisation per
+// iteration) against the plain map on the CPU: same iterate, same iteration count, same damping, same
+// gradients. Skipped without a GPU; run on the GPU machine (scripts/gpu.sh) before a CUDA change lands.
+#include "layer_testing.h"
+
+namespace fprnn::testing {
+namespace {
+
+#define FPRNN_REQUIRE_GPU() \
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device"
+
+struct DevicePair {
+  nn::FPRNNLayer cpu, gpu;
+};
+
+// Two float32 layers with equal weights: the CPU one on the plain (unfused) map, the GPU one on the device loop.
+DevicePair make_pair(const std::string& mixer, int64_t rank, const SolverConfig& sc, int64_t d_model = 16) {
+  LayerConfig lc;
+  lc.d_model = d_model;
+  lc.mixer_type = mixer;
+  lc.mixer_rank = rank;
+  SolverConfig plain = sc;
+  plain.fused = false;
+  torch::manual_seed(5);
+  nn::FPRNNLayer cpu(lc, plain);
+  torch::manual_seed(5);
+  nn::FPRNNLayer gpu(lc, sc);
+  gpu->to(torch::kCUDA);
+  return {cpu, gpu};
+}
+
+struct SolveCase {
+  std::string name, mixer;
+  int64_t rank;
+  double stepsize, decay;
+  int64_t patience, check_every;
+  double quantile;
+};
+
+class DeviceLoopTest : public ::testing::TestWithParam<SolveCase> {};
+
+TEST_P(DeviceLoopTest, MatchesThePlainMapOnTheCpu) {
+  FPRNN_REQUIRE_GPU();
+  const SolveCase& c = GetParam();
+  SolverConfig sc;
+  sc.eval_max_iter = 300;
+  sc.threshold = 1e-4;
+  sc.stepsize = c.stepsize;
+  sc.stepsize_decay = c.decay;
+  sc.decay_patience = c.patience;
+  sc.device_check_every = c.check_every;
+  sc.eval_outlier_quantile = c.quantile;
+  auto [cpu, gpu] = make_pair(c.mixer, c.rank, sc);
+  cpu->eval();
+  gpu->eval();
+  const Tensor u = randn({6, 23, 16}, 9, torch::kFloat32);
+  Tensor h_cpu, h_gpu;
+  torch::NoGradGuard no_grad;
+  const Tensor y_cpu = cpu->forward(u, &h_cpu);
+  const Tensor y_gpu = gpu->forward(u.cuda(), &h_gpu);
+  const auto& s_cpu = cpu->last_stats();
+  const auto& s_gpu = gpu->last_stats();
+  EXPECT_GT(s_cpu.iterations, 3) << "the case should take several iterations";
+  EXPECT_EQ(s_gpu.iterations, s_cpu.iterations) << "iteration count";
+  EXPECT_EQ(s_gpu.converged, s_cpu.converged);
+  EXPECT_NEAR(s_gpu.last_residual_max, s_cpu.last_residual_max, 1e-3 * s_cpu.last_residual_max + 1e-6);
+  expect_close(h_gpu.cpu(), h_cpu, 1e-4, "fixed point");
+  expect_close(y_gpu.cpu(), y_cpu, 1e-4, "layer output");
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Cases, DeviceLoopTest,
+    ::testing::Values(SolveCase{"householder_r1", "householderproduct", 1, 1.0, 1.0, 15, 4, 0.0},
+                      SolveCase{"householder_r3_check1", "householderproduct", 3, 1.0, 1.0, 15, 1, 0.0},
+                      SolveCase{"householder_r2_check7", "householderproduct", 2, 1.0, 1.0, 15, 7, 0.0},
+                      SolveCase{"dplr_r2", "dplr", 2, 1.0, 1.0, 15, 4, 0.0},
+                      SolveCase{"damped", "householderproduct", 2, 0.9, 0.5, 2, 3, 0.0},
+                      SolveCase{"quantile", "householderproduct", 2, 1.0, 1.0, 15, 5, 0.3}),
+    [](const auto& info) { return info.param.name; });
+
+TEST(DeviceLoop, PlainMapOnTheGpuMatchesTheCpu) {
+  FPRNN_REQUIRE_GPU();
+  SolverConfig sc;
+  sc.fused = false;  // the generic path on CUDA tensors: Householder and linrec kernels, host-side residual
+  sc.eval_max_iter = 200;
+  sc.threshold = 1e-4;
+  for (const std::string mixer : {"householderproduct", "kronecker"}) {
+    auto [cpu, gpu] = make_pair(mixer, 1, sc);
+    cpu->eval();
+    gpu->eval();
+    torch::NoGradGuard no_grad;
+    const Tensor u = randn({3, 21, 16}, 12, torch::kFloat32);
+    const Tensor y_cpu = cpu->forward(u);
+    const Tensor y_gpu = gpu->forward(u.cuda());
+    EXPECT_EQ(gpu->last_stats().iterations, cpu->last_stats().iterations) << mixer;
+    expect_close(y_gpu.cpu(), y_cpu, 1e-4, mixer + " output");
+  }
+}
+
+TEST(DeviceLoop, CheckIntervalDoesNotChangeTheResult) {
+  FPRNN_REQUIRE_GPU();
+  SolverConfig sc;
+  sc.threshold = 1e-3;
+  Tensor first;
+  int64_t first_iters = -1;
+  for (int64_t every : {1, 3, 16}) {
+    sc.device_check_every = every;
+    auto pair = make_pair("householderproduct", 2, sc);
+    pair.gpu->eval();
+    torch::NoGradGuard no_grad;
+    Tensor h;
+    pair.gpu->forward(randn({4, 30, 16}, 3, torch::kFloat32).cuda(), &h);
+    if (!first.defined()) {
+      first = h.cpu();
+      first_iters = pair.gpu->last_stats().iterations;
+      continue;
+    }
+    EXPECT_EQ(pair.gpu->last_stats().iterations, first_iters) << "check_every " << every;
+    EXPECT_TRUE(torch::equal(h.cpu(), first)) << "check_every " << every << " changed the iterate";
+  }
+}
+
+TEST(DeviceLoop, TrainingGradientsMatchTheCpu) {
+  FPRNN_REQUIRE_GPU();
+  SolverConfig sc;
+  sc.max_iter = 8;
+  auto [cpu, gpu] = make_pair("householderproduct", 2, sc);
+  cpu->train();
+  gpu->train();
+  const Tensor u = randn({3, 17, 16}, 4, torch::kFloat32);
+  cpu->forward(u).pow(2).mean().backward();
+  gpu->forward(u.cuda()).pow(2).mean().backward();
+  EXPECT_EQ(gpu->last_stats().iterations, cpu->last_stats().iterations);
+  const auto pc = cpu->named_parameters();
+  const auto pg = gpu->named_parameters();
+  for (const auto& item : pc) {
+    const Tensor gc = item.value().grad();
+    const Tensor gg = pg[item.key()].grad();
+    ASSERT_TRUE(gc.defined() && gg.defined()) << item.key();
+    expect_close(gg.cpu(), gc, 2e-4, "grad " + item.key());
+  }
+}
+
+TEST(DeviceLoop, BFloat16StaysCloseToFloat32) {
+  FPRNN_REQUIRE_GPU();
+  SolverConfig sc;
+  sc.eval_max_iter = 12;
+  sc.threshold = 1e-9;  // a fixed 12 iterations in both
+  auto pair = make_pair("householderproduct", 1, sc, 32);
+  pair.gpu->eval();
+  torch::NoGradGuard no_grad;
+  const Tensor u = randn({4, 17, 32}, 8, torch::kFloat32).cuda();
+  Tensor h32, h16;
+  pair.gpu->forward(u, &h32);
+  pair.gpu->forward(u.to(torch::kBFloat16), &h16);
+  EXPECT_EQ(h16.scalar_type(), torch::kBFloat16);
+  expect_close(h16.to(torch::kFloat32).cpu(), h32.cpu(), 3e-2, "bf16 fixed point");
+}
+
+}  // namespace
+}  // namespace fprnn::testing

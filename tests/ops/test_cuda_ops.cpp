@@ -1,0 +1,149 @@
+// CUDA kernels against the CPU references: the scan (single-pass and chunked paths, both directions,
+// every dtype) and the Householder/DPLR application, forward and backward. Skipped without a GPU; run on
+// the GPU machine before a CUDA change lands.
+#include "testing.h"
+
+#include "fprnn/ops/conv1d.h"
+#include "fprnn/ops/householder.h"
+#include "fprnn/ops/linrec.h"
+
+namespace fprnn::testing {
+namespace {
+
+#define FPRNN_REQUIRE_GPU() \
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device"
+
+struct ScanShape {
+  int64_t B, T, D;
+};
+
+// Tolerances: float64 kernels agree with the float64 reference to round-off; float32 accumulates T
+// products (≈ T·6e-8); bfloat16 rounds every stored value (≈ 4e-3 relative).
+double tol_for(torch::Dtype dt) { return dt == torch::kFloat64 ? 1e-12 : dt == torch::kFloat32 ? 1e-5 : 8e-3; }
+
+class LinrecCudaTest : public ::testing::TestWithParam<std::tuple<ScanShape, torch::Dtype, bool>> {};
+
+TEST_P(LinrecCudaTest, FwdAndBwdMatchReference) {
+  FPRNN_REQUIRE_GPU();
+  const auto [s, dt, reverse] = GetParam();
+  const Tensor u = randn({s.B, s.T, s.D}, 1).to(dt);
+  // Coefficients in (0, 1) with some negative ones, as the layer's λ may be after training.
+  Tensor c = torch::sigmoid(randn({s.B, s.T, s.D}, 2) + 1.0);
+  c = torch::where(randn({s.B, s.T, s.D}, 3) > 1.0, -c, c).to(dt);
+  const Tensor g = randn({s.B, s.T, s.D}, 4).to(dt);
+  const Tensor y_ref = ops::linrec_fwd_ref(u, c, reverse);
+  const Tensor y = ops::linrec_fwd_cuda(u.cuda(), c.cuda(), reverse).cpu();
+  expect_close(y.to(torch::kFloat64), y_ref.to(torch::kFloat64), tol_for(dt), "fwd");
+  const auto [du_ref, dc_ref] = ops::linrec_bwd_ref(g, c, y_ref, reverse);
+  const auto [du, dc] = ops::linrec_bwd_cuda(g.cuda(), c.cuda(), y_ref.cuda(), reverse);
+  expect_close(du.cpu().to(torch::kFloat64), du_ref.to(torch::kFloat64), tol_for(dt), "du");
+  expect_close(dc.cpu().to(torch::kFloat64), dc_ref.to(torch::kFloat64), tol_for(dt), "dc");
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, LinrecCudaTest,
+    ::testing::Combine(::testing::Values(ScanShape{1, 1, 1}, ScanShape{3, 17, 33}, ScanShape{2, 700, 5},
+                                         ScanShape{1, 4099, 7}, ScanShape{64, 17, 1024}),
+                       ::testing::Values(torch::kFloat64, torch::kFloat32, torch::kBFloat16), ::testing::Bool()));
+
+TEST(LinrecCuda, AutogradEntryMatchesCpu) {
+  FPRNN_REQUIRE_GPU();
+  Tensor u = randn({2, 300, 6}, 5), c = torch::sigmoid(randn({2, 300, 6}, 6));
+  for (bool reverse : {false, true}) {
+    Tensor uc = u.clone().requires_grad_(true), cc = c.clone().requires_grad_(true);
+    Tensor ug = u.cuda().requires_grad_(true), cg = c.cuda().requires_grad_(true);
+    const Tensor w = randn({2, 300, 6}, 7);
+    (ops::linrec(uc, cc, reverse) * w).sum().backward();
+    (ops::linrec(ug, cg, reverse) * w.cuda()).sum().backward();
+    expect_close(ug.grad().cpu(), uc.grad(), 1e-12, "du");
+    expect_close(cg.grad().cpu(), cc.grad(), 1e-12, "dc");
+  }
+}
+
+class HouseholderCudaTest : public ::testing::TestWithParam<std::tuple<int64_t, int64_t, int64_t, bool>> {};
+
+TEST_P(HouseholderCudaTest, FwdAndBwdMatchReference) {
+  FPRNN_REQUIRE_GPU();
+  const auto [N, r, D, sum_form] = GetParam();
+  const Tensor u = torch::nn::functional::normalize(randn({N, r, D}, 8),
+                                                    torch::nn::functional::NormalizeFuncOptions().dim(-1));
+  const Tensor a = torch::sigmoid(randn({N, r}, 9));
+  const Tensor v = randn({N, D}, 10);
+  const Tensor g = randn({N, D}, 11);
+  for (auto dt : {torch::kFloat64, torch::kFloat32}) {
+    const Tensor ref = sum_form ? ops::dplr_fwd_ref(u, a, v) : ops::householder_fwd_ref(u, a, v);
+    const Tensor out = (sum_form ? ops::dplr_fwd_cuda : ops::householder_fwd_cuda)(u.to(dt).cuda(), a.to(dt).cuda(),
+                                                                                  v.to(dt).cuda());
+    expect_close(out.cpu().to(torch::kFloat64), ref, tol_for(dt), "fwd");
+    // Backward against autograd through the float64 reference.
+    Tensor ur = u.clone().requires_grad_(true), ar = a.clone().requires_grad_(true), vr = v.clone().requires_grad_(true);
+    ((sum_form ? ops::dplr_fwd_ref(ur, ar, vr) : ops::householder_fwd_ref(ur, ar, vr)) * g).sum().backward();
+    const auto [du, da, dv] = (sum_form ? ops::dplr_bwd_cuda : ops::householder_bwd_cuda)(
+        u.to(dt).cuda(), a.to(dt).cuda(), v.to(dt).cuda(), g.to(dt).cuda());
+    expect_close(du.cpu().to(torch::kFloat64), ur.grad(), tol_for(dt), "du");
+    expect_close(da.cpu().to(torch::kFloat64), ar.grad(), tol_for(dt), "dalpha");
+    expect_close(dv.cpu().to(torch::kFloat64), vr.grad(), tol_for(dt), "dv");
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, HouseholderCudaTest,
+                         ::testing::Combine(::testing::Values(1, 37), ::testing::Values(1, 2, 4),
+                                            ::testing::Values(1, 5, 130, 1024), ::testing::Bool()));
+
+TEST(HouseholderCuda, AutogradEntryOnCudaTensors) {
+  FPRNN_REQUIRE_GPU();
+  Tensor u = torch::nn::functional::normalize(randn({6, 2, 9}, 12),
+                                              torch::nn::functional::NormalizeFuncOptions().dim(-1));
+  Tensor a = torch::sigmoid(randn({6, 2}, 13)), v = randn({6, 9}, 14);
+  Tensor ug = u.cuda().requires_grad_(true), ag = a.cuda().requires_grad_(true), vg = v.cuda().requires_grad_(true);
+  Tensor uc = u.clone().requires_grad_(true), ac = a.clone().requires_grad_(true), vc = v.clone().requires_grad_(true);
+  ops::householder_apply(ug, ag, vg).pow(2).sum().backward();
+  ops::householder_apply(uc, ac, vc).pow(2).sum().backward();
+  expect_close(ug.grad().cpu(), uc.grad(), 1e-12, "du");
+  expect_close(ag.grad().cpu(), ac.grad(), 1e-12, "dalpha");
+  expect_close(vg.grad().cpu(), vc.grad(), 1e-12, "dv");
+}
+
+TEST(CausalConv1dCuda, KernelsMatchTheReferenceInEveryDtype) {
+  FPRNN_REQUIRE_GPU();
+  for (auto dt : {torch::kFloat64, torch::kFloat32, torch::kBFloat16}) {
+    for (bool silu : {false, true}) {
+      for (bool with_bias : {false, true}) {
+        const Tensor x = randn({2, 37, 300}, 30).to(dt), w = randn({300, 4}, 31).to(dt), g = randn({2, 37, 300}, 33).to(dt);
+        const Tensor b = with_bias ? randn({300}, 32).to(dt) : Tensor();
+        const Tensor y_ref = ops::causal_conv1d_fwd_ref(x, w, b, silu);
+        const Tensor y = ops::causal_conv1d_fwd_cuda(x.cuda(), w.cuda(), with_bias ? b.cuda() : Tensor(), silu).cpu();
+        expect_close(y.to(torch::kFloat64), y_ref.to(torch::kFloat64), tol_for(dt), "conv fwd");
+        const auto [dx_ref, dw_ref, db_ref] = ops::causal_conv1d_bwd_ref(g, x, w, b, silu);
+        const auto [dx, dw, db] =
+            ops::causal_conv1d_bwd_cuda(g.cuda(), x.cuda(), w.cuda(), with_bias ? b.cuda() : Tensor(), silu);
+        expect_close(dx.cpu().to(torch::kFloat64), dx_ref.to(torch::kFloat64), tol_for(dt), "conv dx");
+        expect_close(dw.cpu().to(torch::kFloat64), dw_ref.to(torch::kFloat64), tol_for(dt), "conv dw");
+        EXPECT_EQ(db.defined(), with_bias);
+        if (with_bias) expect_close(db.cpu().to(torch::kFloat64), db_ref.to(torch::kFloat64), tol_for(dt), "conv db");
+      }
+    }
+  }
+}
+
+TEST(CausalConv1dCuda, ForwardAndGradientsMatchTheCpu) {
+  FPRNN_REQUIRE_GPU();
+  for (bool silu : {false, true}) {
+    for (int64_t T : {1, 3, 17, 300}) {
+      const Tensor x = randn({3, T, 10}, 20), w = randn({10, 1, 4}, 21), b = randn({10}, 22), g = randn({3, T, 10}, 23);
+      Tensor xc = x.clone().requires_grad_(true), wc = w.clone().requires_grad_(true), bc = b.clone().requires_grad_(true);
+      Tensor xg = x.cuda().requires_grad_(true), wg = w.cuda().requires_grad_(true), bg = b.cuda().requires_grad_(true);
+      const Tensor yc = ops::causal_conv1d(xc, wc, bc, silu);
+      const Tensor yg = ops::causal_conv1d(xg, wg, bg, silu);
+      expect_close(yg.cpu(), yc, 1e-12, "conv fwd");
+      (yc * g).sum().backward();
+      (yg * g.cuda()).sum().backward();
+      expect_close(xg.grad().cpu(), xc.grad(), 1e-12, "conv dx");
+      expect_close(wg.grad().cpu(), wc.grad(), 1e-12, "conv dw");
+      expect_close(bg.grad().cpu(), bc.grad(), 1e-12, "conv db");
+    }
+  }
+}
+
+}  // namespace
+}  // namespace fprnn::testing
