@@ -1,6 +1,11 @@
 // Shared helpers: comparison metrics, shift, argument checks.
 #include "fprnn/common.h"
 
+#include <cstdlib>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
 namespace fprnn {
 
 double rms_ratio(const Tensor& out, const Tensor& ref) {
@@ -69,6 +74,15 @@ int64_t numel(const std::vector<Tensor>& tensors) {
   int64_t n = 0;
   for (const auto& t : tensors) n += t.numel();
   return n;
+}
+
+void tune_allocator() {
+  const char* opt_out = std::getenv("FPRNN_SYSTEM_MALLOC");
+  if (opt_out != nullptr && std::string(opt_out) == "1") return;
+#if defined(__GLIBC__)
+  mallopt(M_MMAP_MAX, 0);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);  // the largest value glibc accepts portably (int)
+#endif
 }
 
 }  // namespace fprnn

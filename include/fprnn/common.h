@@ -31,4 +31,10 @@ std::string dtype_name(torch::Dtype dtype);
 // Number of elements in a tensor list, for parameter counts.
 int64_t numel(const std::vector<Tensor>& tensors);
 
+// Keeps freed memory in the process instead of returning it to the kernel (glibc: no mmap for large blocks, no
+// trimming). LibTorch's CPU allocator does not cache, so otherwise every large tensor is a fresh mapping whose
+// pages fault in on first touch: in a VM that costs more than the kernel that fills it (the CPU scan ran 3×
+// slower). Called once at start-up by the fprnn binary; FPRNN_SYSTEM_MALLOC=1 in the environment skips it.
+void tune_allocator();
+
 }  // namespace fprnn

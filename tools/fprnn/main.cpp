@@ -1,6 +1,8 @@
 // fprnn: command-line entry. Errors from anywhere below become one line on stderr and exit status 1.
 #include "commands.h"
 
+#include "fprnn/common.h"
+
 #include <c10/util/Exception.h>
 #include <torch/torch.h>
 
@@ -52,6 +54,7 @@ void on_fatal_signal(int sig) {
 
 int main(int argc, char** argv) {
   for (int sig : {SIGSEGV, SIGBUS, SIGFPE, SIGILL}) std::signal(sig, on_fatal_signal);
+  fprnn::tune_allocator();
   CLI::App app{"fprnn — Fixed-Point RNNs (Movahedi et al., NeurIPS 2025) in C++/LibTorch.\n"
                "Dense, state-tracking RNNs computed as fixed points of diagonal scans plus structured mixers."};
   app.set_version_flag("--version", std::string("fprnn ") + FPRNN_VERSION + " (" + FPRNN_GIT_REV + ", LibTorch " +
