@@ -22,7 +22,7 @@ FpStepSizes fp_step_check(const char* fn, const FpStepInputs& in, const FpStepCo
   const auto dtype = in.h.scalar_type();
   TORCH_CHECK(dtype == torch::kFloat32 || dtype == torch::kFloat64, fn,
               ": dtype must be float32 or float64 (bfloat16 takes the layer's generic path), got ", dtype);
-  TORCH_CHECK(!in.h.is_cuda(), fn, ": CUDA tensors are not supported yet (no CUDA kernel is built); run on the CPU");
+  TORCH_CHECK(!in.h.is_cuda(), fn, ": this is the CPU kernel; on a GPU the layer runs the device solve loop (ops/fp_step_cuda.h)");
   TORCH_CHECK(in.h.is_cpu(), fn, ": only CPU tensors are supported, got device ", in.h.device());
   struct Arg {
     const char* name;
