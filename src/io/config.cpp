@@ -18,7 +18,8 @@ namespace {
   X(max_iter) X(eval_max_iter) X(threshold) X(outlier_quantile) X(eval_outlier_quantile) X(stepsize) \
   X(stepsize_decay) X(decay_patience) X(stepsize_thresh) X(eps) X(eval_method) X(fused) X(device_check_every)
 #define FPRNN_FIELDS_LAYER(X) \
-  X(d_model) X(expand) X(d_conv) X(mixer_type) X(mixer_rank) X(mixer_ac) X(mixer_proj_rank) X(mixer_h_dep) \
+  X(layer) X(d_state) X(dt_rank) X(dt_min) X(dt_max) X(dt_init_floor) X(dt_init) X(dt_scale) X(bc_norm) \
+  X(glu_in_loop) X(d_model) X(expand) X(d_conv) X(mixer_type) X(mixer_rank) X(mixer_ac) X(mixer_proj_rank) X(mixer_h_dep) \
   X(symm_mixer) X(kronecker_normalization) X(use_short_conv) X(n_backwards) X(norm_eps) X(weight_norm)
 #define FPRNN_FIELDS_MODEL(X) X(n_layers) X(pad_vocab_size_multiple) X(backbone_norm_eps)
 #define FPRNN_FIELDS_TASK(X) \
@@ -134,8 +135,24 @@ Json to_json(const RunConfig& cfg) {
               {"train", train_to_json(cfg.train)}};
 }
 
-RunConfig run_config_from_json(const Json& user) {
+RunConfig default_run_config(const std::string& layer) {
   RunConfig cfg;
+  if (layer == "fpmamba1" || layer == "mamba1") {
+    cfg.model.layer.layer = layer;
+    cfg.model.layer.kronecker_normalization = "column-wise";
+    cfg.solver.stepsize = 0.99;
+    cfg.solver.stepsize_decay = 0.9;
+    cfg.solver.outlier_quantile = 0.25;
+  }
+  return cfg;
+}
+
+RunConfig run_config_from_json(const Json& user) {
+  std::string layer = "fprnn";
+  if (user.is_object() && user.contains("model") && user["model"].is_object() && user["model"].contains("layer") &&
+      user["model"]["layer"].is_string())
+    layer = user["model"]["layer"].get<std::string>();
+  RunConfig cfg = default_run_config(layer);
   const Json j_all = config::merge(to_json(cfg), user);
   {
     const Json& j = j_all["model"];
@@ -199,6 +216,17 @@ void validate(const RunConfig& cfg) {
   check_one_of("model.mixer_type", l.mixer_type, {"householderproduct", "dplr", "kronecker", "nonselective"});
   check_one_of("model.mixer_ac", l.mixer_ac, {"identity", "relu", "silu"});
   check_one_of("model.kronecker_normalization", l.kronecker_normalization, {"spectral", "column-wise"});
+  check_one_of("model.layer", l.layer, {"fprnn", "fpmamba1", "mamba1"});
+  if (l.layer != "fprnn") {
+    check_positive("model.d_state", l.d_state);
+    TORCH_CHECK(l.dt_rank == -1 || l.dt_rank > 0, "config: model.dt_rank must be -1 (auto) or positive, got ",
+                l.dt_rank);
+    TORCH_CHECK(l.dt_min > 0 && l.dt_max >= l.dt_min, "config: model.dt_min and model.dt_max must satisfy 0 < dt_min ≤ "
+                "dt_max, got ", l.dt_min, " and ", l.dt_max);
+    TORCH_CHECK(l.dt_init_floor > 0, "config: model.dt_init_floor must be positive, got ", l.dt_init_floor);
+    TORCH_CHECK(l.dt_scale > 0, "config: model.dt_scale must be positive, got ", l.dt_scale);
+    check_one_of("model.dt_init", l.dt_init, {"random", "constant"});
+  }
 
   const SolverConfig& s = cfg.solver;
   TORCH_CHECK(s.max_iter != 0, "config: solver.max_iter must be non-zero (negative = randomised cap)");

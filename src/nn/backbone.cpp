@@ -1,6 +1,8 @@
 // The LM backbone: embedding → [add, RMSNorm, FP layer] × L → add, RMSNorm → tied head (spec §3).
 #include "fprnn/nn/backbone.h"
 
+#include <set>
+
 namespace fprnn::nn {
 
 int64_t padded_vocab_size(int64_t vocab_size, int64_t multiple) {
@@ -19,7 +21,7 @@ FPLMImpl::FPLMImpl(const ModelConfig& cfg_, const SolverConfig& solver, int64_t 
   for (int64_t i = 0; i < cfg.n_layers; ++i) {
     auto block = std::make_shared<torch::nn::Module>();
     norms.push_back(block->register_module("norm", RMSNorm(d, cfg.backbone_norm_eps)));
-    layers.push_back(block->register_module("mixer", FPRNNLayer(cfg.layer, solver)));
+    layers.push_back(block->register_module("mixer", make_layer(cfg.layer, solver)));
     blocks->push_back(block);
   }
   norm_f = register_module("norm_f", RMSNorm(d, cfg.backbone_norm_eps));
@@ -34,6 +36,7 @@ void FPLMImpl::reset_parameters() {
       if (lin->bias.defined()) lin->bias.zero_();
     }
   }
+  for (auto& l : layers) l->after_backbone_init(cfg.n_layers);
 }
 
 torch::Tensor FPLMImpl::forward(const torch::Tensor& ids) {
@@ -52,9 +55,12 @@ torch::Tensor FPLMImpl::forward(const torch::Tensor& ids) {
 
 std::pair<std::vector<std::string>, std::vector<std::string>> FPLMImpl::decay_groups() const {
   std::vector<std::string> decay, no_decay;
+  std::set<std::string> flagged;  // full names of the layers' no-weight-decay parameters
+  for (size_t i = 0; i < layers.size(); ++i)
+    for (const auto& n : layers[i]->no_weight_decay()) flagged.insert("layers." + std::to_string(i) + ".mixer." + n);
   for (const auto& p : named_parameters()) {
     const std::string& name = p.key();
-    if (name.find("bias") != std::string::npos || name.find("norm") != std::string::npos) {
+    if (name.find("bias") != std::string::npos || name.find("norm") != std::string::npos || flagged.count(name)) {
       no_decay.push_back(name);
     } else {
       decay.push_back(name);

@@ -172,8 +172,8 @@ TrainSummary run_training(const RunConfig& cfg, const TrainOptions& opts) {
   nn::FPLM model = build_model(cfg, task.vocab().size());
   {
     std::ostringstream os;
-    os << "model: " << cfg.model.n_layers << " × FPRNN(d_model " << cfg.model.layer.d_model << ", "
-       << cfg.model.layer.mixer_type << " r=" << cfg.model.layer.mixer_rank << "), "
+    os << "model: " << cfg.model.n_layers << " × " << cfg.model.layer.layer << "(d_model " << cfg.model.layer.d_model
+       << ", " << cfg.model.layer.mixer_type << " r=" << cfg.model.layer.mixer_rank << "), "
        << numel(model->parameters()) << " parameters, compute " << cfg.train.dtype;
     progress.message(os.str());
   }

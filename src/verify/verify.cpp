@@ -3,6 +3,7 @@
 #include "fprnn/verify/verify.h"
 
 #include "fprnn/common.h"
+#include "fprnn/nn/fpmamba1_layer.h"
 #include "fprnn/nn/fprnn_layer.h"
 
 #include <set>
@@ -37,7 +38,7 @@ nn::LinearImpl* find_linear(torch::nn::Module& root, const std::string& path) {
   return nullptr;
 }
 
-std::vector<Loaded> load_params(nn::FPRNNLayerImpl& layer, const io::SafeTensors& st) {
+std::vector<Loaded> load_params(torch::nn::Module& layer, const io::SafeTensors& st) {
   std::vector<Loaded> loaded;
   std::set<const void*> covered;  // our parameters that received a value
   auto params = layer.named_parameters();
@@ -118,6 +119,12 @@ void configs_from_fixture(const Json& c, LayerConfig& layer, SolverConfig& solve
   layer.norm_eps = get_or<double>(c, "norm_eps", 1e-5);
   layer.kronecker_normalization = get_or<std::string>(c, "kronecker_normalization", "spectral");
   layer.weight_norm = true;
+  const std::string kind = get_or<std::string>(c, "layer", "FPRNN");
+  layer.layer = kind == "FPMamba1" ? "fpmamba1" : "fprnn";
+  layer.d_state = get_or<int64_t>(c, "d_state", 16);
+  layer.dt_rank = get_or<int64_t>(c, "dt_rank", -1);
+  layer.bc_norm = get_or<bool>(c, "bc_norm", true);
+  layer.glu_in_loop = get_or<bool>(c, "glu_in_loop", false);
   solver.threshold = get_or<double>(c, "convergence_threshold", 0.1);
   solver.outlier_quantile = get_or<double>(c, "outlier_quantile", 0.1);
   solver.max_iter = get_or<int64_t>(c, "train_max_iter", 1000);
@@ -136,33 +143,16 @@ void configs_from_fixture(const Json& c, LayerConfig& layer, SolverConfig& solve
   }
 }
 
-Report verify_fixture(const std::string& path, double tolerance) {
-  const io::SafeTensors st = io::load_safetensors(path);
-  auto meta = st.metadata.find("config");
-  TORCH_CHECK(meta != st.metadata.end(), path, ": not a fixture (no config in the metadata)");
-  Json c;
-  try {
-    c = Json::parse(meta->second);
-  } catch (const std::exception& e) {
-    TORCH_CHECK(false, path, ": fixture config is not valid JSON (", e.what(), ")");
-  }
-  Report report;
-  report.file = path;
-  report.tolerance = tolerance;
-  report.config = c;
-  report.layer = get_or<std::string>(c, "layer", "FPRNN");
-  TORCH_CHECK(report.layer == "FPRNN", path, ": layer '", report.layer,
-              "' is not supported by this build (supported: FPRNN)");
+namespace {
 
-  LayerConfig lcfg;
-  SolverConfig scfg;
-  try {
-    configs_from_fixture(c, lcfg, scfg);
-  } catch (const Json::exception& e) {
-    TORCH_CHECK(false, path, ": fixture config is incomplete (", e.what(), ")");
-  }
+// Builds the layer type LayerT from the fixture in float64 and runs every check into `report`.
+// LayerT provides forward(u, &fixed_point), prepare, solve_with, finish and last_stats (FPRNN, FP-Mamba1).
+template <typename LayerT>
+void run_checks(const std::string& path, const io::SafeTensors& st, const Json& c, const LayerConfig& lcfg,
+                const SolverConfig& scfg, Report& report) {
+  const double tolerance = report.tolerance;
   torch::manual_seed(0);
-  nn::FPRNNLayer layer(lcfg, scfg);
+  auto layer = std::make_shared<LayerT>(lcfg, scfg);
   layer->to(torch::kFloat64);
   const std::vector<Loaded> loaded = load_params(*layer, st);
 
@@ -212,7 +202,7 @@ Report verify_fixture(const std::string& path, double tolerance) {
     check("h_star_eval", h_eval);
     count("iters_eval", layer->last_stats().recorded());
 
-    // The exact fixed point: a fixed number of iterations, no early stop.
+    // The exact fixed point: a fixed number of iterations at a constant step, no early stop.
     if (st.has("h_star_exact")) {
       solver::SolverOptions opt;
       opt.max_iter = get_or<int64_t>(c, "exact_iterations", 300);
@@ -225,6 +215,40 @@ Report verify_fixture(const std::string& path, double tolerance) {
       check("h_star_exact", h_exact);
       check("y_exact", layer->finish(in, h_exact));
     }
+  }
+}
+
+}  // namespace
+
+Report verify_fixture(const std::string& path, double tolerance) {
+  const io::SafeTensors st = io::load_safetensors(path);
+  auto meta = st.metadata.find("config");
+  TORCH_CHECK(meta != st.metadata.end(), path, ": not a fixture (no config in the metadata)");
+  Json c;
+  try {
+    c = Json::parse(meta->second);
+  } catch (const std::exception& e) {
+    TORCH_CHECK(false, path, ": fixture config is not valid JSON (", e.what(), ")");
+  }
+  Report report;
+  report.file = path;
+  report.tolerance = tolerance;
+  report.config = c;
+  report.layer = get_or<std::string>(c, "layer", "FPRNN");
+  TORCH_CHECK(report.layer == "FPRNN" || report.layer == "FPMamba1", path, ": layer '", report.layer,
+              "' is not supported by this build (supported: FPRNN, FPMamba1)");
+
+  LayerConfig lcfg;
+  SolverConfig scfg;
+  try {
+    configs_from_fixture(c, lcfg, scfg);
+  } catch (const Json::exception& e) {
+    TORCH_CHECK(false, path, ": fixture config is incomplete (", e.what(), ")");
+  }
+  if (report.layer == "FPMamba1") {
+    run_checks<nn::FPMamba1LayerImpl>(path, st, c, lcfg, scfg, report);
+  } else {
+    run_checks<nn::FPRNNLayerImpl>(path, st, c, lcfg, scfg, report);
   }
   return report;
 }

@@ -36,7 +36,7 @@ TEST(BackboneTest, HeadIsTiedToTheEmbedding) {
   auto m = make_model();
   {
     torch::NoGradGuard g;
-    for (auto& l : m->layers) l->output_trans->weight_plain.zero_();
+    for (auto& l : m->layers) l->as<nn::FPRNNLayerImpl>()->output_trans->weight_plain.zero_();
   }
   const Tensor ids = torch::tensor({{1, 2, 3}}, torch::kInt64);
   const Tensor e = m->embedding.index_select(0, ids.view(-1)).view({1, 3, 8});
@@ -56,7 +56,7 @@ TEST(BackboneTest, ReferenceInitialisation) {
   const double std = m->embedding.std().item<double>();
   EXPECT_NEAR(std, 0.02, 0.004);
   // Conv biases keep PyTorch's default U(±1/√K) init (they are not Linear biases).
-  EXPECT_GT(m->layers[0]->conv1d_x->bias.abs().max().item<double>(), 0.0);
+  EXPECT_GT(m->layers[0]->as<nn::FPRNNLayerImpl>()->conv1d_x->bias.abs().max().item<double>(), 0.0);
 }
 
 TEST(BackboneTest, DecayGroupsFollowTheReference) {
@@ -89,7 +89,7 @@ TEST(BackboneTest, GradientOfTheHeadAgainstFiniteDifferences) {
   auto m = make_model(1);
   {
     torch::NoGradGuard g;
-    m->layers[0]->output_trans->weight_plain.zero_();
+    m->layers[0]->as<nn::FPRNNLayerImpl>()->output_trans->weight_plain.zero_();
   }
   const Tensor ids = torch::tensor({{1, 4, 2}}, torch::kInt64);
   check_gradients([&] { return m->forward(ids); }, {m->embedding, m->norm_f->weight}, 1e-7, "head");

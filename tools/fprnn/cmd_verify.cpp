@@ -15,10 +15,10 @@ void add_verify(CLI::App& app) {
   };
   auto args = std::make_shared<Args>();
   CLI::App* cmd = app.add_subcommand(
-      "verify", "Check the layer against reference fixtures (outputs, fixed points, iteration counts, gradients).");
+      "verify", "Check the FPRNN / FP-Mamba1 layer against reference fixtures (outputs, fixed points, iteration counts, gradients).");
   cmd->footer("Prints one JSON object (for several files: {\"ok\": ..., \"files\": [...]}). Exit status 0 only\n"
               "if every tensor's RMS ratio is within the tolerance and every iteration count is equal.");
-  cmd->add_option("files", args->files, "Fixture .safetensors files (e.g. ../shared/fixtures/reference_fprnn/*)")
+  cmd->add_option("files", args->files, "Fixture .safetensors files (e.g. ../shared/fixtures/reference_fprnn/*, reference_fpmamba1/*)")
       ->required()
       ->check(CLI::ExistingFile);
   cmd->add_option("--tolerance", args->tolerance, "RMS-ratio tolerance per tensor (float64)")

@@ -17,6 +17,10 @@ namespace fprnn::cli {
 
 Json resolve_config(const std::string& path, const std::vector<std::string>& overrides) {
   Json user = path.empty() ? Json::object() : config::load_file(path);
+  // A model.layer override picks the defaults of that layer (FP-Mamba's solver settings) like a file would.
+  for (const auto& o : overrides)
+    if (o.rfind("model.layer=", 0) == 0 && user.value("model", Json::object()).is_object())
+      user["model"]["layer"] = o.substr(12);
   Json cfg = to_json(run_config_from_json(user));  // merges over defaults, rejects unknown keys
   for (const auto& o : overrides) config::apply_override(cfg, o);
   const RunConfig parsed = run_config_from_json(cfg);

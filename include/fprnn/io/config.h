@@ -33,8 +33,10 @@ struct SolverConfig {
                                      // are the same for any value; larger hides more launch latency)
 };
 
-// One FPRNN layer (spec §4) and its mixer (spec §7).
+// One sequence layer and its mixer (spec §7): FPRNN (spec §4), FP-Mamba1 (spec §5) or the one-pass Mamba-1
+// baseline (FP-Mamba1's block run once with y_prev = 0: no mixer, no loop, no y-dependent projections).
 struct LayerConfig {
+  std::string layer = "fprnn";        // fprnn | fpmamba1 | mamba1
   int64_t d_model = 64;
   int64_t expand = 2;                 // d_inner = expand · d_model
   int64_t d_conv = 4;
@@ -49,6 +51,16 @@ struct LayerConfig {
   int64_t n_backwards = 1;
   double norm_eps = 1e-5;
   bool weight_norm = true;            // mixer projections as weight-normalised linears (g, v), as the reference
+  // FP-Mamba1 / Mamba-1 only (spec §5.1, the reference's defaults):
+  int64_t d_state = 16;               // N, states per channel
+  int64_t dt_rank = -1;               // −1 = "auto" = ⌈d_model / 16⌉
+  double dt_min = 1e-3;               // dt_proj.bias init: Δ log-uniform in [dt_min, dt_max], ≥ dt_init_floor
+  double dt_max = 0.1;
+  double dt_init_floor = 1e-4;
+  std::string dt_init = "random";     // dt_proj.weight init: random U(±dt_rank^-½·dt_scale) | constant
+  double dt_scale = 1.0;
+  bool bc_norm = true;                // L2-normalise B', C' over d_state
+  bool glu_in_loop = false;           // gate SiLU(z) inside the map; false: outside, with z + W_zy shift(y)
 };
 
 struct ModelConfig {
@@ -107,7 +119,13 @@ struct RunConfig {
 
 Json to_json(const RunConfig& cfg);
 // Reads a full config from JSON merged over the defaults; unknown keys and wrong types throw.
+// Defaults follow model.layer when the JSON names it: for fpmamba1 and mamba1 the solver defaults are the
+// reference FPMamba's (spec §5.1, §8: stepsize 0.99, stepsize_decay 0.9, outlier_quantile 0.25) and
+// kronecker_normalization is column-wise (spec §7.3). Keys given in the JSON always win. (The command line
+// moves a model.layer=… override into the JSON before resolving, so it picks these defaults too.)
 RunConfig run_config_from_json(const Json& j);
+// The defaults for a layer type: RunConfig{} with the FP-Mamba changes above for fpmamba1 and mamba1.
+RunConfig default_run_config(const std::string& layer);
 // Checks sizes and names (throws a one-line error naming the key).
 void validate(const RunConfig& cfg);
 

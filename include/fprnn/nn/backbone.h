@@ -1,4 +1,4 @@
-// The language-model backbone around the FP layers (spec §3, the reference's FPLMHeadModel):
+// The language-model backbone around the sequence layers (FPRNN, FP-Mamba1, Mamba-1) (spec §3, the reference's FPLMHeadModel):
 //   h = E[ids];  for each layer ℓ: r = h (ℓ = 0) or r + h (fp32 residual stream), h = Layer_ℓ(RMSNorm_ℓ(r))
 //   logits = RMSNorm_f(r + h) · Eᵀ        (head tied to the embedding, vocabulary padded)
 // Layout: ids (B, T) int64 → logits (B, T, padded_vocab) float32.
@@ -7,6 +7,7 @@
 #include "fprnn/io/config.h"
 #include "fprnn/nn/basic.h"
 #include "fprnn/nn/fprnn_layer.h"
+#include "fprnn/nn/layer.h"
 #include "fprnn/solver/fixed_point.h"
 
 #include <torch/torch.h>
@@ -23,10 +24,12 @@ class FPLMImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& ids);
 
   // The reference's initialisation (mamba_ssm _init_weights): zero every Linear bias, N(0, 0.02²)
-  // embedding; FPRNN's output projection is not rescaled (the reference names it output_trans).
+  // embedding; FPRNN's output projection is not rescaled (the reference names it output_trans); then each
+  // layer's own part (FP-Mamba1: dt_proj.bias kept, out_proj.weight / √n_layers).
   void reset_parameters();
   // Parameter names split as in the reference's word-problem optimiser: no weight decay for names
-  // containing "bias" or "norm"; everything else (mixer g and v, the tied embedding) is decayed.
+  // containing "bias" or "norm" and for the layers' flagged parameters (FP-Mamba1: A_log, D); everything
+  // else (mixer g and v, the tied embedding) is decayed.
   std::pair<std::vector<std::string>, std::vector<std::string>> decay_groups() const;
 
   // Per layer: the last forward's solver statistics.
@@ -42,7 +45,7 @@ class FPLMImpl : public torch::nn::Module {
   torch::nn::Embedding embedding_module{nullptr};  // registered as "embedding"
   torch::Tensor embedding;                         // its weight (padded_vocab, d_model), also the head
   std::vector<RMSNorm> norms;
-  std::vector<FPRNNLayer> layers;
+  std::vector<std::shared_ptr<SequenceLayerImpl>> layers;  // the kind named by cfg.layer.layer
   RMSNorm norm_f{nullptr};
 };
 TORCH_MODULE(FPLM);

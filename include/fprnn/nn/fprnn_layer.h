@@ -12,6 +12,7 @@
 
 #include "fprnn/io/config.h"
 #include "fprnn/nn/basic.h"
+#include "fprnn/nn/layer.h"
 #include "fprnn/nn/mixer.h"
 #include "fprnn/ops/fp_step.h"
 #include "fprnn/solver/fixed_point.h"
@@ -26,7 +27,7 @@ namespace fprnn::nn {
 
 using torch::Tensor;
 
-class FPRNNLayerImpl : public torch::nn::Module {
+class FPRNNLayerImpl : public SequenceLayerImpl {
  public:
   FPRNNLayerImpl(const LayerConfig& cfg, const SolverConfig& solver);
 
@@ -36,7 +37,7 @@ class FPRNNLayerImpl : public torch::nn::Module {
   };
 
   // h_star, when given, receives the detached fixed point the output was computed from.
-  Tensor forward(const Tensor& u, Tensor* h_star = nullptr);
+  Tensor forward(const Tensor& u, Tensor* h_star = nullptr) override;
   // From a detached fixed point: n_backwards differentiable applications of F, then the output.
   Tensor finish(const Inputs& in, const Tensor& h_star);
 
@@ -53,8 +54,8 @@ class FPRNNLayerImpl : public torch::nn::Module {
   Tensor solve_with(const Inputs& in, const solver::SolverOptions& opt);
 
   // Training-time cap override (the randomised cap); ≤ 0 restores the configured cap.
-  void set_max_iter(int64_t max_iter) { max_iter_override_ = max_iter; }
-  const solver::SolveStats& last_stats() const { return stats_; }
+  void set_max_iter(int64_t max_iter) override { max_iter_override_ = max_iter; }
+  const solver::SolveStats& last_stats() const override { return stats_; }
   // Parameters of F and of the output, for tests: the fixture loader maps reference names onto these.
   int64_t d_inner() const { return D; }
 

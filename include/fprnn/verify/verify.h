@@ -1,5 +1,6 @@
-// `fprnn verify`: rebuilds a layer from a golden fixture (../shared/fixtures, safetensors written by the
-// authors' code in float64) and compares outputs, fixed points, iteration counts and gradients.
+// `fprnn verify`: rebuilds a layer (FPRNN or FP-Mamba1, as the fixture config's "layer" says) from a golden
+// fixture (../shared/fixtures, safetensors written by the authors' code in float64) and compares outputs,
+// fixed points, iteration counts and gradients.
 //
 // Checks, each against the fixture's tensor: training mode (capped iterations, quantile stop) forward
 // y_train and h_star_train with its recorded count iters_train; the one-step gradients of Σ g ⊙ y_train

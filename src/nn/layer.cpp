@@ -1,0 +1,15 @@
+// Layer factory: LayerConfig::layer → FPRNN (spec §4), FP-Mamba1 (spec §5) or the one-pass Mamba-1 baseline.
+#include "fprnn/nn/layer.h"
+
+#include "fprnn/nn/fpmamba1_layer.h"
+#include "fprnn/nn/fprnn_layer.h"
+
+namespace fprnn::nn {
+
+std::shared_ptr<SequenceLayerImpl> make_layer(const LayerConfig& cfg, const SolverConfig& solver) {
+  if (cfg.layer == "fprnn") return std::make_shared<FPRNNLayerImpl>(cfg, solver);
+  if (cfg.layer == "fpmamba1" || cfg.layer == "mamba1") return std::make_shared<FPMamba1LayerImpl>(cfg, solver);
+  TORCH_CHECK(false, "unknown layer '", cfg.layer, "' (valid: fprnn, fpmamba1, mamba1)");
+}
+
+}  // namespace fprnn::nn

@@ -1,0 +1,219 @@
+// selective_scan CPU kernels: the Mamba-1 recurrence s_t = exp(Δ_t A) s_{t−1} + Δ_t B_t u_t,
+// y_t = C_t·s_t + D_skip u_t, and its backward (formulas in include/fprnn/ops/selective_scan.h).
+// Layout contract: u, dt, y (B, T, D); A (D, N); Bm, Cm (B, T, N); D_skip, dt_bias (D); contiguous, one dtype
+// (float32 or float64).
+//
+// Napkin math: per (b, t, d) the forward reads u, dt and writes y (12 bytes in float32) but does N exps and
+// 4N flops (N = d_state = 16): compute-bound on the exps, so the forward runs SIMD across channels (Sleef's
+// exp through at::vec) with the N states of a block of kBlock channels in a local buffer. One task = one
+// (b, channel block); B_t, C_t (N values) are broadcast to the block.
+// The backward (run once per training step, not once per fixed-point iteration) re-runs the forward of its
+// block into a (T, N, kBlock) buffer (kBlock·N·T values: 2 MiB at T = 1024 in float32, per thread) instead of
+// saving (B, T, D, N) states, then scans back in scalar code.
+#include "fprnn/ops/selective_scan.h"
+
+#include "ops/selective_scan/selective_scan_common.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <vector>
+
+namespace fprnn::ops {
+
+namespace {
+
+using detail::selective_scan_softplus;
+using detail::selective_scan_softplus_grad;
+
+// Channels per task. Fixed (not derived from the thread count) so that the partial sums of dB and dC over
+// channel blocks, and hence the results, do not depend on the number of threads.
+constexpr int64_t kBlock = 32;
+constexpr int64_t kGrainElems = 1 << 14;  // (t, d, n) elements below which a task does not pay for a thread
+
+template <typename scalar_t>
+using Vec = at::vec::Vectorized<scalar_t>;
+
+// softplus with mamba's threshold, on a SIMD vector: log1p(eᶻ), and z above 20.
+template <typename scalar_t>
+inline Vec<scalar_t> softplus_vec(const Vec<scalar_t>& z) {
+  using V = Vec<scalar_t>;
+  return V::blendv(z.exp().log1p(), z, z > V(scalar_t(20)));
+}
+
+// The forward of one (b, channel block [d0, d0 + width)) down T.
+// u, dt, y: (T, D) rows of batch element b; At: A transposed (N, D); Bm, Cm: (T, N) rows of b; y may be null
+// (backward recompute); states, if given, receives s_t as (T, N, kBlock). s: scratch (N, kBlock).
+template <typename scalar_t>
+void fwd_block(const scalar_t* u, const scalar_t* dt, const scalar_t* At, const scalar_t* Bm, const scalar_t* Cm,
+               const scalar_t* Ds, const scalar_t* bias, scalar_t* y, scalar_t* states, scalar_t* s, int64_t T,
+               int64_t D, int64_t N, int64_t d0, int64_t width) {
+  using V = Vec<scalar_t>;
+  constexpr int64_t kLanes = V::size();
+  std::fill_n(s, N * kBlock, scalar_t(0));
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t row = t * D + d0;
+    const scalar_t* Bt = Bm + t * N;
+    const scalar_t* Ct = Cm + t * N;
+    for (int64_t j = 0; j < width; j += kLanes) {
+      // A partial vector at the end of the block: zero-filled lanes compute harmless values, never stored.
+      const int count = static_cast<int>(std::min<int64_t>(kLanes, width - j));
+      const V uu = V::loadu(u + row + j, count);
+      const V delta = softplus_vec<scalar_t>(V::loadu(dt + row + j, count) + V::loadu(bias + d0 + j, count));
+      const V du = delta * uu;
+      V acc = V::loadu(Ds + d0 + j, count) * uu;
+      for (int64_t n = 0; n < N; ++n) {
+        const V a = (delta * V::loadu(At + n * D + d0 + j, count)).exp();
+        const V sv = a * V::loadu(s + n * kBlock + j) + du * V(Bt[n]);
+        sv.store(s + n * kBlock + j);
+        if (states != nullptr) sv.store(states + (t * N + n) * kBlock + j);
+        acc = acc + V(Ct[n]) * sv;
+      }
+      if (y != nullptr) acc.store(y + row + j, count);
+    }
+  }
+}
+
+int64_t n_blocks(int64_t D) { return (D + kBlock - 1) / kBlock; }
+
+int64_t grain(int64_t T, int64_t N) { return std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, T * kBlock * N)); }
+
+}  // namespace
+
+torch::Tensor selective_scan_fwd_cpu(const torch::Tensor& u, const torch::Tensor& dt, const torch::Tensor& A,
+                                     const torch::Tensor& Bm, const torch::Tensor& Cm, const torch::Tensor& D_skip,
+                                     const torch::Tensor& dt_bias) {
+  detail::selective_scan_check_args("selective_scan_fwd_cpu", u, dt, A, Bm, Cm, D_skip, dt_bias, torch::Tensor(),
+                                    true);
+  torch::Tensor y = torch::empty(u.sizes(), u.options());
+  if (y.numel() == 0) return y;
+  const int64_t B = u.size(0), T = u.size(1), D = u.size(2), N = A.size(1);
+  const torch::Tensor At = A.t().contiguous();
+  const int64_t nb = n_blocks(D);
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_fwd_cpu", [&] {
+    const scalar_t* pu = u.const_data_ptr<scalar_t>();
+    const scalar_t* pdt = dt.const_data_ptr<scalar_t>();
+    const scalar_t* pB = Bm.const_data_ptr<scalar_t>();
+    const scalar_t* pC = Cm.const_data_ptr<scalar_t>();
+    scalar_t* py = y.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, B * nb, grain(T, N), [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> s(static_cast<size_t>(N * kBlock));
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t b = task / nb, d0 = (task % nb) * kBlock;
+        fwd_block<scalar_t>(pu + b * T * D, pdt + b * T * D, At.const_data_ptr<scalar_t>(), pB + b * T * N,
+                            pC + b * T * N, D_skip.const_data_ptr<scalar_t>(), dt_bias.const_data_ptr<scalar_t>(),
+                            py + b * T * D, nullptr, s.data(), T, D, N, d0, std::min(kBlock, D - d0));
+      }
+    });
+  });
+  return y;
+}
+
+SelectiveScanGrads selective_scan_bwd_cpu(const torch::Tensor& grad, const torch::Tensor& u, const torch::Tensor& dt,
+                                          const torch::Tensor& A, const torch::Tensor& Bm, const torch::Tensor& Cm,
+                                          const torch::Tensor& D_skip, const torch::Tensor& dt_bias) {
+  detail::selective_scan_check_args("selective_scan_bwd_cpu", u, dt, A, Bm, Cm, D_skip, dt_bias, grad, true);
+  TORCH_CHECK(grad.defined(), "selective_scan_bwd_cpu: grad is undefined");
+  const int64_t B = u.size(0), T = u.size(1), D = u.size(2), N = A.size(1);
+  const int64_t nb = n_blocks(D);
+  SelectiveScanGrads out;
+  out.du = torch::empty(u.sizes(), u.options());
+  out.ddt = torch::empty(u.sizes(), u.options());
+  // Partial sums, one slot per task, reduced below in a fixed order.
+  torch::Tensor dB_part = torch::zeros({B, nb, T, N}, u.options());
+  torch::Tensor dC_part = torch::zeros({B, nb, T, N}, u.options());
+  torch::Tensor dA_part = torch::zeros({B, D, N}, u.options());
+  torch::Tensor dD_part = torch::zeros({B, D}, u.options());
+  torch::Tensor dbias_part = torch::zeros({B, D}, u.options());
+  if (u.numel() > 0) {
+    const torch::Tensor At = A.t().contiguous();
+    AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_bwd_cpu", [&] {
+      const scalar_t* pg = grad.const_data_ptr<scalar_t>();
+      const scalar_t* pu = u.const_data_ptr<scalar_t>();
+      const scalar_t* pdt = dt.const_data_ptr<scalar_t>();
+      const scalar_t* pA = A.const_data_ptr<scalar_t>();
+      const scalar_t* pB = Bm.const_data_ptr<scalar_t>();
+      const scalar_t* pC = Cm.const_data_ptr<scalar_t>();
+      const scalar_t* pDs = D_skip.const_data_ptr<scalar_t>();
+      const scalar_t* pbias = dt_bias.const_data_ptr<scalar_t>();
+      scalar_t* pdu = out.du.mutable_data_ptr<scalar_t>();
+      scalar_t* pddt = out.ddt.mutable_data_ptr<scalar_t>();
+      at::parallel_for(0, B * nb, grain(T, N), [&](int64_t begin, int64_t end) {
+        std::vector<scalar_t> states(static_cast<size_t>(T * N * kBlock)), s(static_cast<size_t>(N * kBlock));
+        std::vector<scalar_t> carry(static_cast<size_t>(N * kBlock)), dA_acc(static_cast<size_t>(N * kBlock));
+        std::vector<scalar_t> dD_acc(kBlock), dbias_acc(kBlock);
+        for (int64_t task = begin; task < end; ++task) {
+          const int64_t b = task / nb, d0 = (task % nb) * kBlock, width = std::min(kBlock, D - d0);
+          const scalar_t* u_b = pu + b * T * D;
+          const scalar_t* dt_b = pdt + b * T * D;
+          const scalar_t* g_b = pg + b * T * D;
+          const scalar_t* B_b = pB + b * T * N;
+          const scalar_t* C_b = pC + b * T * N;
+          fwd_block<scalar_t>(u_b, dt_b, At.const_data_ptr<scalar_t>(), B_b, C_b, pDs, pbias, nullptr, states.data(),
+                              s.data(), T, D, N, d0, width);
+          scalar_t* dB_t = dB_part.mutable_data_ptr<scalar_t>() + (b * nb + task % nb) * T * N;
+          scalar_t* dC_t = dC_part.mutable_data_ptr<scalar_t>() + (b * nb + task % nb) * T * N;
+          std::fill(carry.begin(), carry.end(), scalar_t(0));  // a_{t+1} ds_{t+1}
+          std::fill(dA_acc.begin(), dA_acc.end(), scalar_t(0));
+          std::fill(dD_acc.begin(), dD_acc.end(), scalar_t(0));
+          std::fill(dbias_acc.begin(), dbias_acc.end(), scalar_t(0));
+          for (int64_t t = T - 1; t >= 0; --t) {
+            const int64_t row = t * D + d0;
+            const scalar_t* Bt = B_b + t * N;
+            const scalar_t* Ct = C_b + t * N;
+            const scalar_t* S_t = states.data() + t * N * kBlock;
+            const scalar_t* S_prev = t > 0 ? S_t - N * kBlock : nullptr;
+            for (int64_t j = 0; j < width; ++j) {
+              const int64_t d = d0 + j;
+              const scalar_t z = dt_b[row + j] + pbias[d];
+              const scalar_t delta = selective_scan_softplus(z);
+              const scalar_t gt = g_b[row + j], ut = u_b[row + j];
+              const scalar_t* A_d = pA + d * N;
+              scalar_t d_delta = 0, d_u = pDs[d] * gt;
+              dD_acc[j] += gt * ut;
+              for (int64_t n = 0; n < N; ++n) {
+                const scalar_t a = std::exp(delta * A_d[n]);
+                const scalar_t prev = S_prev != nullptr ? S_prev[n * kBlock + j] : scalar_t(0);
+                dC_t[t * N + n] += gt * S_t[n * kBlock + j];
+                const scalar_t ds = gt * Ct[n] + carry[n * kBlock + j];
+                const scalar_t da_a = ds * prev * a;  // ∂L/∂a_t · a_t
+                d_delta += da_a * A_d[n] + ds * Bt[n] * ut;
+                dA_acc[n * kBlock + j] += da_a * delta;
+                dB_t[t * N + n] += ds * delta * ut;
+                d_u += ds * delta * Bt[n];
+                carry[n * kBlock + j] = a * ds;
+              }
+              pdu[b * T * D + row + j] = d_u;
+              const scalar_t ddt = d_delta * selective_scan_softplus_grad(z);
+              pddt[b * T * D + row + j] = ddt;
+              dbias_acc[j] += ddt;
+            }
+          }
+          scalar_t* dA_b = dA_part.mutable_data_ptr<scalar_t>() + b * D * N;
+          for (int64_t j = 0; j < width; ++j) {
+            for (int64_t n = 0; n < N; ++n) dA_b[(d0 + j) * N + n] = dA_acc[n * kBlock + j];
+            dD_part.mutable_data_ptr<scalar_t>()[b * D + d0 + j] = dD_acc[j];
+            dbias_part.mutable_data_ptr<scalar_t>()[b * D + d0 + j] = dbias_acc[j];
+          }
+        }
+      });
+    });
+  }
+  // Fixed-order reductions: over channel blocks for dB, dC; over the batch for dA, dD_skip, dt_bias.
+  auto sum_in_order = [](const torch::Tensor& t, int64_t dim) {
+    if (t.size(dim) == 0) return t.sum(dim);
+    torch::Tensor acc = t.select(dim, 0).clone();
+    for (int64_t i = 1; i < t.size(dim); ++i) acc.add_(t.select(dim, i));
+    return acc;
+  };
+  out.dB = sum_in_order(dB_part, 1);
+  out.dC = sum_in_order(dC_part, 1);
+  out.dA = sum_in_order(dA_part, 0);
+  out.dD_skip = sum_in_order(dD_part, 0);
+  out.ddt_bias = sum_in_order(dbias_part, 0);
+  return out;
+}
+
+}  // namespace fprnn::ops

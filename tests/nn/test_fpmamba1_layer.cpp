@@ -1,0 +1,295 @@
+// The FP-Mamba1 layer and the one-pass Mamba-1 baseline: initialisation, the map G against a hand-written
+// composition, the damped solve against a manual loop, the one-step gradient against finite differences,
+// parameter counts, shapes, dtypes and errors.
+#include "testing.h"
+
+#include "fprnn/common.h"
+#include "fprnn/nn/fpmamba1_layer.h"
+#include "fprnn/ops/selective_scan.h"
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+namespace fprnn::testing {
+namespace {
+
+struct MambaCase {
+  std::string name;
+  std::string layer = "fpmamba1";
+  std::string mixer = "householderproduct";
+  int64_t rank = 1;
+  bool short_conv = true, glu = false, h_dep = true, symm = false, bc_norm = true;
+  int64_t n_backwards = 1;
+};
+
+std::vector<MambaCase> mamba_cases() {
+  MambaCase glu{"glu_in_loop"};
+  glu.glu = true;
+  MambaCase noconv{"householder_noconv"};
+  noconv.short_conv = false;
+  MambaCase kron{"kronecker", "fpmamba1", "kronecker"};
+  MambaCase h2{"householder_r2", "fpmamba1", "householderproduct", 2};
+  MambaCase dplr{"dplr_r2", "fpmamba1", "dplr", 2};
+  MambaCase symm{"symm_mixer"};
+  symm.symm = true;
+  MambaCase nohdep{"no_h_dep"};
+  nohdep.h_dep = false;
+  MambaCase nobcnorm{"no_bc_norm"};
+  nobcnorm.bc_norm = false;
+  MambaCase two{"two_backward_steps"};
+  two.n_backwards = 2;
+  MambaCase one{"mamba1_one_pass", "mamba1"};
+  MambaCase one_glu{"mamba1_glu", "mamba1"};
+  one_glu.glu = true;
+  return {{"householder_r1"}, glu, noconv, kron, h2, dplr, symm, nohdep, nobcnorm, two, one, one_glu};
+}
+
+LayerConfig layer_config(const MambaCase& c, int64_t d_model) {
+  LayerConfig lc;
+  lc.layer = c.layer;
+  lc.d_model = d_model;
+  lc.d_state = 3;
+  lc.mixer_type = c.mixer;
+  lc.mixer_rank = c.rank;
+  lc.kronecker_normalization = "column-wise";
+  lc.use_short_conv = c.short_conv;
+  lc.glu_in_loop = c.glu;
+  lc.mixer_h_dep = c.h_dep;
+  lc.symm_mixer = c.symm;
+  lc.bc_norm = c.bc_norm;
+  lc.n_backwards = c.n_backwards;
+  return lc;
+}
+
+SolverConfig mamba_solver() {
+  SolverConfig sc;
+  sc.max_iter = 20;
+  sc.stepsize = 0.99;
+  sc.stepsize_decay = 0.9;
+  sc.outlier_quantile = 0.25;
+  return sc;
+}
+
+// A float64 layer (d_model 4 → D 8 unless given), seeded.
+nn::FPMamba1Layer make_mamba(const MambaCase& c, int64_t d_model = 4, uint64_t seed = 13) {
+  torch::manual_seed(seed);
+  nn::FPMamba1Layer layer(layer_config(c, d_model), mamba_solver());
+  layer->to(torch::kFloat64);
+  return layer;
+}
+
+class FPMamba1Test : public ::testing::TestWithParam<MambaCase> {};
+
+TEST_P(FPMamba1Test, OneStepGradientAgainstFiniteDifferences) {
+  // The layer's gradient is that of output(G^n(y*)) with y* held fixed (spec §4.5, §5.2); for the one-pass
+  // layer it is the whole function. Compare autograd with central differences for the input and every
+  // parameter (A_log, D, dt_proj.bias, the weight-normed g and v included).
+  auto layer = make_mamba(GetParam(), 3);
+  layer->train();
+  Tensor u = randn({2, 5, 3}, 3);
+  Tensor y_star;
+  {
+    torch::NoGradGuard g;
+    const auto in = layer->prepare(u);
+    y_star = layer->one_pass() ? torch::zeros_like(in.x) : layer->solve(in).detach();
+  }
+  auto fn = [&] {
+    const auto in = layer->prepare(u);
+    return layer->one_pass() ? layer->output(in, layer->step(in, y_star)) : layer->finish(in, y_star);
+  };
+  std::vector<Tensor> inputs{u};
+  for (auto& p : layer->parameters()) inputs.push_back(p);
+  // Central differences with step 1e-6 in float64 are good to ~1e-8 relative on these smooth maps; the
+  // LayerNorm and the normalisations keep the second derivatives moderate.
+  check_gradients(fn, inputs, 1e-5, GetParam().name);
+}
+
+TEST_P(FPMamba1Test, ForwardShapesIncludingTOne) {
+  auto layer = make_mamba(GetParam());
+  for (const auto& shape : std::vector<std::vector<int64_t>>{{1, 1, 4}, {2, 13, 4}, {1, 31, 4}}) {
+    Tensor y_star;
+    const Tensor y = layer->forward(randn(shape, 4), &y_star);
+    EXPECT_EQ(y.sizes(), c10::IntArrayRef(shape));
+    EXPECT_EQ(y_star.sizes(), c10::IntArrayRef({shape[0], shape[1], 8}));
+    EXPECT_TRUE(torch::isfinite(y).all().item<bool>());
+    EXPECT_GE(layer->last_stats().recorded(), 1);
+  }
+}
+
+TEST_P(FPMamba1Test, Float32MatchesFloat64) {
+  auto layer = make_mamba(GetParam());
+  layer->eval();
+  const Tensor u = randn({2, 6, 4}, 5);
+  torch::NoGradGuard g;
+  const auto in = layer->prepare(u);
+  const Tensor y0 = randn({2, 6, 8}, 6) * 0.5;
+  const Tensor ref = layer->step(in, y0);
+  layer->to(torch::kFloat32);
+  const auto in32 = layer->prepare(u.to(torch::kFloat32));
+  const Tensor out = layer->step(in32, y0.to(torch::kFloat32));
+  ASSERT_EQ(out.scalar_type(), torch::kFloat32);
+  // One application of G in float32: a few unit roundoffs (6e-8) per operation, LayerNorm divides by a
+  // standard deviation of order 1: 1e-5 leaves room.
+  expect_close(out, ref, 1e-5, GetParam().name + ": G in float32");
+}
+
+INSTANTIATE_TEST_SUITE_P(Modes, FPMamba1Test, ::testing::ValuesIn(mamba_cases()),
+                         [](const ::testing::TestParamInfo<MambaCase>& i) { return i.param.name; });
+
+// ---- G against its definition (spec §5.2) -----------------------------------------------------------------
+
+TEST(FPMamba1MapTest, StepEqualsTheSpecComposition) {
+  auto layer = make_mamba(MambaCase{"h"});
+  torch::NoGradGuard g;
+  const Tensor u = randn({2, 7, 4}, 7);
+  const Tensor y = randn({2, 7, 8}, 8) * 0.5;
+  const auto in = layer->prepare(u);
+  // Written out from the spec with the reference scan and plain ATen ops.
+  const int64_t D = 8, N = 3, R = layer->R;
+  const Tensor xz = torch::matmul(u, layer->in_proj->weight().t());
+  const Tensor x = torch::silu(layer->conv1d->forward(xz.narrow(2, 0, D)));
+  const Tensor x_dbl = torch::matmul(x, layer->x_proj->weight().t());
+  const Tensor dt = torch::matmul(x_dbl.narrow(2, 0, R), layer->dt_proj->weight().t());
+  const Tensor s = shift(y, 1, 1);
+  const Tensor x_tilde = layer->mixer->forward(torch::cat({x, s}, -1), x - y) + y;
+  const Tensor bc = torch::matmul(s, layer->bc_y_proj->weight().t());
+  auto unit = [](const Tensor& t) { return t / t.norm(2, -1, true); };
+  const Tensor Bp = unit(x_dbl.narrow(2, R, N) + bc.narrow(2, 0, N));
+  const Tensor Cp = unit(x_dbl.narrow(2, R + N, N) + bc.narrow(2, N, N));
+  const Tensor o = ops::selective_scan_fwd_ref(x_tilde, dt, -torch::exp(layer->A_log), Bp, Cp, layer->D_skip,
+                                               layer->dt_proj->bias);
+  const Tensor mean = o.mean(-1, true);
+  const Tensor var = (o - mean).pow(2).mean(-1, true);
+  const Tensor expected = (o - mean) / torch::sqrt(var + 1e-5) * layer->out_norm->weight + layer->out_norm->bias;
+  expect_close(layer->step(in, y), expected, 1e-12, "G(y)");
+  // And the output: W_out (SiLU(z + W_zy shift(y)) ⊙ y).
+  const Tensor z = xz.narrow(2, D, D) + torch::matmul(s, layer->z_y_proj->weight().t());
+  expect_close(layer->output(in, y), torch::matmul(torch::silu(z) * y, layer->out_proj->weight().t()), 1e-12,
+               "output");
+}
+
+TEST(FPMamba1MapTest, OnePassIsTheBlockAtZero) {
+  // mamba1 = FP-Mamba1's block with y_prev = 0 and no mixer: y = LN(SSM(x; B_x, C_x)), out = W_out(SiLU(z) ⊙ y).
+  auto layer = make_mamba(MambaCase{"one", "mamba1"});
+  EXPECT_TRUE(layer->one_pass());
+  EXPECT_EQ(layer->mixer, nullptr);
+  torch::NoGradGuard g;
+  const Tensor u = randn({2, 6, 4}, 9);
+  const auto in = layer->prepare(u);
+  auto unit = [](const Tensor& t) { return t / t.norm(2, -1, true); };
+  const Tensor o = ops::selective_scan_fwd_ref(in.x, in.dt, in.A, unit(in.B_x), unit(in.C_x), in.D_skip, in.dt_bias);
+  const Tensor y = torch::layer_norm(o, {8}, layer->out_norm->weight, layer->out_norm->bias, 1e-5);
+  const Tensor expected = torch::matmul(torch::silu(in.z) * y, layer->out_proj->weight().t());
+  expect_close(layer->forward(u), expected, 1e-12, "mamba1 output");
+  EXPECT_EQ(layer->last_stats().iterations, 0);
+  EXPECT_EQ(layer->last_stats().recorded(), 1);
+}
+
+// ---- the solve (spec §8 with FP-Mamba's damping) ----------------------------------------------------------
+
+TEST(FPMamba1SolveTest, SolveIsTheDampedIteration) {
+  // With no early stop, k solver iterations are y ← 0.99·G(y) + 0.01·y from y = 0 (no 15-step stall can
+  // occur within 12 iterations, so the step size stays 0.99).
+  auto layer = make_mamba(MambaCase{"h"});
+  torch::NoGradGuard g;
+  const auto in = layer->prepare(randn({2, 9, 4}, 10));
+  solver::SolverOptions opt;
+  opt.max_iter = 12;
+  opt.threshold = -1.0;
+  opt.stepsize = 0.99;
+  opt.stepsize_decay = 0.9;
+  opt.stepsize_thresh = 0.0;
+  const Tensor ours = layer->solve_with(in, opt);
+  Tensor y = torch::zeros_like(in.x);
+  for (int k = 0; k < 12; ++k) y = 0.99 * layer->step(in, y) + 0.01 * y;
+  expect_close(ours, y, 1e-13, "damped iterate");
+  EXPECT_EQ(layer->last_stats().iterations, 12);
+  EXPECT_EQ(layer->last_stats().recorded(), 13);
+}
+
+TEST(FPMamba1SolveTest, TrainingCapAndOverride) {
+  auto layer = make_mamba(MambaCase{"h"});
+  layer->train();
+  const Tensor u = randn({3, 8, 4}, 11);
+  layer->forward(u);
+  EXPECT_LE(layer->last_stats().iterations, 20);
+  layer->set_max_iter(2);
+  layer->forward(u);
+  EXPECT_LE(layer->last_stats().iterations, 2);
+  EXPECT_GE(layer->last_stats().iterations, 1);
+}
+
+// ---- initialisation and parameters (spec §5.1) ----------------------------------------------------------
+
+TEST(FPMamba1InitTest, ReferenceInitialisation) {
+  LayerConfig lc = layer_config(MambaCase{"h"}, 32);
+  lc.d_state = 16;
+  torch::manual_seed(3);
+  nn::FPMamba1Layer layer(lc, mamba_solver());
+  const int64_t D = 64, N = 16, R = 2;  // dt_rank "auto" = ⌈32 / 16⌉
+  EXPECT_EQ(layer->R, R);
+  EXPECT_EQ(layer->A_log.scalar_type(), torch::kFloat32);
+  ASSERT_EQ(layer->A_log.sizes(), c10::IntArrayRef({D, N}));
+  for (int64_t n = 0; n < N; ++n)
+    EXPECT_NEAR(layer->A_log[5][n].item<double>(), std::log(static_cast<double>(n + 1)), 1e-6);
+  EXPECT_TRUE(torch::equal(layer->D_skip, torch::ones({D})));
+  // dt_proj.weight ~ U(±R^-½), bias = softplus⁻¹(Δ) with Δ in [dt_min, dt_max] = [1e-3, 0.1].
+  EXPECT_LE(layer->dt_proj->weight().abs().max().item<double>(), 1.0 / std::sqrt(2.0));
+  const Tensor delta = torch::softplus(layer->dt_proj->bias.to(torch::kFloat64));
+  EXPECT_GE(delta.min().item<double>(), 1e-3 * (1 - 1e-6));
+  EXPECT_LE(delta.max().item<double>(), 0.1 * (1 + 1e-6));
+  EXPECT_GT(delta.std().item<double>(), 0.0);
+  // Weight-normed bc_y_proj and z_y_proj (g = row norms at init).
+  EXPECT_TRUE(layer->bc_y_proj->weight_norm);
+  EXPECT_TRUE(layer->z_y_proj->weight_norm);
+  expect_close(layer->bc_y_proj->weight_g, layer->bc_y_proj->weight_v.norm(2, 1, true), 1e-6, "bc_y g");
+  // The Kronecker mixer of FP-Mamba is column-wise by default in configs (spec §7.3); here as configured.
+  EXPECT_EQ(layer->no_weight_decay(), (std::vector<std::string>{"A_log", "D"}));
+  const auto params = layer->named_parameters();
+  for (const auto& name : layer->no_weight_decay()) EXPECT_NE(params.find(name), nullptr) << name;
+}
+
+int64_t count(torch::nn::Module& m) {
+  int64_t n = 0;
+  for (const auto& p : m.parameters()) n += p.numel();
+  return n;
+}
+
+TEST(FPMamba1InitTest, ParameterCountsFollowTheHeaderFormulas) {
+  const int64_t d = 16, D = 32, N = 4, R = 1, K = 4, r = 2, P = 2 * D;
+  MambaCase fp{"fp", "fpmamba1", "householderproduct", r};
+  MambaCase one{"one", "mamba1"};
+  LayerConfig lfp = layer_config(fp, d), lone = layer_config(one, d);
+  lfp.d_state = lone.d_state = N;
+  nn::FPMamba1Layer a(lfp, mamba_solver()), b(lone, mamba_solver());
+  const int64_t mamba1 = 2 * d * D + (K + 1) * D + D * (R + 2 * N) + R * D + D + D * N + D + 2 * D + D * d;
+  const int64_t mixer = P * r * D + r * D + P * r + r + r;
+  EXPECT_EQ(count(*b), mamba1);
+  EXPECT_EQ(count(*a), mamba1 + 2 * N * D + 2 * N + D * D + D + mixer);
+  EXPECT_EQ(count(*a->mixer), mixer);
+}
+
+TEST(FPMamba1InitTest, BadInputsThrow) {
+  auto layer = make_mamba(MambaCase{"h"});
+  try {
+    layer->forward(randn({2, 5, 3}, 1));
+    ADD_FAILURE() << "no error";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what_without_backtrace()).find("FPMamba1: input must be (B, T, 4), got [2, 5, 3]"),
+              std::string::npos)
+        << e.what_without_backtrace();
+  }
+  LayerConfig lc = layer_config(MambaCase{"h"}, 4);
+  lc.d_state = 0;
+  EXPECT_THROW(nn::FPMamba1Layer(lc, mamba_solver()), c10::Error);
+  lc = layer_config(MambaCase{"h"}, 4);
+  lc.dt_init = "uniform";
+  EXPECT_THROW(nn::FPMamba1Layer(lc, mamba_solver()), c10::Error);
+  lc = layer_config(MambaCase{"h"}, 4);
+  lc.layer = "fprnn";
+  EXPECT_THROW(nn::FPMamba1Layer(lc, mamba_solver()), c10::Error);
+}
+
+}  // namespace
+}  // namespace fprnn::testing
