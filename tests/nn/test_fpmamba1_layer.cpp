@@ -173,7 +173,7 @@ TEST(FPMamba1MapTest, OnePassIsTheBlockAtZero) {
   // mamba1 = FP-Mamba1's block with y_prev = 0 and no mixer: y = LN(SSM(x; B_x, C_x)), out = W_out(SiLU(z) ⊙ y).
   auto layer = make_mamba(MambaCase{"one", "mamba1"});
   EXPECT_TRUE(layer->one_pass());
-  EXPECT_EQ(layer->mixer, nullptr);
+  EXPECT_TRUE(layer->mixer == nullptr);
   torch::NoGradGuard g;
   const Tensor u = randn({2, 6, 4}, 9);
   const auto in = layer->prepare(u);
@@ -250,7 +250,7 @@ TEST(FPMamba1InitTest, ReferenceInitialisation) {
   for (const auto& name : layer->no_weight_decay()) EXPECT_NE(params.find(name), nullptr) << name;
 }
 
-int64_t count(torch::nn::Module& m) {
+int64_t param_count(torch::nn::Module& m) {
   int64_t n = 0;
   for (const auto& p : m.parameters()) n += p.numel();
   return n;
@@ -265,9 +265,9 @@ TEST(FPMamba1InitTest, ParameterCountsFollowTheHeaderFormulas) {
   nn::FPMamba1Layer a(lfp, mamba_solver()), b(lone, mamba_solver());
   const int64_t mamba1 = 2 * d * D + (K + 1) * D + D * (R + 2 * N) + R * D + D + D * N + D + 2 * D + D * d;
   const int64_t mixer = P * r * D + r * D + P * r + r + r;
-  EXPECT_EQ(count(*b), mamba1);
-  EXPECT_EQ(count(*a), mamba1 + 2 * N * D + 2 * N + D * D + D + mixer);
-  EXPECT_EQ(count(*a->mixer), mixer);
+  EXPECT_EQ(param_count(*b), mamba1);
+  EXPECT_EQ(param_count(*a), mamba1 + 2 * N * D + 2 * N + D * D + D + mixer);
+  EXPECT_EQ(param_count(*a->mixer), mixer);
 }
 
 TEST(FPMamba1InitTest, BadInputsThrow) {

@@ -190,7 +190,7 @@ INSTANTIATE_TEST_SUITE_P(Tiny, SelectiveScanGradTest,
 
 // ---- layouts, threads, errors ------------------------------------------------------------------------
 
-TEST(SelectiveScanTest, NonContiguousInputs) {
+TEST(SelectiveScanMiscTest, NonContiguousInputs) {
   const Inputs in = make_inputs({3, 10, 21, 6}, 61, torch::kFloat64);
   // The same values behind transposed storage.
   auto strided = [](const torch::Tensor& t) {
@@ -211,7 +211,7 @@ TEST(SelectiveScanTest, NonContiguousInputs) {
   expect_close(y, run_ref(in), 1e-12, "y (strided inputs)");
 }
 
-TEST(SelectiveScanTest, ResultsDoNotDependOnThreadCount) {
+TEST(SelectiveScanMiscTest, ResultsDoNotDependOnThreadCount) {
   const Inputs in = make_inputs({3, 17, 100, 16}, 71, torch::kFloat32);
   const torch::Tensor g = randn(in.u.sizes(), 73, torch::kFloat32);
   const int saved = at::get_num_threads();
@@ -238,7 +238,7 @@ void expect_error(const std::function<void()>& fn, const std::string& fragment) 
   }
 }
 
-TEST(SelectiveScanTest, BadArgumentsThrow) {
+TEST(SelectiveScanMiscTest, BadArgumentsThrow) {
   const Inputs in = make_inputs({2, 5, 6, 3}, 81, torch::kFloat64);
   auto call = [](const Inputs& x) { selective_scan(x.u, x.dt, x.A, x.B, x.C, x.D_skip, x.dt_bias); };
   Inputs bad = in;
