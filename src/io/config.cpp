@@ -18,9 +18,10 @@ namespace {
   X(max_iter) X(eval_max_iter) X(threshold) X(outlier_quantile) X(eval_outlier_quantile) X(stepsize) \
   X(stepsize_decay) X(decay_patience) X(stepsize_thresh) X(eps) X(eval_method) X(fused) X(device_check_every)
 #define FPRNN_FIELDS_LAYER(X) \
+  X(d_model) X(expand) X(d_conv) X(mixer_type) X(mixer_rank) X(mixer_ac) X(mixer_proj_rank) X(mixer_h_dep) \
+  X(symm_mixer) X(kronecker_normalization) X(use_short_conv) X(n_backwards) X(norm_eps) X(weight_norm) \
   X(layer) X(d_state) X(dt_rank) X(dt_min) X(dt_max) X(dt_init_floor) X(dt_init) X(dt_scale) X(bc_norm) \
-  X(glu_in_loop) X(d_model) X(expand) X(d_conv) X(mixer_type) X(mixer_rank) X(mixer_ac) X(mixer_proj_rank) X(mixer_h_dep) \
-  X(symm_mixer) X(kronecker_normalization) X(use_short_conv) X(n_backwards) X(norm_eps) X(weight_norm)
+  X(glu_in_loop) X(ssm_params_fp32)
 #define FPRNN_FIELDS_MODEL(X) X(n_layers) X(pad_vocab_size_multiple) X(backbone_norm_eps)
 #define FPRNN_FIELDS_TASK(X) \
   X(name) X(group) X(train_length) X(min_train_length) X(samples_per_length) X(train_fraction) \

@@ -6,6 +6,7 @@
 #include "fprnn/nn/fpmamba1_layer.h"
 #include "fprnn/nn/fprnn_layer.h"
 
+#include <algorithm>
 #include <set>
 
 namespace fprnn::verify {
@@ -96,7 +97,8 @@ Json Report::to_json() const {
   j["tolerance"] = tolerance;
   j["ok"] = ok();
   Json t = Json::object();
-  for (const auto& c : tensors) t[c.name] = {{"rms_ratio", c.rms_ratio}, {"max_abs", c.max_abs}, {"ok", c.ok}};
+  for (const auto& c : tensors)
+    t[c.name] = {{"rms_ratio", c.rms_ratio}, {"max_abs", c.max_abs}, {"tolerance", c.tolerance}, {"ok", c.ok}};
   j["tensors"] = t;
   Json n = Json::object();
   for (const auto& c : counts) n[c.name] = {{"ours", c.ours}, {"reference", c.reference}, {"ok", c.ok()}};
@@ -125,6 +127,7 @@ void configs_from_fixture(const Json& c, LayerConfig& layer, SolverConfig& solve
   layer.dt_rank = get_or<int64_t>(c, "dt_rank", -1);
   layer.bc_norm = get_or<bool>(c, "bc_norm", true);
   layer.glu_in_loop = get_or<bool>(c, "glu_in_loop", false);
+  layer.ssm_params_fp32 = true;  // the reference's float32 A, D, delta_bias (the fixtures carry that rounding)
   solver.threshold = get_or<double>(c, "convergence_threshold", 0.1);
   solver.outlier_quantile = get_or<double>(c, "outlier_quantile", 0.1);
   solver.max_iter = get_or<int64_t>(c, "train_max_iter", 1000);
@@ -147,6 +150,9 @@ namespace {
 
 // Builds the layer type LayerT from the fixture in float64 and runs every check into `report`.
 // LayerT provides forward(u, &fixed_point), prepare, solve_with, finish and last_stats (FPRNN, FP-Mamba1).
+// 2⁻²³: the spacing of float32 numbers relative to their magnitude (one ulp at the top of a binade).
+constexpr double kFloat32Resolution = 1.1920928955078125e-07;
+
 template <typename LayerT>
 void run_checks(const std::string& path, const io::SafeTensors& st, const Json& c, const LayerConfig& lcfg,
                 const SolverConfig& scfg, Report& report) {
@@ -165,7 +171,14 @@ void run_checks(const std::string& path, const io::SafeTensors& st, const Json& 
                 ours.sizes());
     tc.rms_ratio = rms_ratio(ours, ref);
     tc.max_abs = max_abs_diff(ours, ref);
-    tc.ok = tc.rms_ratio <= tolerance && std::isfinite(tc.rms_ratio);
+    // A reference tensor whose every value is a float32 number was rounded to float32 by the reference
+    // (FP-Mamba1's grad.A_log, grad.D, grad.dt_proj.bias: its scan takes A, D and delta_bias in float32). Ours
+    // is rounded there too, but a float64 sum that lands on the other side of a float32 rounding boundary is
+    // one float32 ulp away: such tensors can match only to float32 resolution.
+    const bool float32_values = ref.is_floating_point() && ref.abs().max().item<double>() > 0 &&
+                                torch::equal(ref.to(torch::kFloat32).to(ref.scalar_type()), ref);
+    tc.tolerance = float32_values ? std::max(tolerance, kFloat32Resolution) : tolerance;
+    tc.ok = tc.rms_ratio <= tc.tolerance && std::isfinite(tc.rms_ratio);
     report.tensors.push_back(tc);
   };
   auto count = [&](const std::string& name, int64_t ours) {

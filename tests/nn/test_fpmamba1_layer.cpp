@@ -59,6 +59,7 @@ LayerConfig layer_config(const MambaCase& c, int64_t d_model) {
   lc.symm_mixer = c.symm;
   lc.bc_norm = c.bc_norm;
   lc.n_backwards = c.n_backwards;
+  lc.ssm_params_fp32 = false;  // exact float64 for the finite-difference checks (tested separately below)
   return lc;
 }
 
@@ -186,6 +187,25 @@ TEST(FPMamba1MapTest, OnePassIsTheBlockAtZero) {
   EXPECT_EQ(layer->last_stats().recorded(), 1);
 }
 
+TEST(FPMamba1MapTest, ScanParametersInFloat32AsTheReference) {
+  // ssm_params_fp32: A = −exp(A_log in float32), D and dt_proj.bias rounded to float32, the rest float64.
+  auto layer = make_mamba(MambaCase{"h"});
+  torch::NoGradGuard g;
+  const Tensor u = randn({2, 7, 4}, 12);
+  const Tensor y = randn({2, 7, 8}, 13) * 0.5;
+  const auto exact_in = layer->prepare(u);
+  layer->cfg.ssm_params_fp32 = true;
+  const auto in = layer->prepare(u);
+  EXPECT_EQ(in.A.scalar_type(), torch::kFloat64);
+  EXPECT_TRUE(torch::equal(in.A, (-torch::exp(layer->A_log.to(torch::kFloat32))).to(torch::kFloat64)));
+  EXPECT_TRUE(torch::equal(in.D_skip, layer->D_skip.to(torch::kFloat32).to(torch::kFloat64)));
+  EXPECT_TRUE(torch::equal(in.dt_bias, layer->dt_proj->bias.to(torch::kFloat32).to(torch::kFloat64)));
+  // The map moves by float32 rounding of those parameters: visible, but small.
+  const double r = rms_ratio(layer->step(in, y), layer->step(exact_in, y));
+  EXPECT_GT(r, 0.0);
+  EXPECT_LT(r, 1e-6);
+}
+
 // ---- the solve (spec §8 with FP-Mamba's damping) ----------------------------------------------------------
 
 TEST(FPMamba1SolveTest, SolveIsTheDampedIteration) {
@@ -202,7 +222,7 @@ TEST(FPMamba1SolveTest, SolveIsTheDampedIteration) {
   opt.stepsize_thresh = 0.0;
   const Tensor ours = layer->solve_with(in, opt);
   Tensor y = torch::zeros_like(in.x);
-  for (int k = 0; k < 12; ++k) y = 0.99 * layer->step(in, y) + 0.01 * y;
+  for (int k = 0; k < 12; ++k) y = 0.99 * layer->step(in, y) + (1 - 0.99) * y;
   expect_close(ours, y, 1e-13, "damped iterate");
   EXPECT_EQ(layer->last_stats().iterations, 12);
   EXPECT_EQ(layer->last_stats().recorded(), 13);

@@ -61,6 +61,8 @@ class FPMamba1LayerImpl : public SequenceLayerImpl {
   Tensor solve(const Inputs& in);
   Tensor solve_with(const Inputs& in, const solver::SolverOptions& opt);
 
+  // The reference's FPMamba lacks set_max_iter (spec §16.6, randomised caps raise there); the evident intent,
+  // the same override as FPRNN's, is implemented.
   void set_max_iter(int64_t max_iter) override { max_iter_override_ = max_iter; }
   const solver::SolveStats& last_stats() const override { return stats_; }
   std::vector<std::string> no_weight_decay() const override { return {"A_log", "D"}; }

@@ -20,6 +20,7 @@ struct TensorCheck {
   std::string name;
   double rms_ratio = 0;
   double max_abs = 0;
+  double tolerance = 0;  // the report's, or float32 resolution (2⁻²³) for a reference tensor of float32 numbers
   bool ok = false;
 };
 
