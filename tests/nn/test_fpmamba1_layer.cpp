@@ -170,6 +170,23 @@ TEST(FPMamba1MapTest, StepEqualsTheSpecComposition) {
                "output");
 }
 
+TEST(FPMamba1MapTest, BcNormalisationUsesNormEps) {
+  // The reference normalises B' and C' with F.normalize(·, eps=norm_eps): v / max(‖v‖, norm_eps). Make B_x and
+  // C_x tiny so that the clamp decides: at t = 0 (shift(y) = 0) B' = B_x / norm_eps, not a unit vector.
+  auto layer = make_mamba(MambaCase{"h"});
+  torch::NoGradGuard g;
+  auto in = layer->prepare(randn({1, 1, 4}, 21));
+  in.B_x = in.B_x * 1e-9 / in.B_x.norm();
+  in.C_x = in.C_x * 1e-9 / in.C_x.norm();
+  const Tensor y = torch::zeros_like(in.x);
+  const Tensor x_tilde = layer->mixer->forward(torch::cat({in.x, y}, -1), in.x);
+  const double eps = layer->cfg.norm_eps;
+  const Tensor o = ops::selective_scan_fwd_ref(x_tilde, in.dt, in.A, in.B_x / eps, in.C_x / eps, in.D_skip,
+                                               in.dt_bias);
+  const Tensor expected = torch::layer_norm(o, {8}, layer->out_norm->weight, layer->out_norm->bias, eps);
+  expect_close(layer->step(in, y), expected, 1e-12, "G(0) with tiny B_x, C_x");
+}
+
 TEST(FPMamba1MapTest, OnePassIsTheBlockAtZero) {
   // mamba1 = FP-Mamba1's block with y_prev = 0 and no mixer: y = LN(SSM(x; B_x, C_x)), out = W_out(SiLU(z) ⊙ y).
   auto layer = make_mamba(MambaCase{"one", "mamba1"});
@@ -188,7 +205,8 @@ TEST(FPMamba1MapTest, OnePassIsTheBlockAtZero) {
 }
 
 TEST(FPMamba1MapTest, ScanParametersInFloat32AsTheReference) {
-  // ssm_params_fp32: A = −exp(A_log in float32), D and dt_proj.bias rounded to float32, the rest float64.
+  // ssm_params_fp32: A = the float32 nearest to −exp(A_log) (exp in float64, rounded once: the same on every
+  // platform, unlike a float32 exp), D and dt_proj.bias rounded to float32, the rest float64.
   auto layer = make_mamba(MambaCase{"h"});
   torch::NoGradGuard g;
   const Tensor u = randn({2, 7, 4}, 12);
@@ -197,7 +215,15 @@ TEST(FPMamba1MapTest, ScanParametersInFloat32AsTheReference) {
   layer->cfg.ssm_params_fp32 = true;
   const auto in = layer->prepare(u);
   EXPECT_EQ(in.A.scalar_type(), torch::kFloat64);
-  EXPECT_TRUE(torch::equal(in.A, (-torch::exp(layer->A_log.to(torch::kFloat32))).to(torch::kFloat64)));
+  EXPECT_TRUE(torch::equal(in.A, (-torch::exp(layer->A_log)).to(torch::kFloat32).to(torch::kFloat64)));
+  // Nearest, not just faithful: no float32 lies closer to −exp(A_log) than A does.
+  const Tensor exact = -torch::exp(layer->A_log);
+  const Tensor err = (in.A - exact).abs();
+  const Tensor A32 = in.A.to(torch::kFloat32);
+  for (const float towards : {0.0f, -1e30f}) {
+    const Tensor neighbour = torch::nextafter(A32, torch::full_like(A32, towards)).to(torch::kFloat64);
+    EXPECT_TRUE((err <= (neighbour - exact).abs()).all().item<bool>());
+  }
   EXPECT_TRUE(torch::equal(in.D_skip, layer->D_skip.to(torch::kFloat32).to(torch::kFloat64)));
   EXPECT_TRUE(torch::equal(in.dt_bias, layer->dt_proj->bias.to(torch::kFloat32).to(torch::kFloat64)));
   // The map moves by float32 rounding of those parameters: visible, but small.

@@ -63,7 +63,8 @@ struct LayerConfig {
   bool glu_in_loop = false;           // gate SiLU(z) inside the map; false: outside, with z + W_zy shift(y)
   bool ssm_params_fp32 = true;        // A, D and dt_proj.bias enter the scan rounded to float32, as in the
                                       // reference (A = −exp(A_log.float()); its scan takes D, delta_bias in
-                                      // fp32). Matters only for float64 runs; false keeps them exact.
+                                      // fp32). A is the float32 nearest to −exp(A_log) (exp in float64).
+                                      // Matters only for float64 runs; false keeps them exact.
 };
 
 struct ModelConfig {
