@@ -190,6 +190,25 @@ TEST(FpStepCuda, PaddedRowsAndRoundedIterate) {
     EXPECT_TRUE(torch::equal(y, y2)) << "the rounded copy changed the iterate";
     EXPECT_TRUE(torch::equal(y_bf16, y.to(torch::kBFloat16).view({B * T, D}))) << "rounded copy ≠ round(y)";
   }
+  // bfloat16 z, base, bx and λ give what float32 copies of the same (rounded) values give.
+  {
+    const auto bf = torch::kBFloat16;
+    const Tensor zb = z.to(bf), bb = base.to(bf), bxb = bx.to(bf), lb = lambda.to(bf);
+    Tensor v16 = torch::empty({B, T, D}, f32), v32 = torch::empty({B, T, D}, f32);
+    auto s16 = ops::make_device_solver_state(B, T, opt, torch::kCUDA);
+    auto s32 = ops::make_device_solver_state(B, T, opt, torch::kCUDA);
+    ops::fp_mix_cuda(zb, bb, bxb, h, lb, v16, r, "silu", 1e-6, false, s16);
+    ops::fp_mix_cuda(zb.to(torch::kFloat32), bb.to(torch::kFloat32), bxb.to(torch::kFloat32), h,
+                     lb.to(torch::kFloat32), v32, r, "silu", 1e-6, false, s32);
+    expect_close(v16.cpu(), v32.cpu(), 1e-6, "mix with bfloat16 inputs");
+    Tensor y16 = torch::empty({B, T, D}, f32), y32 = torch::empty({B, T, D}, f32);
+    ops::fp_scan_cuda(v32, lb, h, y16, s16);
+    ops::fp_scan_cuda(v32, lb.to(torch::kFloat32), h, y32, s32);
+    expect_close(y16.cpu(), y32.cpu(), 1e-6, "scan with bfloat16 lambda");
+    Tensor v_bad = torch::empty({B, T, D}, f32);
+    EXPECT_THROW(ops::fp_mix_cuda(zb, bb, bx, h, lb, v_bad, r, "silu", 1e-6, false, s16), c10::Error)
+        << "bx in another dtype than z";
+  }
   Tensor too_narrow = z.narrow(1, 0, rows - 1).contiguous();
   Tensor v = torch::empty({B, T, D}, f32);
   auto s = ops::make_device_solver_state(B, T, opt, torch::kCUDA);

@@ -8,7 +8,8 @@
 // several iterations and check the flag only every few: the iterations after the stop are no-ops and the
 // results (iterate, count, residuals) are exactly those of checking before every step.
 //
-// Layout: every (B, T, D) tensor contiguous; h, bx, lambda, v, y float32; z and base (B·T, rows) in the
+// Layout: every (B, T, D) tensor contiguous; h, v, y float32; bx and lambda in the compute dtype (the scan
+// takes lambda in float32 or bfloat16); z and base (B·T, rows) in the
 // compute dtype (float32 or bfloat16), with a leading dimension ld ≥ rows = r·D + r (reflection i in
 // columns i·D..(i+1)·D, the α logits after them, columns ≥ rows unread: callers pad ld to a multiple of 8
 // so that cuBLAS picks aligned tensor-core kernels).

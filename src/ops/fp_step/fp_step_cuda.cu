@@ -4,8 +4,8 @@
 //
 // Napkin math at the A5 shape (B, T, D) = (512, 17, 1024), rank 1, bf16 GEMM: per iteration the GEMM is
 // 8704 × 1024 × 1025 ≈ 18 GFLOP (~25 µs at ~750 TFLOP/s); fp_mix reads z and base (2 × 18 MB in bf16)
-// and bx, h, λ (3 × 36 MB) and writes v (36 MB): ~180 MB ≈ 45 µs at 4 TB/s; fp_scan reads v, λ, h and
-// writes y (4 × 36 MB) ≈ 36 µs. So about 0.1 ms per iteration, memory-bound outside the GEMM.
+// and bx, λ in the compute dtype (2 × 18 MB) and h (36 MB) and writes v (36 MB): ~144 MB ≈ 36 µs at 4 TB/s;
+// fp_scan reads v, h (fp32) and λ (bf16) and writes y (fp32) and its bf16 copy: ~126 MB ≈ 32 µs. So about 0.1 ms per iteration, memory-bound outside the GEMM.
 #include "fprnn/ops/fp_step_cuda.h"
 
 #include <ATen/Dispatch.h>
@@ -62,8 +62,8 @@ __device__ __forceinline__ float nan_max(float a, float b) { return (a != a) ? a
 
 // One block per token n = b·T + t. Shared memory: w (D), and for the sum form the input δ (D).
 template <typename zt>
-__global__ void fp_mix_kernel(const zt* __restrict__ z, const zt* __restrict__ base, const float* __restrict__ bx,
-                              const float* __restrict__ h, const float* __restrict__ lambda, float* __restrict__ v,
+__global__ void fp_mix_kernel(const zt* __restrict__ z, const zt* __restrict__ base, const zt* __restrict__ bx,
+                              const float* __restrict__ h, const zt* __restrict__ lambda, float* __restrict__ v,
                               int64_t T, int64_t D, int64_t ld, int r, int ac, float eps, bool sum_form,
                               const int64_t* __restrict__ counters) {
   if (counters[1] == 0) return;
@@ -78,7 +78,7 @@ __global__ void fp_mix_kernel(const zt* __restrict__ z, const zt* __restrict__ b
   auto raw = [&](int64_t j) { return static_cast<float>(bn[j]) + (zp != nullptr ? static_cast<float>(zp[j]) : 0.0f); };
   const float* hn = h + n * D;
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
-    const float x = bx[n * D + d] - hn[d];
+    const float x = static_cast<float>(bx[n * D + d]) - hn[d];
     w[d] = x;
     if (sum_form) delta[d] = x;
   }
@@ -99,13 +99,14 @@ __global__ void fp_mix_kernel(const zt* __restrict__ z, const zt* __restrict__ b
     __syncthreads();
   }
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x)
-    v[n * D + d] = (1.0f - lambda[n * D + d]) * (w[d] + hn[d]);
+    v[n * D + d] = (1.0f - static_cast<float>(lambda[n * D + d])) * (w[d] + hn[d]);
 }
 
 // The scan over one (b, chunk) per blockIdx.y and channels d across blockIdx.x·blockDim.x + threadIdx.x,
 // as in linrec_cuda.cu; phase 3 also writes the damped iterate and the residual maxima (one atomic per
 // warp and step: the 32 lanes reduce first).
-__global__ void fp_scan_summary_kernel(const float* __restrict__ v, const float* __restrict__ lambda, float* end_state,
+template <typename lam_t>
+__global__ void fp_scan_summary_kernel(const float* __restrict__ v, const lam_t* __restrict__ lambda, float* end_state,
                                        float* prod, int64_t T, int64_t D, int64_t NC, int64_t L,
                                        const int64_t* __restrict__ counters) {
   if (counters[1] == 0) return;
@@ -116,8 +117,9 @@ __global__ void fp_scan_summary_kernel(const float* __restrict__ v, const float*
   float s = 0.0f, p = 1.0f;
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t i = (b * T + t) * D + d;
-    s = lambda[i] * s + v[i];
-    p *= lambda[i];
+    const float l = static_cast<float>(lambda[i]);
+    s = l * s + v[i];
+    p *= l;
   }
   end_state[bk * D + d] = s;
   prod[bk * D + d] = p;
@@ -137,8 +139,8 @@ __global__ void fp_scan_carry_kernel(const float* end_state, const float* prod, 
   }
 }
 
-template <typename lt>
-__global__ void fp_scan_output_kernel(const float* __restrict__ v, const float* __restrict__ lambda,
+template <typename lam_t, typename lt>
+__global__ void fp_scan_output_kernel(const float* __restrict__ v, const lam_t* __restrict__ lambda,
                                       const float* __restrict__ h, float* __restrict__ y, lt* __restrict__ y_lowp,
                                       const float* carry_in,
                                       const double* __restrict__ stepsize, float* diff, float* ymax, int64_t T,
@@ -154,7 +156,7 @@ __global__ void fp_scan_output_kernel(const float* __restrict__ v, const float* 
     const int64_t i = (b * T + t) * D + d;
     float dev = 0.0f, mag = 0.0f;
     if (live) {
-      state = lambda[i] * state + v[i];
+      state = static_cast<float>(lambda[i]) * state + v[i];
       const float old = h[i];
       const float out = s_b == 1.0f ? state : s_b * state + (1.0f - s_b) * old;
       y[i] = out;
@@ -287,9 +289,12 @@ void fp_mix_cuda(const torch::Tensor& z, const torch::Tensor& base, const torch:
                  bool sum_form, const DeviceSolverState& state) {
   TORCH_CHECK(h.dim() == 3, "fp_mix_cuda: h must be (B, T, D), got ", h.sizes());
   const int64_t B = h.size(0), T = h.size(1), D = h.size(2), N = B * T, rows = rank * D + rank;
-  for (const auto& [t, name] : {std::pair<const torch::Tensor&, const char*>{bx, "bx"}, {h, "h"}, {lambda, "lambda"},
-                                {v, "v"}})
+  for (const auto& [t, name] : {std::pair<const torch::Tensor&, const char*>{h, "h"}, {v, "v"}})
     check_f32(t, name, h.sizes());
+  for (const auto& [t, name] : {std::pair<const torch::Tensor&, const char*>{bx, "bx"}, {lambda, "lambda"}})
+    TORCH_CHECK(t.is_cuda() && t.is_contiguous() && t.scalar_type() == z.scalar_type() && t.sizes() == h.sizes(),
+                "fp_mix_cuda: ", name, " must be a contiguous CUDA tensor of sizes ", h.sizes(), " in z's dtype ",
+                z.scalar_type(), ", got ", t.sizes(), " ", t.scalar_type());
   TORCH_CHECK(rank >= 1, "fp_mix_cuda: rank must be ≥ 1");
   TORCH_CHECK(z.is_cuda() && base.is_cuda() && z.is_contiguous() && base.is_contiguous() &&
                   z.scalar_type() == base.scalar_type() && z.dim() == 2 && z.sizes() == base.sizes() &&
@@ -306,8 +311,8 @@ void fp_mix_cuda(const torch::Tensor& z, const torch::Tensor& base, const torch:
       C10_CUDA_CHECK(cudaFuncSetAttribute(fp_mix_kernel<scalar_t>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           static_cast<int>(smem)));
     fp_mix_kernel<scalar_t><<<N, kThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(
-        z.data_ptr<scalar_t>(), base.data_ptr<scalar_t>(), bx.data_ptr<float>(), h.data_ptr<float>(),
-        lambda.data_ptr<float>(), v.data_ptr<float>(), T, D, ld, static_cast<int>(rank), ac, static_cast<float>(eps),
+        z.data_ptr<scalar_t>(), base.data_ptr<scalar_t>(), bx.data_ptr<scalar_t>(), h.data_ptr<float>(),
+        lambda.data_ptr<scalar_t>(), v.data_ptr<float>(), T, D, ld, static_cast<int>(rank), ac, static_cast<float>(eps),
         sum_form, state.counters.data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -316,8 +321,13 @@ void fp_mix_cuda(const torch::Tensor& z, const torch::Tensor& base, const torch:
 void fp_scan_cuda(const torch::Tensor& v, const torch::Tensor& lambda, const torch::Tensor& h, torch::Tensor& y,
                   const DeviceSolverState& state, torch::Tensor* y_lowp) {
   TORCH_CHECK(v.dim() == 3, "fp_scan_cuda: v must be (B, T, D), got ", v.sizes());
-  for (const auto& [t, name] : {std::pair<const torch::Tensor&, const char*>{lambda, "lambda"}, {h, "h"}, {y, "y"}})
+  check_f32(v, "v", v.sizes());
+  for (const auto& [t, name] : {std::pair<const torch::Tensor&, const char*>{h, "h"}, {y, "y"}})
     check_f32(t, name, v.sizes());
+  TORCH_CHECK(lambda.is_cuda() && lambda.is_contiguous() && lambda.sizes() == v.sizes() &&
+                  (lambda.scalar_type() == torch::kFloat32 || lambda.scalar_type() == torch::kBFloat16),
+              "fp_scan_cuda: lambda must be a contiguous float32 or bfloat16 CUDA tensor of sizes ", v.sizes(), ", got ",
+              lambda.sizes(), " ", lambda.scalar_type());
   const int64_t B = v.size(0), T = v.size(1), D = v.size(2);
   TORCH_CHECK(state.diff.size(0) == B && state.diff.size(1) == T, "fp_scan_cuda: solver state is for another shape");
   const bool lowp = y_lowp != nullptr && y_lowp->defined();
@@ -331,34 +341,40 @@ void fp_scan_cuda(const torch::Tensor& v, const torch::Tensor& lambda, const tor
   const int64_t L = (T + NC - 1) / NC;
   const dim3 grid(static_cast<unsigned>((D + kThreads - 1) / kThreads), static_cast<unsigned>(B * NC));
   const int64_t* counters = state.counters.data_ptr<int64_t>();
-  torch::Tensor carry_in;
-  if (NC > 1) {
-    torch::Tensor end_state = torch::empty({B * NC, D}, v.options());
-    torch::Tensor prod = torch::empty({B * NC, D}, v.options());
-    carry_in = torch::empty({B * NC, D}, v.options());
-    fp_scan_summary_kernel<<<grid, kThreads, 0, stream>>>(v.data_ptr<float>(), lambda.data_ptr<float>(),
-                                                          end_state.data_ptr<float>(), prod.data_ptr<float>(), T, D,
-                                                          NC, L, counters);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    fp_scan_carry_kernel<<<(B * D + kThreads - 1) / kThreads, kThreads, 0, stream>>>(
-        end_state.data_ptr<float>(), prod.data_ptr<float>(), carry_in.data_ptr<float>(), B, D, NC, counters);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
-  const float* carry = carry_in.defined() ? carry_in.data_ptr<float>() : nullptr;
-  auto launch = [&](auto* lowp_ptr) {
-    using lt = std::remove_pointer_t<decltype(lowp_ptr)>;
-    fp_scan_output_kernel<lt><<<grid, kThreads, 0, stream>>>(
-        v.data_ptr<float>(), lambda.data_ptr<float>(), h.data_ptr<float>(), y.data_ptr<float>(), lowp_ptr, carry,
-        state.stepsize.data_ptr<double>(), state.diff.data_ptr<float>(), state.ymax.data_ptr<float>(), T, D, NC, L,
-        counters);
+  auto run = [&](auto* lambda_ptr) {
+    using lam_t = std::remove_const_t<std::remove_pointer_t<decltype(lambda_ptr)>>;
+    torch::Tensor carry_in;
+    if (NC > 1) {
+      torch::Tensor end_state = torch::empty({B * NC, D}, v.options());
+      torch::Tensor prod = torch::empty({B * NC, D}, v.options());
+      carry_in = torch::empty({B * NC, D}, v.options());
+      fp_scan_summary_kernel<lam_t><<<grid, kThreads, 0, stream>>>(
+          v.data_ptr<float>(), lambda_ptr, end_state.data_ptr<float>(), prod.data_ptr<float>(), T, D, NC, L, counters);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      fp_scan_carry_kernel<<<(B * D + kThreads - 1) / kThreads, kThreads, 0, stream>>>(
+          end_state.data_ptr<float>(), prod.data_ptr<float>(), carry_in.data_ptr<float>(), B, D, NC, counters);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    const float* carry = carry_in.defined() ? carry_in.data_ptr<float>() : nullptr;
+    auto launch = [&](auto* lowp_ptr) {
+      using lt = std::remove_pointer_t<decltype(lowp_ptr)>;
+      fp_scan_output_kernel<lam_t, lt><<<grid, kThreads, 0, stream>>>(
+          v.data_ptr<float>(), lambda_ptr, h.data_ptr<float>(), y.data_ptr<float>(), lowp_ptr, carry,
+          state.stepsize.data_ptr<double>(), state.diff.data_ptr<float>(), state.ymax.data_ptr<float>(), T, D, NC, L,
+          counters);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    if (!lowp)
+      launch(static_cast<at::BFloat16*>(nullptr));
+    else if (y_lowp->scalar_type() == torch::kBFloat16)
+      launch(y_lowp->data_ptr<at::BFloat16>());
+    else
+      launch(y_lowp->data_ptr<at::Half>());
   };
-  if (!lowp)
-    launch(static_cast<at::BFloat16*>(nullptr));
-  else if (y_lowp->scalar_type() == torch::kBFloat16)
-    launch(y_lowp->data_ptr<at::BFloat16>());
+  if (lambda.scalar_type() == torch::kFloat32)
+    run(lambda.data_ptr<float>());
   else
-    launch(y_lowp->data_ptr<at::Half>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+    run(lambda.data_ptr<at::BFloat16>());
 }
 
 int64_t controller_sort_slots(int64_t B) {
