@@ -78,6 +78,10 @@ TEST(CliTest, BadInputIsOneClearLine) {
   expect_one_line_error("train --out " + dir + "/r model.d_model=0", "model.d_model");
   expect_one_line_error("train --out " + dir + "/r task.train_length=-3", "train_length");
   expect_one_line_error("train --out " + dir + "/r model.nope=1", "unknown key");
+  expect_one_line_error("train --out " + dir + "/r task.name=dyck", "valid: word_problem, copy");
+  expect_one_line_error("train --out " + dir + "/r task.name=copy task.context_length=10", "task.context_length");
+  expect_one_line_error("train --out " + dir + "/r task.name=modular_arithmetic task.min_train_length=1",
+                        "modular_arithmetic");
   expect_one_line_error("train --out " + dir + "/r --resume", "nothing to resume");
   expect_one_line_error("eval --checkpoint " + dir + "/corrupt.safetensors", "corrupt.safetensors");
   expect_one_line_error("verify " + dir + "/corrupt.safetensors", "corrupt.safetensors");
