@@ -123,5 +123,24 @@ TEST(CliTest, TrainEvalReportEndToEnd) {
   EXPECT_TRUE(std::filesystem::exists(dir + "/cmp.png"));
 }
 
+TEST(CliTest, GeneratedTaskTrainAndEval) {
+  // A formal-language run and `fprnn eval` of its checkpoint over other lengths.
+  const std::string dir = temp_dir("clitask");
+  const Result t = run("train --out " + dir + "/p task.name=parity task.min_train_length=3 task.train_length=6"
+                       " task.val_min_length=6 task.val_max_length=6 task.val_samples=32 task.eval_min_length=4"
+                       " task.eval_max_length=8 task.eval_samples=32 model.d_model=16 train.steps=3"
+                       " train.batch_size=16 solver.eval_max_iter=20 --quiet");
+  ASSERT_EQ(t.status, 0) << t.err;
+  const Result e = run("eval --checkpoint " + dir + "/p/model.safetensors --lengths 10:14:2 --samples 16 --quiet");
+  ASSERT_EQ(e.status, 0) << e.err;
+  std::ifstream in(dir + "/p/eval_cli/eval.csv");
+  std::string line;
+  std::vector<std::string> rows;
+  while (std::getline(in, line)) rows.push_back(line);
+  ASSERT_EQ(rows.size(), 4u) << "header + lengths 10, 12, 14";
+  EXPECT_EQ(rows[1].rfind("10,16,", 0), 0u) << rows[1];
+  EXPECT_EQ(rows[3].rfind("14,16,", 0), 0u) << rows[3];
+}
+
 }  // namespace
 }  // namespace fprnn::testing
