@@ -7,10 +7,12 @@
 #include "fprnn/io/safetensors.h"
 #include "fprnn/solver/fixed_point.h"
 #include "fprnn/train/checkpoint.h"
+#include "fprnn/train/distributed.h"
 #include "fprnn/train/plot.h"
 #include "fprnn/train/schedule.h"
 
 #include <chrono>
+#include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
@@ -231,17 +233,29 @@ TrainSummary run_training(const RunConfig& cfg, const TrainOptions& opts) {
   validate(cfg);
   TORCH_CHECK(!opts.out_dir.empty(), "train: --out DIR is required");
   apply_threads(cfg.train);
+  // Data parallelism (RANK/WORLD_SIZE set by `fprnn launch` or torchrun): every rank trains on its share
+  // of the global batch; rank 0 alone writes the run directory and evaluates.
+  const DistEnv dist = DistEnv::from_environment();
+  const bool lead = dist.rank == 0;
+  TORCH_CHECK(cfg.train.batch_size % dist.world == 0, "train: train.batch_size=", cfg.train.batch_size,
+              " does not split over ", dist.world, " processes; use a multiple of ", dist.world);
+  if (dist.active() && cfg.train.device == "cuda") {
+    (void)run_device(cfg.train);
+    TORCH_CHECK(dist.local_rank < static_cast<int>(torch::cuda::device_count()), "train: LOCAL_RANK=",
+                dist.local_rank, " but this machine has ", torch::cuda::device_count(), " GPU(s)");
+    set_current_cuda_device(dist.local_rank);
+  }
   const std::string out = opts.out_dir;
   const std::string ckpt_dir = out + "/checkpoints";
   const std::string last_ckpt = ckpt_dir + "/last.safetensors";
   const std::string metrics_path = out + "/metrics.jsonl";
   if (opts.resume) {
     TORCH_CHECK(fs::exists(last_ckpt), "train: nothing to resume in ", out, " (no checkpoints/last.safetensors)");
-  } else {
+  } else if (lead) {
     TORCH_CHECK(!fs::exists(out + "/config.json"), "train: ", out,
                 " already holds a run; pass --resume to continue it, or choose another --out");
   }
-  Progress progress(opts.quiet);
+  Progress progress(opts.quiet || !lead);
   const auto t_data = std::chrono::steady_clock::now();
   RunData data(cfg);
   const double data_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_data).count();
@@ -261,10 +275,22 @@ TrainSummary run_training(const RunConfig& cfg, const TrainOptions& opts) {
        << numel(model->parameters()) << " parameters, compute " << cfg.train.dtype;
     progress.message(os.str());
   }
+  std::unique_ptr<ProcessGroup> group;
+  if (dist.active()) {
+    const torch::Device device = model->parameters().front().device();
+    group = std::make_unique<ProcessGroup>(dist, device);
+    group->broadcast(model->parameters());  // one starting point, whatever each rank's RNG did
+    std::ostringstream os;
+    os << "data parallel: " << dist.world << " processes (" << group->backend() << "), "
+       << cfg.train.batch_size / dist.world << " sequences per process and step";
+    progress.message(os.str());
+  }
 
   // Only now, with the config, data and model known to be good, does anything reach the disk.
-  fs::create_directories(ckpt_dir);
-  if (!opts.resume) io::write_file_atomic(out + "/config.json", to_json(cfg).dump(2) + "\n");
+  if (lead) {
+    fs::create_directories(ckpt_dir);
+    if (!opts.resume) io::write_file_atomic(out + "/config.json", to_json(cfg).dump(2) + "\n");
+  }
 
   // AdamW with the reference's groups: no decay for biases and norms.
   const auto [decay_names, no_decay_names] = model->decay_groups();
@@ -291,13 +317,17 @@ TrainSummary run_training(const RunConfig& cfg, const TrainOptions& opts) {
                 " was started with a different config; resume it without changing the config");
     step = info.step;
     extra = info.extra;
-    truncate_metrics(metrics_path, step);
+    if (lead) truncate_metrics(metrics_path, step);
     progress.message("resumed from step " + std::to_string(step));
-  } else {
+  } else if (lead) {
     io::write_file_atomic(metrics_path, "");
   }
-  std::ofstream metrics(metrics_path, std::ios::app);
-  TORCH_CHECK(metrics.good(), metrics_path, ": cannot open for writing");
+  // Other ranks leave the stream closed; they never log (every write below is behind `lead`).
+  std::ofstream metrics;
+  if (lead) {
+    metrics.open(metrics_path, std::ios::app);
+    TORCH_CHECK(metrics.good(), metrics_path, ": cannot open for writing");
+  }
 
   const int64_t target = opts.stop_after >= 0 ? std::min(cfg.train.steps, opts.stop_after) : cfg.train.steps;
   const bool randomised_cap = cfg.solver.max_iter < 0;
@@ -316,6 +346,7 @@ TrainSummary run_training(const RunConfig& cfg, const TrainOptions& opts) {
   const int64_t first_step = step;
 
   auto save = [&](const std::string& path) {
+    if (!lead) return;
     CheckpointInfo info{cfg, step, extra};
     save_checkpoint(path, *model, &optimizer, info);
   };
@@ -342,8 +373,21 @@ TrainSummary run_training(const RunConfig& cfg, const TrainOptions& opts) {
   {
     InterruptGuard guard;
     model->train();
-    while (step < target && !g_interrupted) {
-      const tasks::Batch batch = data.train_batch(step);
+    // Whether to stop after this step: the signal flag, or (data parallel) any rank's flag as the
+    // collective reported it, so that every rank leaves the loop after the same step.
+    bool stop = false;
+    while (step < target && !stop) {
+      tasks::Batch batch = data.train_batch(step);
+      // The loss is a mean over the global batch's counted positions, so that the all-reduced sum of the
+      // ranks' gradients is the gradient of the combined batch.
+      double counted = 0;
+      if (dist.active()) {
+        counted = count_skipped ? static_cast<double>(batch.labels.numel())
+                                : batch.labels.ne(skip_label).sum().item<double>();
+        const int64_t rows = batch.input_ids.size(0) / dist.world;
+        batch.input_ids = batch.input_ids.narrow(0, dist.rank * rows, rows);
+        batch.labels = batch.labels.narrow(0, dist.rank * rows, rows);
+      }
 
       if (randomised_cap)
         for (int64_t l = 0; l < n_layers; ++l)
@@ -359,12 +403,44 @@ TrainSummary run_training(const RunConfig& cfg, const TrainOptions& opts) {
       auto ce = torch::nn::functional::CrossEntropyFuncOptions();
       // The masked loss: mean over the positions the reference trains on.
       if (!count_skipped) ce.ignore_index(skip_label);
+      if (dist.active()) ce.reduction(torch::kSum);
       const torch::Tensor labels = batch.labels.to(logits.device());
-      const torch::Tensor loss = torch::nn::functional::cross_entropy(logits.reshape({-1, V}), labels.reshape({-1}), ce);
-      const double loss_value = loss.item<double>();
+      torch::Tensor loss = torch::nn::functional::cross_entropy(logits.reshape({-1, V}), labels.reshape({-1}), ce);
+      if (dist.active()) loss = loss / std::max(counted, 1.0);
+      loss.backward();
+      BatchScore score = score_batch(logits.detach(), labels, skip_label, count_skipped);
+      double loss_value = 0;
+      if (dist.active()) {
+        // One collective for the gradients, the loss, the batch's score and whether any rank was
+        // interrupted (so that all ranks stop after the same step).
+        std::vector<torch::Tensor> parts;
+        for (auto& p : model->parameters()) {
+          if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
+          parts.push_back(p.grad());
+        }
+        const auto f64 = torch::dtype(torch::kFloat64).device(loss.device());
+        const torch::Tensor counts =
+            torch::tensor({g_interrupted ? 1.0 : 0.0, score.loss_sum, double(score.positions),
+                           double(score.correct_positions), double(score.sequences), double(score.correct_sequences)},
+                          f64);
+        const torch::Tensor extra_vals = torch::cat({loss.detach().to(torch::kFloat64).reshape({1}), counts});
+        parts.push_back(extra_vals);
+        group->all_reduce_sum(parts);
+        const auto v = extra_vals.cpu();
+        const auto at = [&](int i) { return v[i].item<double>(); };
+        loss_value = at(0);
+        stop = at(1) > 0;
+        score.loss_sum = at(2);
+        score.positions = std::llround(at(3));
+        score.correct_positions = std::llround(at(4));
+        score.sequences = std::llround(at(5));
+        score.correct_sequences = std::llround(at(6));
+      } else {
+        loss_value = loss.item<double>();
+        stop = g_interrupted != 0;
+      }
       TORCH_CHECK(std::isfinite(loss_value), "training diverged: the loss is ", loss_value, " at step ", step,
                   " (the last good checkpoint is ", last_ckpt, "); lower train.lr or raise train.grad_clip");
-      loss.backward();
       double grad_norm = 0;
       if (cfg.train.grad_clip > 0) {
         grad_norm = torch::nn::utils::clip_grad_norm_(model->parameters(), cfg.train.grad_clip);
@@ -372,7 +448,7 @@ TrainSummary run_training(const RunConfig& cfg, const TrainOptions& opts) {
       optimizer.step();
       ++step;
 
-      window.add(score_batch(logits.detach(), labels, skip_label, count_skipped));
+      window.add(score);
       const auto stats = model->last_stats();
       for (int64_t l = 0; l < n_layers; ++l) window_iters[l] += static_cast<double>(stats[l].recorded());
       ++window_steps;
@@ -381,7 +457,7 @@ TrainSummary run_training(const RunConfig& cfg, const TrainOptions& opts) {
       window_grad += grad_norm;
       summary.final_loss = loss_value;
 
-      if (step % cfg.train.log_every == 0 || step == target) {
+      if (lead && (step % cfg.train.log_every == 0 || step == target)) {
         const auto now = std::chrono::steady_clock::now();
         const double dt = std::chrono::duration<double>(now - t_window).count();
         const double elapsed = std::chrono::duration<double>(now - t_start).count();
@@ -414,7 +490,7 @@ TrainSummary run_training(const RunConfig& cfg, const TrainOptions& opts) {
         window_grad = 0;
         t_window = now;
       }
-      if (cfg.train.eval_every > 0 && step % cfg.train.eval_every == 0 && step < cfg.train.steps) {
+      if (lead && cfg.train.eval_every > 0 && step % cfg.train.eval_every == 0 && step < cfg.train.steps) {
         validate_now();
         model->train();
       }
@@ -427,6 +503,8 @@ TrainSummary run_training(const RunConfig& cfg, const TrainOptions& opts) {
   summary.tokens_per_second = seconds > 0 ? run_tokens / seconds : 0.0;
   summary.finished = step >= cfg.train.steps;
   save(last_ckpt);
+  // Everything after the loop (final checkpoint, validation, the length sweep, summary.json) is rank 0's.
+  if (!lead) return summary;
   if (!summary.finished) {
     progress.message(std::string(g_interrupted ? "interrupted" : "stopped") + " at step " + std::to_string(step) +
                      "; continue with --resume (checkpoint " + last_ckpt + ")");

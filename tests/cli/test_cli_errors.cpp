@@ -55,7 +55,7 @@ void expect_one_line_error(const std::string& args, const std::string& needle) {
 }
 
 TEST(CliTest, HelpForEverySubcommand) {
-  for (const std::string sub : {"", "train", "eval", "verify", "report", "bench"}) {
+  for (const std::string sub : {"", "train", "eval", "verify", "report", "bench", "launch"}) {
     const Result r = run(sub + " --help");
     EXPECT_EQ(r.status, 0) << sub;
     EXPECT_NE(r.out.find("Usage"), std::string::npos) << sub << ": " << r.out;
