@@ -211,6 +211,17 @@ INSTANTIATE_TEST_SUITE_P(Tasks, LaunchTest,
                                            "task.val_samples=16 task.val_max_length=8 task.eval_max_length=8"),
                          [](const auto& info) { return info.index == 0 ? std::string("WordProblem") : std::string("Parity"); });
 
+TEST(LaunchTest, TwoGpusMatchOneGpu) {
+  if (!torch::cuda::is_available() || torch::cuda::device_count() < 2) GTEST_SKIP() << "needs two GPUs (NCCL)";
+  const std::string dir = temp_dir("launch_gpu");
+  const std::string args = run_args("task.samples_per_length=200 task.eval_max_length=8") + " train.device=cuda";
+  std::string err;
+  ASSERT_EQ(run_cli("train " + args + " --out " + dir + "/one", &err), 0) << err;
+  ASSERT_EQ(run_cli("launch --gpus 2 -- train " + args + " --out " + dir + "/two", &err), 0) << err;
+  // float64 throughout; the GPU reductions' order differs with the batch split, hence not 1e-12.
+  expect_same_parameters(dir + "/one/model.safetensors", dir + "/two/model.safetensors", 1e-9);
+}
+
 TEST(LaunchTest, ResumesOnADifferentNumberOfProcesses) {
   const std::string dir = temp_dir("launch_resume");
   const std::string args = run_args("task.samples_per_length=200 task.eval_max_length=8");
