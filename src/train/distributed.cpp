@@ -142,19 +142,18 @@ void through_flat_buffers(const std::vector<torch::Tensor>& tensors, const torch
 }  // namespace
 
 void ProcessGroup::all_reduce_sum(const std::vector<torch::Tensor>& tensors) {
-  if (env_.world == 1 || tensors.empty()) return;
+  if (tensors.empty()) return;
   through_flat_buffers(tensors, device_, [&](std::vector<torch::Tensor>& buf) { impl_->backend->allreduce(buf)->wait(); });
 }
 
 void ProcessGroup::broadcast(const std::vector<torch::Tensor>& tensors, int root) {
-  if (env_.world == 1 || tensors.empty()) return;
+  if (tensors.empty()) return;
   c10d::BroadcastOptions o;
   o.rootRank = root;
   through_flat_buffers(tensors, device_, [&](std::vector<torch::Tensor>& buf) { impl_->backend->broadcast(buf, o)->wait(); });
 }
 
 void ProcessGroup::barrier() {
-  if (env_.world == 1) return;
   // A one-element all-reduce: works the same on both back ends (NCCL's barrier guesses a device).
   auto t = torch::zeros({1}, torch::TensorOptions().device(device_));
   all_reduce_sum({t});

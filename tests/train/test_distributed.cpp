@@ -138,6 +138,26 @@ TEST(ProcessGroupTest, BroadcastCopiesTheRootsValuesIntoParameters) {
   for (int r = 0; r < world; ++r) EXPECT_TRUE(torch::equal(results[r], torch::full({3}, 20.0, torch::kFloat64)));
 }
 
+TEST(ProcessGroupTest, NcclOnOneGpu) {
+  // A group of one still goes through NCCL: creation, all-reduce and broadcast on CUDA tensors.
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "needs a GPU";
+  ASSERT_TRUE(train::have_backend("nccl"));
+  DistEnv env;
+  env.master_port = test_port(3);
+  ProcessGroup g(env, torch::Device(torch::kCUDA, 0), 60);
+  EXPECT_EQ(g.backend(), "nccl");
+  const auto cuda = torch::TensorOptions().device(torch::kCUDA, 0);
+  std::vector<Tensor> ts{torch::arange(6, cuda.dtype(torch::kFloat32)).reshape({2, 3}),
+                         torch::full({4}, 2.5, cuda.dtype(torch::kFloat64)),
+                         torch::ones({3}, cuda.dtype(torch::kBFloat16))};
+  std::vector<Tensor> before;
+  for (const auto& t : ts) before.push_back(t.clone());
+  g.all_reduce_sum(ts);
+  g.broadcast(ts, 0);
+  g.barrier();
+  for (size_t i = 0; i < ts.size(); ++i) EXPECT_TRUE(torch::equal(ts[i], before[i])) << i;
+}
+
 // ---- whole runs through `fprnn launch` --------------------------------------------------------------
 
 int run_cli(const std::string& args, std::string* err = nullptr) {
