@@ -119,6 +119,9 @@ TEST(CliTest, TrainEvalReportEndToEnd) {
   const Result p = run("report " + dir + "/a " + dir + "/b --names fp diag --out " + dir + "/cmp");
   EXPECT_EQ(p.status, 0) << p.err;
   EXPECT_NE(p.out.find("| fp |"), std::string::npos) << p.out;
+  // The summary table names the task, the model and the iteration caps of each run.
+  EXPECT_NE(p.out.find("| fp | word_problem Z5 | 3 | fprnn 1×16, householderproduct r="), std::string::npos) << p.out;
+  EXPECT_NE(p.out.find("| 1 / 1 |"), std::string::npos) << p.out;
   EXPECT_TRUE(std::filesystem::exists(dir + "/cmp.md"));
   EXPECT_TRUE(std::filesystem::exists(dir + "/cmp.png"));
 }
