@@ -32,6 +32,7 @@ struct Row {
   bool check_ok = true;   // the subject's result matched its reference
   std::string check;      // what was checked, and the error
   double reference_ms = 0;    // the authors' code, from ../shared/BASELINES.md (not this run), if known
+  std::string note;           // a further line of derived figures (printed below the row), if any
 };
 
 // A row with the subject's and the baseline's timings filled in (ratio and check set by the caller).

@@ -208,6 +208,31 @@ std::vector<Row> bench_train_step(const Options& opts) {
   return rows;
 }
 
+// What one no-grad iteration of the fused Householder step reaches, from the time it adds (the difference
+// between the k- and the 1-iteration layer, divided by k − 1). Bytes it must move, per iteration, for
+// N = B·T tokens, D = d_inner channels, R = r·D + r projection rows (padded to 8) and s bytes per element
+// of the compute dtype: the projection GEMM reads the rounded iterate (N·D·s) and the weight (R·D·s) and
+// writes z (N·R·s); the mixer + scan step reads z (N·R·s), the fp32 iterate (4·N·D), the gates B·x and λ
+// (2·N·D·s) and writes the fp32 iterate and its rounded copy ((4 + s)·N·D). Chip limits from
+// ../shared/BASELINES.md (measured on the same H200): 4.0 TB/s copy bandwidth, 790 TFLOP/s bf16 GEMM,
+// 56 TFLOP/s fp32.
+std::string iteration_note(int64_t N, int64_t D, int64_t r, torch::Dtype dtype, double ms_per_iter) {
+  const double s = dtype == torch::kBFloat16 ? 2.0 : 4.0;
+  const double R = static_cast<double>((r * D + r + 7) / 8 * 8);
+  const double n = static_cast<double>(N), d = static_cast<double>(D);
+  const double bytes = n * d * s + R * d * s + 2 * n * R * s + 4 * n * d + 2 * n * d * s + (4 + s) * n * d;
+  const double flops = 2 * n * d * R;
+  const double secs = ms_per_iter * 1e-3;
+  const double peak_flops = dtype == torch::kBFloat16 ? 790e12 : 56e12;
+  char buf[256];
+  std::snprintf(buf, sizeof(buf),
+                "per no-grad iteration %.1f us: %.0f MB moved at least = %.0f %% of 4.0 TB/s; projection GEMM "
+                "%.1f GFLOP = %.0f %% of %.0f TFLOP/s",
+                ms_per_iter * 1e3, bytes / 1e6, 100 * bytes / secs / 4.0e12, flops / 1e9,
+                100 * flops / secs / peak_flops, peak_flops / 1e12);
+  return buf;
+}
+
 // ---- one layer, forward + backward ------------------------------------------------------------------
 // The setting of ../shared/BASELINES.md: one FPRNN layer alone (mixer_h_dep, short convolutions), forward
 // and backward of mean(y²), a fixed number of iterations (counting the differentiable one), so `iters − 1`
@@ -282,6 +307,7 @@ std::vector<Row> bench_layer(const Options& opts) {
     std::snprintf(check, sizeof(check), "fused vs plain map output, rms ratio %.1e (tolerance %.0e)", err, tol);
     r.check = check;
     r.check_ok = std::isfinite(err) && err <= tol;
+    if (s.iters > 1 && s.mixer == "householderproduct" && opts.device.is_cuda()) r.note = iteration_note(s.B * s.T, 2 * s.d, s.rank, s.dtype, (ms - ms1) / (s.iters - 1));
     rows.push_back(r);
   }
   return rows;

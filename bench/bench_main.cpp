@@ -97,6 +97,7 @@ void add_bench(CLI::App& app) {
           if (r.reference_ms > 0)
             std::printf(" | reference %.1f ms (BASELINES.md): %.1fx", r.reference_ms, r.reference_ms / r.ms);
           std::printf("\n");
+          if (!r.note.empty()) std::printf("    %s\n", r.note.c_str());
         }
         std::fflush(stdout);
         out.push_back({{"case", c.name},
@@ -111,7 +112,8 @@ void add_bench(CLI::App& app) {
                        {"ratio_label", r.ratio_label},
                        {"check_ok", r.check_ok},
                        {"check", r.check},
-                       {"reference_ms", r.reference_ms}});
+                       {"reference_ms", r.reference_ms},
+                       {"note", r.note}});
       }
     }
     if (!args->json.empty()) io::write_file_atomic(args->json, out.dump(2) + "\n");

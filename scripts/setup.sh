@@ -18,7 +18,7 @@ die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 
 # ---- 1. Debian packages -------------------------------------------------------------------------
 pkgs=(cmake ninja-build ccache g++ make python3-venv nlohmann-json3-dev libgtest-dev libcli11-dev libfmt-dev
-      gnuplot-nox)
+      gnuplot-nox libgloo-dev)
 missing=()
 if command -v dpkg-query >/dev/null 2>&1 && [ -z "${FPRNN_SKIP_APT:-}" ]; then
   for p in "${pkgs[@]}"; do

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 rm -rf .deps .fixtures
 mkdir -p .deps/include
-cp -r /usr/include/nlohmann /usr/include/CLI .deps/include/
+cp -r /usr/include/nlohmann /usr/include/CLI /usr/include/gloo .deps/include/
 cp -r /usr/src/googletest .deps/googletest
 cp -r ../shared/fixtures .fixtures
 du -sh .deps .fixtures

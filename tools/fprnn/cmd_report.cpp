@@ -99,18 +99,28 @@ void add_report(CLI::App& app) {
       csv << "\n";
     }
     md << "\nFull-sequence accuracy by test length (mean fixed-point iterations of layer 0 in brackets).\n\n";
-    md << "| run | train length | mixer | max_iter (train/eval) | parameters | train time | tokens/s |\n"
-          "|---|---:|---|---|---:|---:|---:|\n";
+    md << "| run | task | train length | model | max_iter (train/eval) | parameters | train time | tokens/s |\n"
+          "|---|---|---:|---|---|---:|---:|---:|\n";
     for (const auto& r : runs) {
       const Json& m = r.config["model"];
       const Json& s = r.config["solver"];
-      char buf[320];
-      std::snprintf(buf, sizeof(buf), "| %s | %lld | %s r=%lld | %lld / %lld | %lld | %.1f s | %.0f |\n", r.name.c_str(),
-                    static_cast<long long>(r.config["task"].value("train_length", int64_t{0})),
-                    m.value("mixer_type", std::string("?")).c_str(),
-                    static_cast<long long>(m.value("mixer_rank", int64_t{0})),
-                    static_cast<long long>(s.value("max_iter", int64_t{0})),
-                    static_cast<long long>(s.value("eval_max_iter", int64_t{0})),
+      const Json& t = r.config["task"];
+      // The layer (fprnn, fpmamba1, mamba1, ...), layers × width, and the mixer of the looping layers; the
+      // one-pass Mamba baselines have neither mixer nor iterations.
+      const std::string layer = m.value("layer", std::string("fprnn"));
+      const bool one_pass = layer.rfind("mamba", 0) == 0;
+      std::string model = layer + " " + std::to_string(m.value("n_layers", int64_t{1})) + "×" +
+                          std::to_string(m.value("d_model", int64_t{0}));
+      if (!one_pass)
+        model += ", " + m.value("mixer_type", std::string("?")) + " r=" + std::to_string(m.value("mixer_rank", int64_t{0}));
+      const std::string iters = one_pass ? std::string("–")
+                                         : std::to_string(s.value("max_iter", int64_t{0})) + " / " +
+                                               std::to_string(s.value("eval_max_iter", int64_t{0}));
+      std::string task = t.value("name", std::string("word_problem"));
+      if (task == "word_problem") task += " " + t.value("group", std::string("?"));
+      char buf[512];
+      std::snprintf(buf, sizeof(buf), "| %s | %s | %lld | %s | %s | %lld | %.1f s | %.0f |\n", r.name.c_str(), task.c_str(),
+                    static_cast<long long>(t.value("train_length", int64_t{0})), model.c_str(), iters.c_str(),
                     static_cast<long long>(r.summary.value("parameters", int64_t{0})),
                     r.summary.value("train_seconds", 0.0), r.summary.value("tokens_per_second", 0.0));
       md << buf;

@@ -15,6 +15,7 @@ void add_eval(CLI::App& app);
 void add_verify(CLI::App& app);
 void add_report(CLI::App& app);
 void add_bench(CLI::App& app);
+void add_launch(CLI::App& app);
 
 // Loads a config file (or the defaults when `path` is empty), applies key=value overrides and returns
 // the merged JSON (validated by run_config_from_json + validate).

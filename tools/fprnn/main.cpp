@@ -72,12 +72,13 @@ int main(int argc, char** argv) {
   fprnn::cli::add_verify(app);
   fprnn::cli::add_report(app);
   fprnn::cli::add_bench(app);
+  fprnn::cli::add_launch(app);
   if (argc > 1 && argv[1][0] != '-') {
     const std::string sub = argv[1];
     bool known = false;
     for (const CLI::App* c : app.get_subcommands([](CLI::App*) { return true; })) known = known || c->get_name() == sub;
     if (!known) {
-      std::fprintf(stderr, "fprnn: error: unknown command '%s' (expected train, eval, verify, report or bench; see fprnn --help)\n",
+      std::fprintf(stderr, "fprnn: error: unknown command '%s' (expected train, eval, verify, report, bench or launch; see fprnn --help)\n",
                    sub.c_str());
       return 2;
     }
@@ -90,6 +91,8 @@ int main(int argc, char** argv) {
     return app.exit(e);
   } catch (const CLI::CallForVersion& e) {
     return app.exit(e);
+  } catch (const CLI::RuntimeError& e) {
+    return e.get_exit_code();  // a failure already reported (a launched rank's own error line)
   } catch (const CLI::ParseError& e) {
     std::fprintf(stderr, "fprnn: error: %s (see fprnn --help)\n", first_line(e.what()).c_str());
     return e.get_exit_code() != 0 ? e.get_exit_code() : 2;
