@@ -3,6 +3,7 @@
 #include "commands.h"
 
 #include "fprnn/io/safetensors.h"
+#include "fprnn_git_rev.h"  // generated at build time (cmake/git_rev.cmake)
 
 #include <algorithm>
 #include <chrono>

@@ -2,6 +2,7 @@
 #include "commands.h"
 
 #include "fprnn/common.h"
+#include "fprnn_git_rev.h"  // generated at build time (cmake/git_rev.cmake)
 
 #include <c10/util/Exception.h>
 #include <torch/torch.h>
