@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -141,12 +142,28 @@ void add_launch(CLI::App& app) {
     }
 
     // Wait for all; the first failure takes the others down (a rank stuck in a collective would wait for
-    // its timeout otherwise).
+    // its timeout otherwise), after a grace period: bad input fails every rank alike, and rank 0, whose error
+    // line is the one shown, must not be killed between printing it and exiting (on a busy machine another
+    // rank often failed first, and the user got two lines).
+    constexpr auto kGrace = std::chrono::seconds(3);
     std::vector<int> status(static_cast<size_t>(n), 0);
     int remaining = n, first_failed = -1;
+    bool killed = false;
+    std::chrono::steady_clock::time_point deadline;
     while (remaining > 0) {
       int st = 0;
-      const pid_t pid = ::waitpid(-1, &st, 0);
+      const bool waiting_for_grace = first_failed >= 0 && !killed;
+      const pid_t pid = ::waitpid(-1, &st, waiting_for_grace ? WNOHANG : 0);
+      if (pid == 0) {
+        if (std::chrono::steady_clock::now() >= deadline) {
+          for (int q = 0; q < n; ++q)
+            if (pids[q] > 0) ::kill(pids[q], SIGTERM);
+          killed = true;
+        } else {
+          std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        }
+        continue;
+      }
       if (pid < 0) {
         if (errno == EINTR) continue;
         break;
@@ -161,8 +178,7 @@ void add_launch(CLI::App& app) {
       const bool ok = WIFEXITED(st) && WEXITSTATUS(st) == 0;
       if (!ok && first_failed < 0) {
         first_failed = r;
-        for (int q = 0; q < n; ++q)
-          if (pids[q] > 0) ::kill(pids[q], SIGTERM);
+        deadline = std::chrono::steady_clock::now() + kGrace;
       }
     }
     std::signal(SIGINT, SIG_DFL);
