@@ -104,8 +104,8 @@ FPMamba1LayerImpl::Inputs FPMamba1LayerImpl::prepare(const Tensor& u) {
   // layer is exact throughout (finite-difference tests).
   // A is the float32 number nearest to −exp(A_log): exp in float64, rounded once. The reference's float32 exp
   // comes from the platform's libm or SIMD code and may land on the other float32 neighbour where exp(A_log)
-  // lies within about 0.01 ulp of a rounding midpoint (3 of 64 entries of fpmamba1_kron, found by fitting);
-  // rounding once gives the same A on every platform and backend.
+  // lies within 0.02 ulp of a rounding midpoint (1 to 3 of 64 entries per fixture, found by fitting; see
+  // src/verify/verify.cpp); rounding once gives the same A on every platform and backend.
   auto scan_param = [&](const Tensor& p) { return (cfg.ssm_params_fp32 ? p.to(torch::kFloat32) : p).to(sd); };
   in.A = cfg.ssm_params_fp32 ? (-torch::exp(A_log.to(torch::kFloat64))).to(torch::kFloat32).to(sd)
                              : (-torch::exp(A_log)).to(sd);
