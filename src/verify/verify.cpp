@@ -392,7 +392,26 @@ void run_checks(const std::string& path, const io::SafeTensors& st, const Json& 
 
 }  // namespace
 
+namespace {
+
+// The fixtures hold a few hundred numbers: intra-op threads only add synchronisation, which on a busy machine
+// costs more than the work (fpmamba1_h2: 1 s with one thread, 16 s with two while other processes ran).
+// Verification runs single-threaded and restores the setting afterwards.
+class SingleThreaded {
+ public:
+  SingleThreaded() : saved_(torch::get_num_threads()) { torch::set_num_threads(1); }
+  ~SingleThreaded() { torch::set_num_threads(saved_); }
+  SingleThreaded(const SingleThreaded&) = delete;
+  SingleThreaded& operator=(const SingleThreaded&) = delete;
+
+ private:
+  int saved_;
+};
+
+}  // namespace
+
 Report verify_fixture(const std::string& path, const VerifyOptions& options) {
+  const SingleThreaded single_threaded;
   const io::SafeTensors st = io::load_safetensors(path);
   auto meta = st.metadata.find("config");
   TORCH_CHECK(meta != st.metadata.end(), path, ": not a fixture (no config in the metadata)");
