@@ -25,7 +25,8 @@ namespace {
 #define FPRNN_FIELDS_MODEL(X) X(n_layers) X(pad_vocab_size_multiple) X(backbone_norm_eps)
 #define FPRNN_FIELDS_TASK(X) \
   X(name) X(group) X(train_length) X(min_train_length) X(samples_per_length) X(train_fraction) \
-  X(eval_min_length) X(eval_max_length) X(eval_length_step) X(eval_samples) X(loss_on_padding) X(seed)
+  X(eval_min_length) X(eval_max_length) X(eval_length_step) X(eval_samples) X(loss_on_padding) X(seed) \
+  X(context_length) X(alphabet_size) X(val_min_length) X(val_max_length) X(val_samples)
 #define FPRNN_FIELDS_TRAIN(X) \
   X(steps) X(batch_size) X(lr) X(weight_decay) X(beta1) X(beta2) X(adam_eps) X(warmup_steps) X(min_lr_ratio) \
   X(grad_clip) X(seed) X(dtype) X(device) X(threads) X(log_every) X(eval_every) X(checkpoint_every) \
@@ -243,7 +244,9 @@ void validate(const RunConfig& cfg) {
   check_one_of("solver.eval_method", s.eval_method, {"picard", "sequential"});
 
   const TaskConfig& t = cfg.task;
-  check_one_of("task.name", t.name, {"word_problem"});
+  check_one_of("task.name", t.name,
+               {"word_problem", "copy", "modular_arithmetic_with_brackets", "modular_arithmetic", "parity",
+                "cycle_navigation", "even_pairs"});
   TORCH_CHECK(t.min_train_length >= 1 && t.train_length >= t.min_train_length,
               "config: task.train_length must be ≥ task.min_train_length ≥ 1, got ", t.train_length, " and ",
               t.min_train_length);
@@ -253,6 +256,10 @@ void validate(const RunConfig& cfg) {
               "config: task.eval_max_length must be ≥ task.eval_min_length ≥ 1");
   check_positive("task.eval_length_step", t.eval_length_step);
   check_positive("task.eval_samples", t.eval_samples);
+  check_positive("task.val_samples", t.val_samples);
+  TORCH_CHECK(t.context_length >= 0, "config: task.context_length must be ≥ 0 (0: pad each batch to its longest)");
+  TORCH_CHECK(t.val_min_length >= 1 && t.val_max_length >= t.val_min_length,
+              "config: task.val_max_length must be ≥ task.val_min_length ≥ 1");
 
   const TrainConfig& r = cfg.train;
   TORCH_CHECK(r.steps >= 0, "config: train.steps must be ≥ 0");

@@ -158,8 +158,28 @@ FastStep::FastStep(FPRNNLayerImpl& layer, const FPRNNLayerImpl::Inputs& in)
     parts_.push_back(part);
     row += w.size(0);
   }
-  const Tensor W0 = torch::cat(w0, 0);
-  const Tensor bias0 = torch::cat(b0, 0);
+  Tensor W0 = torch::cat(w0, 0);
+  Tensor bias0 = torch::cat(b0, 0);
+
+  // The fused kernel covers the Householder/DPLR mixers whose projections are single Linears; low-rank
+  // projections (a second GEMM), the Kronecker and non-selective mixers and bfloat16 stay generic.
+  const auto* hh = dynamic_cast<const HouseholderMixerImpl*>(layer.mixer.get());
+  const bool fusable = layer.solver_cfg.fused && hh != nullptr && single_stage_;
+#ifdef FPRNN_WITH_CUDA
+  device_loop_ = fusable && h_dep_ && in.x.is_cuda() && (dtype == torch::kFloat32 || dtype == torch::kBFloat16) &&
+                 ops::fp_controller_fits(in.x.size(0));
+#endif
+  fused_ = fusable && in.x.is_cpu() && (dtype == torch::kFloat32 || dtype == torch::kFloat64);
+  if (device_loop_) {
+    // r·D + r rows (1025 for D = 1024, r = 1) make cuBLAS fall back to unaligned kernels at several times
+    // the cost of aligned ones; zero rows up to a multiple of 8 keep every GEMM of the loop aligned. The
+    // device kernels take the padded width as their leading dimension and never read the pad.
+    const int64_t rows = W0.size(0), padded = (rows + 7) / 8 * 8;
+    if (padded != rows) {
+      W0 = torch::cat({W0, torch::zeros({padded - rows, W0.size(1)}, W0.options())}, 0);
+      bias0 = torch::cat({bias0, torch::zeros({padded - rows}, bias0.options())}, 0);
+    }
+  }
   const Tensor x2d = in.x_mix.reshape({-1, D});
   const bool concat = h_dep_ && !layer.cfg.symm_mixer;
   const Tensor w_x = concat ? W0.narrow(1, 0, D) : W0;
@@ -167,14 +187,6 @@ FastStep::FastStep(FPRNNLayerImpl& layer, const FPRNNLayerImpl::Inputs& in)
   if (h_dep_) w_h_t_ = (concat ? W0.narrow(1, D, D) : W0).t().contiguous();
   if (!h_dep_) raw_const_ = finish(base_).view({in.x.size(0), in.x.size(1), -1});
 
-  // The fused kernel covers the Householder/DPLR mixers whose projections are single Linears; low-rank
-  // projections (a second GEMM), the Kronecker and non-selective mixers and bfloat16 stay generic.
-  const auto* hh = dynamic_cast<const HouseholderMixerImpl*>(layer.mixer.get());
-  const bool fusable = layer.solver_cfg.fused && hh != nullptr && single_stage_;
-#ifdef FPRNN_WITH_CUDA
-  device_loop_ = fusable && h_dep_ && in.x.is_cuda() && (dtype == torch::kFloat32 || dtype == torch::kBFloat16);
-#endif
-  fused_ = fusable && in.x.is_cpu() && (dtype == torch::kFloat32 || dtype == torch::kFloat64);
   if (!fused_ && !device_loop_) return;
   fp_cfg_.rank = hh->rank;
   fp_cfg_.ac = ops::mixer_ac_from_name(hh->ac);
@@ -274,15 +286,18 @@ std::pair<Tensor, solver::SolveStats> FastStep::solve_device(const solver::Solve
   dopt.eps = opt.eps;
   ops::DeviceSolverState state = ops::make_device_solver_state(B, T, dopt, in_.x.device());
   const auto f32 = in_.x.options().dtype(torch::kFloat32);
-  const Tensor bx = in_.bx.to(torch::kFloat32).contiguous();
-  const Tensor lambda = in_.lambda.to(torch::kFloat32).contiguous();
+  // bx and λ stay in the compute dtype (in bfloat16 that halves their reads; the values are the same).
+  const Tensor bx = in_.bx.contiguous();
+  const Tensor lambda = in_.lambda.contiguous();
   const Tensor base = base_.contiguous();  // (B·T, rows) in the compute dtype
   const bool cast = base.scalar_type() != torch::kFloat32;
   // buf[n % 2] holds the iterate after n iterations; a queued iteration after the stop writes nothing.
   Tensor buf[2] = {torch::zeros({B, T, D}, f32), torch::empty({B, T, D}, f32)};
   Tensor v = torch::empty({B, T, D}, f32);
   Tensor z = torch::empty({B * T, w_h_t_.size(1)}, base.options());
-  Tensor h_c = cast ? torch::empty({B * T, D}, base.options()) : Tensor();
+  // In bfloat16 the scan also writes the new iterate rounded to bfloat16 into h_c, which the next
+  // iteration's GEMM reads (the GEMM of iteration n runs before the scan of iteration n overwrites it).
+  Tensor h_c = cast ? torch::zeros({B * T, D}, base.options()) : Tensor();
   const std::string ac = fp_cfg_.ac == ops::MixerAc::kIdentity ? "identity"
                          : fp_cfg_.ac == ops::MixerAc::kRelu   ? "relu"
                                                                : "silu";
@@ -292,14 +307,9 @@ std::pair<Tensor, solver::SolveStats> FastStep::solve_device(const solver::Solve
     for (int64_t k = 0; k < n; ++k, ++queued) {
       const Tensor& h = buf[queued % 2];
       Tensor& y = buf[(queued + 1) % 2];
-      if (cast) {
-        h_c.copy_(h.view({B * T, D}));
-        at::mm_out(z, h_c, w_h_t_);
-      } else {
-        at::mm_out(z, h.view({B * T, D}), w_h_t_);
-      }
+      at::mm_out(z, cast ? h_c : h.view({B * T, D}), w_h_t_);
       ops::fp_mix_cuda(z, base, bx, h, lambda, v, fp_cfg_.rank, ac, fp_cfg_.norm_eps, fp_cfg_.sum_form, state);
-      ops::fp_scan_cuda(v, lambda, h, y, state);
+      ops::fp_scan_cuda(v, lambda, h, y, state, cast ? &h_c : nullptr);
       ops::fp_controller_cuda(state, dopt);
     }
     const Tensor c = state.counters.cpu();  // the one synchronisation per `check_every` iterations

@@ -34,6 +34,22 @@ HouseholderMixerImpl::HouseholderMixerImpl(int64_t in_features, int64_t n, int64
 }
 
 Tensor HouseholderMixerImpl::project(const Tensor& param) {
+  if (param.is_cuda() && u_proj->stages.size() == 1) {
+    // On the GPU one GEMM computes both parts, its output width padded with zero rows to a multiple of 8:
+    // alpha_proj alone (r output columns) and a width of r·n + r both make cuBLAS fall back to unaligned
+    // kernels, forward and backward, at several times the cost of the aligned GEMM.
+    Linear& u = u_proj->stages.front();
+    Linear& a = alpha_proj->stages.front();
+    const int64_t rows = raw_size(), padded = (rows + 7) / 8 * 8;
+    const auto opt = param.options();
+    std::vector<Tensor> w{u->weight().to(param.scalar_type()), a->weight().to(param.scalar_type())};
+    std::vector<Tensor> b{torch::zeros({rank * n}, opt), a->bias.to(param.scalar_type())};
+    if (padded > rows) {
+      w.push_back(torch::zeros({padded - rows, in_features}, opt));
+      b.push_back(torch::zeros({padded - rows}, opt));
+    }
+    return torch::nn::functional::linear(param, torch::cat(w, 0), torch::cat(b, 0)).narrow(-1, 0, rows);
+  }
   return torch::cat({u_proj->forward(param), alpha_proj->forward(param)}, -1);
 }
 

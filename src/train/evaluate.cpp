@@ -1,6 +1,7 @@
 // Word-problem scoring: per-batch metrics, evaluation of a set, the prefix-length sweep, CSV and table.
 #include "fprnn/train/evaluate.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <iomanip>
@@ -22,8 +23,11 @@ BatchScore score_batch(const torch::Tensor& logits, const torch::Tensor& labels,
   const torch::Tensor lf = logits.to(torch::kFloat32).reshape({B * T, -1});
   const torch::Tensor lab = labels.to(logits.device()).reshape({-1});
   const torch::Tensor mask = count_padding ? torch::ones_like(lab, torch::kBool) : lab.ne(pad);
+  // Skipped positions get loss 0 through ignore_index (a label of −1 would otherwise be out of range);
+  // they are masked out of every sum below anyway.
   const torch::Tensor ce = torch::nn::functional::cross_entropy(
-      lf, lab, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
+      lf, lab,
+      torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone).ignore_index(count_padding ? -100 : pad));
   const torch::Tensor correct = lf.argmax(-1).eq(lab);
   BatchScore s;
   s.loss_sum = ce.masked_select(mask).sum().to(torch::kFloat64).item<double>();
@@ -35,27 +39,29 @@ BatchScore score_batch(const torch::Tensor& logits, const torch::Tensor& labels,
   return s;
 }
 
-EvalResult evaluate(nn::FPLMImpl& model, const tasks::WordProblem& task, const tasks::SequenceSet& set,
-                    int64_t max_len, int64_t batch_size, bool count_padding) {
+namespace {
+
+// Scores `count` samples in eval mode, batch by batch from make_batch(first, n); labels equal to
+// `skip_label` are not scored unless count_padding.
+EvalResult score_samples(nn::FPLMImpl& model, const std::function<tasks::Batch(int64_t, int64_t)>& make_batch,
+                         int64_t count, int64_t batch_size, int64_t length, int64_t skip_label, bool count_padding) {
   TORCH_CHECK(batch_size > 0, "evaluate: batch_size must be positive");
-  TORCH_CHECK(set.size() > 0, "evaluate: empty sequence set");
+  TORCH_CHECK(count > 0, "evaluate: no samples to evaluate");
   const auto start = std::chrono::steady_clock::now();
   const bool was_training = model.is_training();
   model.eval();
   torch::NoGradGuard no_grad;
   EvalResult r;
-  r.length = max_len;
+  r.length = length;
   const size_t L = model.layers.size();
   r.iters_mean.assign(L, 0.0);
   r.iters_max.assign(L, 0.0);
   int64_t batches = 0;
   BatchScore total;
-  for (int64_t first = 0; first < set.size(); first += batch_size) {
-    std::vector<int64_t> idx;
-    for (int64_t i = first; i < std::min(set.size(), first + batch_size); ++i) idx.push_back(i);
-    const tasks::Batch batch = task.make_batch(set, idx, max_len);
+  for (int64_t first = 0; first < count; first += batch_size) {
+    const tasks::Batch batch = make_batch(first, std::min(batch_size, count - first));
     const torch::Tensor logits = model.forward(batch.input_ids);
-    total.add(score_batch(logits, batch.labels, task.vocab().pad(), count_padding));
+    total.add(score_batch(logits, batch.labels, skip_label, count_padding));
     const auto stats = model.last_stats();
     for (size_t l = 0; l < L; ++l) {
       const double it = static_cast<double>(stats[l].recorded());
@@ -74,11 +80,48 @@ EvalResult evaluate(nn::FPLMImpl& model, const tasks::WordProblem& task, const t
   return r;
 }
 
+}  // namespace
+
+EvalResult evaluate(nn::FPLMImpl& model, const tasks::WordProblem& task, const tasks::SequenceSet& set,
+                    int64_t max_len, int64_t batch_size, bool count_padding) {
+  TORCH_CHECK(set.size() > 0, "evaluate: empty sequence set");
+  auto make = [&](int64_t first, int64_t n) {
+    std::vector<int64_t> idx(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) idx[static_cast<size_t>(i)] = first + i;
+    return task.make_batch(set, idx, max_len);
+  };
+  return score_samples(model, make, set.size(), batch_size, max_len, task.vocab().pad(), count_padding);
+}
+
 std::vector<EvalResult> evaluate_lengths(nn::FPLMImpl& model, const tasks::WordProblem& task, const TaskConfig& cfg,
                                          int64_t batch_size, const std::function<void(const EvalResult&)>& progress) {
   std::vector<EvalResult> out;
   for (int64_t len = cfg.eval_min_length; len <= cfg.eval_max_length; len += cfg.eval_length_step) {
     out.push_back(evaluate(model, task, task.test(), len, batch_size, cfg.loss_on_padding));
+    if (progress) progress(out.back());
+  }
+  return out;
+}
+
+EvalResult evaluate_samples(nn::FPLMImpl& model, const std::function<tasks::Batch(int64_t, int64_t)>& make_batch,
+                            int64_t count, int64_t batch_size, int64_t length) {
+  return score_samples(model, make_batch, count, batch_size, length, tasks::kIgnoreLabel, false);
+}
+
+EvalResult evaluate_validation(nn::FPLMImpl& model, const tasks::SequenceTask& task, const TaskConfig& cfg,
+                               int64_t batch_size) {
+  return evaluate_samples(
+      model, [&](int64_t first, int64_t n) { return task.validation_batch(first, n); }, cfg.val_samples, batch_size,
+      cfg.val_max_length);
+}
+
+std::vector<EvalResult> evaluate_lengths(nn::FPLMImpl& model, const tasks::SequenceTask& task, const TaskConfig& cfg,
+                                         int64_t batch_size, const std::function<void(const EvalResult&)>& progress) {
+  std::vector<EvalResult> out;
+  for (int64_t len : task.eval_lengths()) {
+    out.push_back(evaluate_samples(
+        model, [&](int64_t first, int64_t n) { return task.test_batch(len, first, n); }, cfg.eval_samples, batch_size,
+        len));
     if (progress) progress(out.back());
   }
   return out;

@@ -51,6 +51,7 @@ std::vector<std::string> plot_length_curves(const std::string& prefix, const std
   std::ostringstream script;
   script << "# Rendered by fprnn; re-run with: gnuplot " << fs::path(gp).filename().string() << "\n"
          << "# (from the folder that holds " << dat_name << ")\n"
+         << "set termoption noenhanced\n"  // task names and paths hold '_', which would turn into subscripts
          << "set datafile separator whitespace\n"
          << "set multiplot layout 2,1 title " << quote(title) << "\n"
          << "set grid\nset key outside right top\nset xlabel 'sequence length'\n";

@@ -1,5 +1,6 @@
-// Word-problem training runs: AdamW with no-decay groups, warmup + cosine schedule, gradient clipping,
-// randomised fixed-point caps, periodic validation and checkpoints, bit-exact resume, final length sweep.
+// Training runs on word problems, copying and the formal-language tasks: AdamW with no-decay groups,
+// warmup + cosine schedule, gradient clipping, randomised fixed-point caps, periodic validation and
+// checkpoints, bit-exact resume, final length sweep.
 #include "fprnn/train/trainer.h"
 
 #include "fprnn/common.h"
@@ -14,6 +15,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <unistd.h>
 
@@ -102,6 +104,88 @@ void truncate_metrics(const std::string& path, int64_t step) {
 
 Json iters_json(const std::vector<double>& v) { return Json(v); }
 
+// The data of a run. Word problems: a fixed training set visited in seeded epochs, validation = the
+// held-out share of length k, labels right-padded with PAD (counted in the loss unless
+// task.loss_on_padding = false, spec §12.1). Copy and formal-language tasks: fresh samples every step
+// (spec §12.2, §12.3), labels kIgnoreLabel wherever the reference's loss mask is 0.
+class RunData {
+ public:
+  explicit RunData(const RunConfig& cfg) : cfg_(cfg) {
+    if (cfg.task.name == "word_problem") {
+      wp_.emplace(cfg.task);
+      TORCH_CHECK(wp_->train().size() > 0, "train: the training set is empty (check task.train_length)");
+    } else {
+      seq_.emplace(cfg.task);
+    }
+  }
+
+  int64_t vocab_size() const { return wp_ ? wp_->vocab().size() : seq_->vocab_size(); }
+  // The label that the loss and the metrics skip, and whether word-problem padding counts anyway.
+  int64_t skip_label() const { return wp_ ? wp_->vocab().pad() : tasks::kIgnoreLabel; }
+  bool count_skipped() const { return wp_ ? cfg_.task.loss_on_padding : false; }
+
+  std::string describe() const {
+    std::ostringstream os;
+    const TaskConfig& t = cfg_.task;
+    if (wp_) {
+      os << "data: " << t.group << " (order " << wp_->group().order() << "), " << wp_->train().size() << " training / "
+         << wp_->validation().size() << " validation / " << wp_->test().size() << " test sequences";
+    } else {
+      os << "data: " << t.name << " (vocabulary " << seq_->vocab_size() << "), fresh training samples of lengths "
+         << t.min_train_length << ".." << t.train_length << " every step; validation " << t.val_samples
+         << " samples of lengths " << t.val_min_length << ".." << t.val_max_length << "; test " << t.eval_samples
+         << " samples per length " << t.eval_min_length << ".." << t.eval_max_length;
+    }
+    return os.str();
+  }
+
+  tasks::Batch train_batch(int64_t step) {
+    const int64_t B = cfg_.train.batch_size;
+    if (seq_) return seq_->train_batch(step, B);
+    const int64_t N = wp_->train().size();
+    const int64_t batches_per_epoch = std::max<int64_t>(1, N / B);
+    const int64_t epoch = step / batches_per_epoch;
+    if (epoch != order_epoch_) {
+      order_ = wp_->epoch_order(cfg_.train.seed, epoch);
+      order_epoch_ = epoch;
+    }
+    const int64_t j = step % batches_per_epoch;
+    std::vector<int64_t> idx(order_.begin() + j * std::min(B, N), order_.begin() + std::min(N, (j + 1) * B));
+    return wp_->make_batch(wp_->train(), idx);
+  }
+
+  bool has_validation() const { return seq_ || wp_->validation().size() > 0; }
+
+  EvalResult validate(nn::FPLMImpl& model) const {
+    if (seq_) return evaluate_validation(model, *seq_, cfg_.task, cfg_.train.eval_batch_size);
+    EvalResult v = evaluate(model, *wp_, wp_->validation(), -1, cfg_.train.eval_batch_size, cfg_.task.loss_on_padding);
+    v.length = cfg_.task.train_length;
+    return v;
+  }
+  std::string validation_lengths() const {
+    if (wp_) return "length " + std::to_string(cfg_.task.train_length);
+    return "lengths " + std::to_string(cfg_.task.val_min_length) + ".." + std::to_string(cfg_.task.val_max_length);
+  }
+
+  std::string sweep_description() const {
+    return wp_ ? std::to_string(wp_->test().size()) + " sequences"
+               : std::to_string(cfg_.task.eval_samples) + " samples per length";
+  }
+  std::vector<EvalResult> sweep(nn::FPLMImpl& model, const std::function<void(const EvalResult&)>& progress) const {
+    if (wp_) return evaluate_lengths(model, *wp_, cfg_.task, cfg_.train.eval_batch_size, progress);
+    return evaluate_lengths(model, *seq_, cfg_.task, cfg_.train.eval_batch_size, progress);
+  }
+  // Chance level per scored token (generated tasks; < 0 for word problems).
+  double chance() const { return seq_ ? seq_->chance() : -1.0; }
+
+ private:
+  const RunConfig& cfg_;
+  std::optional<tasks::WordProblem> wp_;
+  std::optional<tasks::SequenceTask> seq_;
+  std::vector<int64_t> order_;
+  int64_t order_epoch_ = -1;
+};
+
 }  // namespace
 
 void apply_threads(const TrainConfig& cfg) {
@@ -138,8 +222,9 @@ std::vector<std::string> write_sweep(const std::string& dir, const std::vector<E
     s.accuracy.push_back(r.sequence_accuracy);
     s.iterations.push_back(r.iters_mean.empty() ? 0.0 : r.iters_mean[0]);
   }
+  const std::string task = cfg.task.name == "word_problem" ? cfg.task.group : cfg.task.name;
   return plot_length_curves(dir + "/eval", {s}, static_cast<double>(cfg.task.train_length),
-                            cfg.task.group + ": accuracy and iterations by length");
+                            task + ": accuracy and iterations by length");
 }
 
 TrainSummary run_training(const RunConfig& cfg, const TrainOptions& opts) {
@@ -158,18 +243,17 @@ TrainSummary run_training(const RunConfig& cfg, const TrainOptions& opts) {
   }
   Progress progress(opts.quiet);
   const auto t_data = std::chrono::steady_clock::now();
-  tasks::WordProblem task(cfg.task);
+  RunData data(cfg);
   const double data_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_data).count();
   {
     std::ostringstream os;
-    os << "data: " << cfg.task.group << " (order " << task.group().order() << "), " << task.train().size()
-       << " training / " << task.validation().size() << " validation / " << task.test().size()
-       << " test sequences, generated in " << std::fixed << std::setprecision(2) << data_seconds << " s";
+    os << data.describe();
+    if (cfg.task.name == "word_problem")
+      os << ", generated in " << std::fixed << std::setprecision(2) << data_seconds << " s";
     progress.message(os.str());
   }
-  TORCH_CHECK(task.train().size() > 0, "train: the training set is empty (check task.train_length)");
 
-  nn::FPLM model = build_model(cfg, task.vocab().size());
+  nn::FPLM model = build_model(cfg, data.vocab_size());
   {
     std::ostringstream os;
     os << "model: " << cfg.model.n_layers << " × " << cfg.model.layer.layer << "(d_model " << cfg.model.layer.d_model
@@ -215,17 +299,13 @@ TrainSummary run_training(const RunConfig& cfg, const TrainOptions& opts) {
   std::ofstream metrics(metrics_path, std::ios::app);
   TORCH_CHECK(metrics.good(), metrics_path, ": cannot open for writing");
 
-  const int64_t B = cfg.train.batch_size;
-  const int64_t N = task.train().size();
-  const int64_t batches_per_epoch = std::max<int64_t>(1, N / B);
   const int64_t target = opts.stop_after >= 0 ? std::min(cfg.train.steps, opts.stop_after) : cfg.train.steps;
   const bool randomised_cap = cfg.solver.max_iter < 0;
-  const auto pad = task.vocab().pad();
+  const int64_t skip_label = data.skip_label();
+  const bool count_skipped = data.count_skipped();
   const int64_t n_layers = cfg.model.n_layers;
 
   TrainSummary summary;
-  std::vector<int64_t> order;
-  int64_t order_epoch = -1;
   BatchScore window;
   std::vector<double> window_iters(static_cast<size_t>(n_layers), 0.0);
   int64_t window_steps = 0, window_tokens = 0;
@@ -240,9 +320,8 @@ TrainSummary run_training(const RunConfig& cfg, const TrainOptions& opts) {
     save_checkpoint(path, *model, &optimizer, info);
   };
   auto validate_now = [&]() {
-    if (task.validation().size() == 0) return;
-    EvalResult v = evaluate(*model, task, task.validation(), -1, cfg.train.eval_batch_size, cfg.task.loss_on_padding);
-    v.length = cfg.task.train_length;
+    if (!data.has_validation()) return;
+    const EvalResult v = data.validate(*model);
     metrics << json_line({{"step", step},
                           {"split", "val"},
                           {"loss", v.loss},
@@ -253,8 +332,8 @@ TrainSummary run_training(const RunConfig& cfg, const TrainOptions& opts) {
     const double best = extra.value("best_val_seq_acc", -1.0);
     if (v.sequence_accuracy > best) extra["best_val_seq_acc"] = v.sequence_accuracy;
     char buf[200];
-    std::snprintf(buf, sizeof(buf), "step %lld validation (length %lld): loss %.4f, token acc %.2f %%, seq acc %.2f %%, iters %.1f",
-                  static_cast<long long>(step), static_cast<long long>(cfg.task.train_length), v.loss,
+    std::snprintf(buf, sizeof(buf), "step %lld validation (%s): loss %.4f, token acc %.2f %%, seq acc %.2f %%, iters %.1f",
+                  static_cast<long long>(step), data.validation_lengths().c_str(), v.loss,
                   100 * v.token_accuracy, 100 * v.sequence_accuracy, v.iters_mean.empty() ? 0.0 : v.iters_mean[0]);
     progress.message(buf);
     summary.validation = {v};
@@ -264,14 +343,7 @@ TrainSummary run_training(const RunConfig& cfg, const TrainOptions& opts) {
     InterruptGuard guard;
     model->train();
     while (step < target && !g_interrupted) {
-      const int64_t epoch = step / batches_per_epoch;
-      if (epoch != order_epoch) {
-        order = task.epoch_order(cfg.train.seed, epoch);
-        order_epoch = epoch;
-      }
-      const int64_t j = step % batches_per_epoch;
-      std::vector<int64_t> idx(order.begin() + j * std::min(B, N), order.begin() + std::min(N, (j + 1) * B));
-      const tasks::Batch batch = task.make_batch(task.train(), idx);
+      const tasks::Batch batch = data.train_batch(step);
 
       if (randomised_cap)
         for (int64_t l = 0; l < n_layers; ++l)
@@ -285,7 +357,8 @@ TrainSummary run_training(const RunConfig& cfg, const TrainOptions& opts) {
       const torch::Tensor logits = model->forward(batch.input_ids);
       const int64_t V = logits.size(-1);
       auto ce = torch::nn::functional::CrossEntropyFuncOptions();
-      if (!cfg.task.loss_on_padding) ce.ignore_index(pad);
+      // The masked loss: mean over the positions the reference trains on.
+      if (!count_skipped) ce.ignore_index(skip_label);
       const torch::Tensor labels = batch.labels.to(logits.device());
       const torch::Tensor loss = torch::nn::functional::cross_entropy(logits.reshape({-1, V}), labels.reshape({-1}), ce);
       const double loss_value = loss.item<double>();
@@ -299,7 +372,7 @@ TrainSummary run_training(const RunConfig& cfg, const TrainOptions& opts) {
       optimizer.step();
       ++step;
 
-      window.add(score_batch(logits.detach(), labels, pad, cfg.task.loss_on_padding));
+      window.add(score_batch(logits.detach(), labels, skip_label, count_skipped));
       const auto stats = model->last_stats();
       for (int64_t l = 0; l < n_layers; ++l) window_iters[l] += static_cast<double>(stats[l].recorded());
       ++window_steps;
@@ -364,9 +437,9 @@ TrainSummary run_training(const RunConfig& cfg, const TrainOptions& opts) {
   save_checkpoint(out + "/model.safetensors", *model, nullptr, CheckpointInfo{cfg, step, extra});
   if (!opts.skip_final_eval) {
     progress.message("evaluating lengths " + std::to_string(cfg.task.eval_min_length) + ".." +
-                     std::to_string(cfg.task.eval_max_length) + " on " + std::to_string(task.test().size()) +
-                     " sequences (eval cap " + std::to_string(cfg.solver.eval_max_iter) + " iterations)");
-    summary.lengths = evaluate_lengths(*model, task, cfg.task, cfg.train.eval_batch_size, [&](const EvalResult& r) {
+                     std::to_string(cfg.task.eval_max_length) + " on " + data.sweep_description() +
+                     " (eval cap " + std::to_string(cfg.solver.eval_max_iter) + " iterations)");
+    summary.lengths = data.sweep(*model, [&](const EvalResult& r) {
       char buf[160];
       std::snprintf(buf, sizeof(buf), "  length %3lld: seq acc %6.2f %%, iters %.1f (%.1f s)",
                     static_cast<long long>(r.length), 100 * r.sequence_accuracy,
@@ -384,9 +457,16 @@ TrainSummary run_training(const RunConfig& cfg, const TrainOptions& opts) {
     s["validation"] = {{"seq_acc", summary.validation[0].sequence_accuracy},
                        {"token_acc", summary.validation[0].token_accuracy},
                        {"loss", summary.validation[0].loss}};
+  // Generated tasks also get the chance level and the chance-normalised accuracy (acc − c)/(1 − c) that the
+  // reference's eval_chomsky.py reports for the formal-language tasks.
+  const double chance = data.chance();
+  if (chance >= 0) s["chance_token_acc"] = chance;
   Json sweep = Json::array();
-  for (const auto& r : summary.lengths)
-    sweep.push_back({{"length", r.length}, {"seq_acc", r.sequence_accuracy}, {"iters", iters_json(r.iters_mean)}});
+  for (const auto& r : summary.lengths) {
+    Json e = {{"length", r.length}, {"seq_acc", r.sequence_accuracy}, {"iters", iters_json(r.iters_mean)}};
+    if (chance >= 0 && chance < 1) e["normalised_acc"] = (r.sequence_accuracy - chance) / (1 - chance);
+    sweep.push_back(e);
+  }
   s["lengths"] = sweep;
   io::write_file_atomic(out + "/summary.json", s.dump(2) + "\n");
   return summary;

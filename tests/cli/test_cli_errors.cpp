@@ -78,6 +78,10 @@ TEST(CliTest, BadInputIsOneClearLine) {
   expect_one_line_error("train --out " + dir + "/r model.d_model=0", "model.d_model");
   expect_one_line_error("train --out " + dir + "/r task.train_length=-3", "train_length");
   expect_one_line_error("train --out " + dir + "/r model.nope=1", "unknown key");
+  expect_one_line_error("train --out " + dir + "/r task.name=dyck", "valid: word_problem, copy");
+  expect_one_line_error("train --out " + dir + "/r task.name=copy task.context_length=10", "task.context_length");
+  expect_one_line_error("train --out " + dir + "/r task.name=modular_arithmetic task.min_train_length=1",
+                        "modular_arithmetic");
   expect_one_line_error("train --out " + dir + "/r --resume", "nothing to resume");
   expect_one_line_error("eval --checkpoint " + dir + "/corrupt.safetensors", "corrupt.safetensors");
   expect_one_line_error("verify " + dir + "/corrupt.safetensors", "corrupt.safetensors");
@@ -117,6 +121,25 @@ TEST(CliTest, TrainEvalReportEndToEnd) {
   EXPECT_NE(p.out.find("| fp |"), std::string::npos) << p.out;
   EXPECT_TRUE(std::filesystem::exists(dir + "/cmp.md"));
   EXPECT_TRUE(std::filesystem::exists(dir + "/cmp.png"));
+}
+
+TEST(CliTest, GeneratedTaskTrainAndEval) {
+  // A formal-language run and `fprnn eval` of its checkpoint over other lengths.
+  const std::string dir = temp_dir("clitask");
+  const Result t = run("train --out " + dir + "/p task.name=parity task.min_train_length=3 task.train_length=6"
+                       " task.val_min_length=6 task.val_max_length=6 task.val_samples=32 task.eval_min_length=4"
+                       " task.eval_max_length=8 task.eval_samples=32 model.d_model=16 train.steps=3"
+                       " train.batch_size=16 solver.eval_max_iter=20 --quiet");
+  ASSERT_EQ(t.status, 0) << t.err;
+  const Result e = run("eval --checkpoint " + dir + "/p/model.safetensors --lengths 10:14:2 --samples 16 --quiet");
+  ASSERT_EQ(e.status, 0) << e.err;
+  std::ifstream in(dir + "/p/eval_cli/eval.csv");
+  std::string line;
+  std::vector<std::string> rows;
+  while (std::getline(in, line)) rows.push_back(line);
+  ASSERT_EQ(rows.size(), 4u) << "header + lengths 10, 12, 14";
+  EXPECT_EQ(rows[1].rfind("10,16,", 0), 0u) << rows[1];
+  EXPECT_EQ(rows[3].rfind("14,16,", 0), 0u) << rows[3];
 }
 
 }  // namespace

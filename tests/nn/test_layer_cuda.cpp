@@ -78,6 +78,28 @@ INSTANTIATE_TEST_SUITE_P(
                       SolveCase{"quantile", "householderproduct", 2, 1.0, 1.0, 15, 5, 0.3}),
     [](const auto& info) { return info.param.name; });
 
+// A batch of 1500 samples: the controller's sort pads to 2048 slots (more than its 1024 threads) and the
+// training quantile (0.9) picks an interpolated order statistic; iteration count and iterate as on the CPU.
+TEST(DeviceLoop, LargeBatchQuantileMatchesTheCpu) {
+  FPRNN_REQUIRE_GPU();
+  SolverConfig sc;
+  sc.max_iter = 40;
+  sc.threshold = 1e-3;
+  auto [cpu, gpu] = make_pair("householderproduct", 2, sc, 8);
+  cpu->train();
+  gpu->train();
+  torch::NoGradGuard no_grad;
+  const Tensor u = randn({1500, 6, 8}, 14, torch::kFloat32);
+  Tensor h_cpu, h_gpu;
+  cpu->forward(u, &h_cpu);
+  gpu->forward(u.cuda(), &h_gpu);
+  EXPECT_GT(cpu->last_stats().iterations, 3);
+  EXPECT_EQ(gpu->last_stats().iterations, cpu->last_stats().iterations);
+  EXPECT_NEAR(gpu->last_stats().best_residual_quantile, cpu->last_stats().best_residual_quantile,
+              1e-3 * cpu->last_stats().best_residual_quantile + 1e-7);
+  expect_close(h_gpu.cpu(), h_cpu, 1e-4, "fixed point");
+}
+
 TEST(DeviceLoop, PlainMapOnTheGpuMatchesTheCpu) {
   FPRNN_REQUIRE_GPU();
   SolverConfig sc;

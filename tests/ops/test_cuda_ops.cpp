@@ -6,6 +6,11 @@
 #include "fprnn/ops/conv1d.h"
 #include "fprnn/ops/householder.h"
 #include "fprnn/ops/linrec.h"
+#ifdef FPRNN_WITH_CUDA
+#include "fprnn/ops/fp_step_cuda.h"
+#endif
+
+#include <limits>
 
 namespace fprnn::testing {
 namespace {
@@ -106,21 +111,32 @@ TEST(HouseholderCuda, AutogradEntryOnCudaTensors) {
 
 TEST(CausalConv1dCuda, KernelsMatchTheReferenceInEveryDtype) {
   FPRNN_REQUIRE_GPU();
-  for (auto dt : {torch::kFloat64, torch::kFloat32, torch::kBFloat16}) {
-    for (bool silu : {false, true}) {
-      for (bool with_bias : {false, true}) {
-        const Tensor x = randn({2, 37, 300}, 30).to(dt), w = randn({300, 4}, 31).to(dt), g = randn({2, 37, 300}, 33).to(dt);
-        const Tensor b = with_bias ? randn({300}, 32).to(dt) : Tensor();
-        const Tensor y_ref = ops::causal_conv1d_fwd_ref(x, w, b, silu);
-        const Tensor y = ops::causal_conv1d_fwd_cuda(x.cuda(), w.cuda(), with_bias ? b.cuda() : Tensor(), silu).cpu();
-        expect_close(y.to(torch::kFloat64), y_ref.to(torch::kFloat64), tol_for(dt), "conv fwd");
-        const auto [dx_ref, dw_ref, db_ref] = ops::causal_conv1d_bwd_ref(g, x, w, b, silu);
-        const auto [dx, dw, db] =
-            ops::causal_conv1d_bwd_cuda(g.cuda(), x.cuda(), w.cuda(), with_bias ? b.cuda() : Tensor(), silu);
-        expect_close(dx.cpu().to(torch::kFloat64), dx_ref.to(torch::kFloat64), tol_for(dt), "conv dx");
-        expect_close(dw.cpu().to(torch::kFloat64), dw_ref.to(torch::kFloat64), tol_for(dt), "conv dw");
-        EXPECT_EQ(db.defined(), with_bias);
-        if (with_bias) expect_close(db.cpu().to(torch::kFloat64), db_ref.to(torch::kFloat64), tol_for(dt), "conv db");
+  // (B, T, C, K): one time chunk; two chunks (2·300 channels leave the GPU room to split T = 37); many
+  // chunks (T = 700 over 40 channels); kernel widths on both sides of the 4/8/16-tap windows.
+  struct Case {
+    int64_t B, T, C, K;
+  };
+  for (const Case cs : {Case{3, 5, 70, 4}, Case{2, 37, 300, 4}, Case{2, 700, 40, 4}, Case{2, 37, 300, 1},
+                        Case{2, 700, 40, 3}, Case{2, 37, 300, 6}, Case{1, 90, 33, 16}}) {
+    for (auto dt : {torch::kFloat64, torch::kFloat32, torch::kBFloat16}) {
+      for (bool silu : {false, true}) {
+        for (bool with_bias : {false, true}) {
+          SCOPED_TRACE(::testing::Message() << "B " << cs.B << " T " << cs.T << " C " << cs.C << " K " << cs.K
+                                            << " dtype " << dt << " silu " << silu << " bias " << with_bias);
+          const Tensor x = randn({cs.B, cs.T, cs.C}, 30).to(dt), w = randn({cs.C, cs.K}, 31).to(dt),
+                       g = randn({cs.B, cs.T, cs.C}, 33).to(dt);
+          const Tensor b = with_bias ? randn({cs.C}, 32).to(dt) : Tensor();
+          const Tensor y_ref = ops::causal_conv1d_fwd_ref(x, w, b, silu);
+          const Tensor y = ops::causal_conv1d_fwd_cuda(x.cuda(), w.cuda(), with_bias ? b.cuda() : Tensor(), silu).cpu();
+          expect_close(y.to(torch::kFloat64), y_ref.to(torch::kFloat64), tol_for(dt), "conv fwd");
+          const auto [dx_ref, dw_ref, db_ref] = ops::causal_conv1d_bwd_ref(g, x, w, b, silu);
+          const auto [dx, dw, db] =
+              ops::causal_conv1d_bwd_cuda(g.cuda(), x.cuda(), w.cuda(), with_bias ? b.cuda() : Tensor(), silu);
+          expect_close(dx.cpu().to(torch::kFloat64), dx_ref.to(torch::kFloat64), tol_for(dt), "conv dx");
+          expect_close(dw.cpu().to(torch::kFloat64), dw_ref.to(torch::kFloat64), tol_for(dt), "conv dw");
+          EXPECT_EQ(db.defined(), with_bias);
+          if (with_bias) expect_close(db.cpu().to(torch::kFloat64), db_ref.to(torch::kFloat64), tol_for(dt), "conv db");
+        }
       }
     }
   }
@@ -144,6 +160,61 @@ TEST(CausalConv1dCuda, ForwardAndGradientsMatchTheCpu) {
     }
   }
 }
+
+#ifdef FPRNN_WITH_CUDA
+// The device loop's kernels with a padded leading dimension (the pad filled with NaN must never be read)
+// and the scan's rounded copy of the iterate (must equal y rounded, and leave y itself unchanged).
+TEST(FpStepCuda, PaddedRowsAndRoundedIterate) {
+  FPRNN_REQUIRE_GPU();
+  const int64_t B = 3, T = 19, D = 24, r = 2, rows = r * D + r, ld = 56;
+  const auto f32 = torch::TensorOptions().dtype(torch::kFloat32).device(torch::kCUDA);
+  const Tensor z = randn({B * T, rows}, 30, torch::kFloat32).cuda(), base = randn({B * T, rows}, 31, torch::kFloat32).cuda();
+  const Tensor bx = randn({B, T, D}, 32, torch::kFloat32).cuda(), h = randn({B, T, D}, 33, torch::kFloat32).cuda();
+  const Tensor lambda = torch::sigmoid(randn({B, T, D}, 34, torch::kFloat32)).cuda();
+  const Tensor nan_pad = torch::full({B * T, ld - rows}, std::numeric_limits<float>::quiet_NaN(), f32);
+  const Tensor z_pad = torch::cat({z, nan_pad}, 1), base_pad = torch::cat({base, nan_pad}, 1);
+  ops::DeviceSolverOptions opt;
+  for (bool sum_form : {false, true}) {
+    Tensor v = torch::empty({B, T, D}, f32), v_pad = torch::empty({B, T, D}, f32);
+    auto s1 = ops::make_device_solver_state(B, T, opt, torch::kCUDA);
+    auto s2 = ops::make_device_solver_state(B, T, opt, torch::kCUDA);
+    ops::fp_mix_cuda(z, base, bx, h, lambda, v, r, "silu", 1e-6, sum_form, s1);
+    ops::fp_mix_cuda(z_pad, base_pad, bx, h, lambda, v_pad, r, "silu", 1e-6, sum_form, s2);
+    EXPECT_TRUE(torch::isfinite(v_pad).all().item<bool>()) << "the pad was read";
+    EXPECT_TRUE(torch::equal(v, v_pad)) << "padded leading dimension changed the mix (sum_form " << sum_form << ")";
+
+    Tensor y = torch::empty({B, T, D}, f32), y2 = torch::empty({B, T, D}, f32);
+    Tensor y_bf16 = torch::empty({B * T, D}, f32.dtype(torch::kBFloat16));
+    ops::fp_scan_cuda(v, lambda, h, y, s1);
+    ops::fp_scan_cuda(v, lambda, h, y2, s2, &y_bf16);
+    EXPECT_TRUE(torch::equal(y, y2)) << "the rounded copy changed the iterate";
+    EXPECT_TRUE(torch::equal(y_bf16, y.to(torch::kBFloat16).view({B * T, D}))) << "rounded copy ≠ round(y)";
+  }
+  // bfloat16 z, base, bx and λ give what float32 copies of the same (rounded) values give.
+  {
+    const auto bf = torch::kBFloat16;
+    const Tensor zb = z.to(bf), bb = base.to(bf), bxb = bx.to(bf), lb = lambda.to(bf);
+    Tensor v16 = torch::empty({B, T, D}, f32), v32 = torch::empty({B, T, D}, f32);
+    auto s16 = ops::make_device_solver_state(B, T, opt, torch::kCUDA);
+    auto s32 = ops::make_device_solver_state(B, T, opt, torch::kCUDA);
+    ops::fp_mix_cuda(zb, bb, bxb, h, lb, v16, r, "silu", 1e-6, false, s16);
+    ops::fp_mix_cuda(zb.to(torch::kFloat32), bb.to(torch::kFloat32), bxb.to(torch::kFloat32), h,
+                     lb.to(torch::kFloat32), v32, r, "silu", 1e-6, false, s32);
+    expect_close(v16.cpu(), v32.cpu(), 1e-6, "mix with bfloat16 inputs");
+    Tensor y16 = torch::empty({B, T, D}, f32), y32 = torch::empty({B, T, D}, f32);
+    ops::fp_scan_cuda(v32, lb, h, y16, s16);
+    ops::fp_scan_cuda(v32, lb.to(torch::kFloat32), h, y32, s32);
+    expect_close(y16.cpu(), y32.cpu(), 1e-6, "scan with bfloat16 lambda");
+    Tensor v_bad = torch::empty({B, T, D}, f32);
+    EXPECT_THROW(ops::fp_mix_cuda(zb, bb, bx, h, lb, v_bad, r, "silu", 1e-6, false, s16), c10::Error)
+        << "bx in another dtype than z";
+  }
+  Tensor too_narrow = z.narrow(1, 0, rows - 1).contiguous();
+  Tensor v = torch::empty({B, T, D}, f32);
+  auto s = ops::make_device_solver_state(B, T, opt, torch::kCUDA);
+  EXPECT_THROW(ops::fp_mix_cuda(too_narrow, too_narrow, bx, h, lambda, v, r, "silu", 1e-6, false, s), c10::Error);
+}
+#endif
 
 }  // namespace
 }  // namespace fprnn::testing

@@ -2,6 +2,7 @@
 #include "commands.h"
 
 #include "fprnn/io/safetensors.h"
+#include "fprnn/tasks/sequence_task.h"
 #include "fprnn/tasks/word_problem.h"
 #include "fprnn/train/checkpoint.h"
 #include "fprnn/train/evaluate.h"
@@ -10,6 +11,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <optional>
 
 namespace fprnn::cli {
 
@@ -27,7 +29,8 @@ void add_eval(CLI::App& app) {
       ->check(CLI::ExistingFile);
   cmd->add_option("--out,-o", args->out, "Folder for eval.csv, eval_table.txt and the plot (default: <run>/eval_cli)");
   cmd->add_option("--lengths", args->lengths, "MIN:MAX[:STEP] sequence lengths (default: the run's task.eval_*)");
-  cmd->add_option("--samples", args->samples, "Test sequences (default: the run's task.eval_samples)");
+  cmd->add_option("--samples", args->samples,
+                  "Test sequences (word problems: in all; other tasks: per length; default: the run's task.eval_samples)");
   cmd->add_option("--solver", args->solver, "picard (iterate F) or sequential (exact dense oracle)")
       ->check(CLI::IsMember({"picard", "sequential"}));
   cmd->add_option("--max-iter", args->max_iter, "Evaluation iteration cap (default: the run's solver.eval_max_iter)");
@@ -61,20 +64,26 @@ void add_eval(CLI::App& app) {
     if (args->batch_size > 0) cfg.train.eval_batch_size = args->batch_size;
     validate(cfg);
     train::apply_threads(cfg.train);
-    const tasks::WordProblem task(cfg.task);
-    nn::FPLM model = train::build_model(cfg, task.vocab().size());
+    // Word problems score prefixes of one test set; the generated tasks fresh samples of every length.
+    std::optional<tasks::WordProblem> wp;
+    std::optional<tasks::SequenceTask> seq;
+    if (cfg.task.name == "word_problem")
+      wp.emplace(cfg.task);
+    else
+      seq.emplace(cfg.task);
+    nn::FPLM model = train::build_model(cfg, wp ? wp->vocab().size() : seq->vocab_size());
     train::load_checkpoint(args->checkpoint, *model, nullptr);
     const std::string out = args->out.empty()
                                 ? (std::filesystem::path(args->checkpoint).parent_path() / "eval_cli").string()
                                 : args->out;
     std::filesystem::create_directories(out);
-    const auto sweep = train::evaluate_lengths(*model, task, cfg.task, cfg.train.eval_batch_size,
-                                               [&](const train::EvalResult& r) {
-                                                 if (!args->quiet)
-                                                   std::fprintf(stderr, "  length %3lld: seq acc %6.2f %%\n",
-                                                                static_cast<long long>(r.length),
-                                                                100 * r.sequence_accuracy);
-                                               });
+    const auto progress = [&](const train::EvalResult& r) {
+      if (!args->quiet)
+        std::fprintf(stderr, "  length %3lld: seq acc %6.2f %%\n", static_cast<long long>(r.length),
+                     100 * r.sequence_accuracy);
+    };
+    const auto sweep = wp ? train::evaluate_lengths(*model, *wp, cfg.task, cfg.train.eval_batch_size, progress)
+                          : train::evaluate_lengths(*model, *seq, cfg.task, cfg.train.eval_batch_size, progress);
     io::write_file_atomic(out + "/config.json", to_json(cfg).dump(2) + "\n");
     const auto images = train::write_sweep(out, sweep, cfg, cfg.model.layer.mixer_type + " (" + cfg.solver.eval_method + ")");
     std::printf("%s", train::eval_table(sweep).c_str());

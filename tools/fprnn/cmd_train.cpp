@@ -1,7 +1,9 @@
-// `fprnn train`: a word-problem training run from a config file plus key=value overrides.
+// `fprnn train`: a training run (word problems, copying, formal-language tasks) from a config file plus
+// key=value overrides.
 #include "commands.h"
 
 #include "fprnn/tasks/groups.h"
+#include "fprnn/tasks/sequence_task.h"
 #include "fprnn/train/evaluate.h"
 #include "fprnn/train/trainer.h"
 
@@ -19,7 +21,8 @@ void add_train(CLI::App& app) {
     int64_t stop_after = -1;
   };
   auto args = std::make_shared<Args>();
-  CLI::App* cmd = app.add_subcommand("train", "Train an FP-RNN on a word problem; writes a run directory.");
+  CLI::App* cmd = app.add_subcommand("train", "Train an FP-RNN on a task (task.name: word_problem, copy, modular_arithmetic_with_brackets,\n"
+      "modular_arithmetic, parity, cycle_navigation, even_pairs); writes a run directory.");
   cmd->footer(
       "Overrides use dotted keys, e.g. model.mixer_type=kronecker solver.max_iter=16 train.steps=500.\n"
       "The run directory gets config.json, metrics.jsonl, checkpoints/, model.safetensors, eval.csv,\n"
@@ -47,8 +50,11 @@ void add_train(CLI::App& app) {
       std::printf("%s\n", cfg_json.dump(2).c_str());
       return;
     }
-    // Fail on a bad group name before printing anything, so that bad input is one line.
-    if (cfg.task.name == "word_problem") (void)tasks::Group::from_name(cfg.task.group);
+    // Fail on a bad group name or task size before printing anything, so that bad input is one line.
+    if (cfg.task.name == "word_problem")
+      (void)tasks::Group::from_name(cfg.task.group);
+    else
+      (void)tasks::SequenceTask(cfg.task);
     if (!args->quiet) print_config(cfg_json, "config:");
     train::TrainOptions opts;
     opts.out_dir = args->out;

@@ -73,23 +73,34 @@ struct ModelConfig {
   double backbone_norm_eps = 1e-5;    // block and final RMSNorm (mamba_ssm default)
 };
 
-// Word problems (spec §12.1, §13.1).
+// The task: word problems (spec §12.1, §13.1), copying (§12.2, §13.2) or a formal-language task (§12.3,
+// §13.3). Keys marked WP are read by word problems only, keys marked SEQ by the other tasks only.
 struct TaskConfig {
+  // word_problem | copy | modular_arithmetic_with_brackets | modular_arithmetic | parity |
+  // cycle_navigation | even_pairs
   std::string name = "word_problem";
-  std::string group = "S3";
-  int64_t train_length = 8;           // k: training uses lengths 2..k
+  std::string group = "S3";           // WP
+  int64_t train_length = 8;           // training lengths min_train_length..train_length (WP: k)
   int64_t min_train_length = 2;
-  int64_t samples_per_length = 20000; // per length; exhaustive when |G|^L is at most this
-  double train_fraction = 0.8;        // of length k (the rest is validation)
+  int64_t samples_per_length = 20000; // WP, per length; exhaustive when |G|^L is at most this
+  double train_fraction = 0.8;        // WP, of length k (the rest is validation)
   int64_t eval_min_length = 2;
   int64_t eval_max_length = 32;
   int64_t eval_length_step = 2;
-  int64_t eval_samples = 1024;        // sequences of length eval_max_length evaluated by prefix
-  bool loss_on_padding = true;        // as the reference: PAD targets count in loss and metrics (spec §16.15).
+  int64_t eval_samples = 1024;        // WP: sequences of length eval_max_length evaluated by prefix;
+                                      // SEQ: samples per evaluated length
+  bool loss_on_padding = true;        // WP. As the reference: PAD targets count in loss and metrics (spec §16.15).
                                       // false masks them. One run each way is no verdict (length generalisation
                                       // varies a lot between runs): S3 demo on the CPU, length 16: 27.5 % masked,
                                       // 60.7 % counted; S3 on the GPU (results/h200): 47.7 % masked, 20.9 % counted.
   uint64_t seed = 0;                  // data seed (generation and split)
+  int64_t context_length = 0;         // SEQ: tokens per row (copy: the packed context, the reference's 220;
+                                      // formal tasks: 256 pads every row as the reference, 0 pads each batch
+                                      // to its longest sample)
+  int64_t alphabet_size = 26;         // SEQ, copy: letters (≤ 26)
+  int64_t val_min_length = 2;         // SEQ: validation lengths (the reference's formal tasks: 40..256)
+  int64_t val_max_length = 8;
+  int64_t val_samples = 1024;         // SEQ: validation samples
 };
 
 struct TrainConfig {

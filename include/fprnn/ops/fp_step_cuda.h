@@ -8,9 +8,11 @@
 // several iterations and check the flag only every few: the iterations after the stop are no-ops and the
 // results (iterate, count, residuals) are exactly those of checking before every step.
 //
-// Layout: every (B, T, D) tensor contiguous; h, bx, lambda, v, y float32; z and base (B·T, rows) in the
-// compute dtype (float32 or bfloat16), rows = r·D + r with reflection i in columns i·D..(i+1)·D and the
-// α logits last.
+// Layout: every (B, T, D) tensor contiguous; h, v, y float32; bx and lambda in the compute dtype (the scan
+// takes lambda in float32 or bfloat16); z and base (B·T, rows) in the
+// compute dtype (float32 or bfloat16), with a leading dimension ld ≥ rows = r·D + r (reflection i in
+// columns i·D..(i+1)·D, the α logits after them, columns ≥ rows unread: callers pad ld to a multiple of 8
+// so that cuBLAS picks aligned tensor-core kernels).
 #pragma once
 
 #include <torch/torch.h>
@@ -43,10 +45,15 @@ void fp_mix_cuda(const torch::Tensor& z, const torch::Tensor& base, const torch:
                  bool sum_form, const DeviceSolverState& state);
 
 // y (B, T, D) float32 ← s·Scan_λ(v) + (1 − s)·h, accumulating the residual maxima into state.diff/ymax.
+// With y_lowp (bfloat16/float16, same element count) the kernel also writes y rounded to that dtype: the
+// next iteration's projection GEMM reads it, so no separate cast pass over h is needed.
 void fp_scan_cuda(const torch::Tensor& v, const torch::Tensor& lambda, const torch::Tensor& h, torch::Tensor& y,
-                  const DeviceSolverState& state);
+                  const DeviceSolverState& state, torch::Tensor* y_lowp = nullptr);
 
 // Records the residual of the step just taken and evaluates the continue test for the next one.
 void fp_controller_cuda(DeviceSolverState& state, const DeviceSolverOptions& opt);
+// Whether the device controller takes a batch of B samples (its sort lives in one block's shared memory:
+// B ≤ 8192).
+bool fp_controller_fits(int64_t B);
 
 }  // namespace fprnn::ops

@@ -19,6 +19,7 @@
 #pragma once
 
 #include "fprnn/io/config.h"
+#include "fprnn/tasks/batch.h"
 #include "fprnn/tasks/groups.h"
 
 #include <torch/torch.h>
@@ -43,12 +44,6 @@ struct SequenceSet {
   int64_t length(int64_t i) const { return offsets[i + 1] - offsets[i]; }
   SequenceSet() : offsets{0} {}
   void add(const int32_t* g, int64_t len);
-};
-
-struct Batch {
-  torch::Tensor input_ids;  // (B, T) int64, right-padded with PAD
-  torch::Tensor labels;     // (B, T) int64, right-padded with PAD
-  int64_t tokens = 0;       // non-PAD tokens
 };
 
 class WordProblem {

@@ -1,13 +1,18 @@
-// Scoring a model on word-problem sequences: cross-entropy, token accuracy, full-sequence accuracy and
-// the fixed-point iterations each layer used, per length (spec §13.1: prefixes of one long test set,
-// the model rerun from scratch for every prefix length).
+// Scoring a model: cross-entropy, token accuracy, full-sequence accuracy and the fixed-point iterations
+// each layer used, per length. Word problems (spec §13.1): prefixes of one long test set, the model rerun
+// from scratch for every prefix length. Copy and formal-language tasks (spec §12.2, §12.3): fresh samples
+// of each length; only labelled positions count (the answer of a formal task, so sequence accuracy =
+// answer accuracy; the L copied characters under teacher forcing, so sequence accuracy = the reference's
+// string accuracy and token accuracy = its character accuracy).
 #pragma once
 
 #include "fprnn/nn/backbone.h"
+#include "fprnn/tasks/sequence_task.h"
 #include "fprnn/tasks/word_problem.h"
 
 #include <torch/torch.h>
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -26,7 +31,8 @@ struct BatchScore {
   double sequence_accuracy() const { return sequences ? double(correct_sequences) / sequences : 0.0; }
 };
 
-// logits (B, T, V), labels (B, T) → the batch's score (no autograd).
+// logits (B, T, V), labels (B, T) → the batch's score (no autograd). Positions labelled `pad` are skipped
+// unless count_padding (pass tasks::kIgnoreLabel as `pad` for the generated tasks).
 BatchScore score_batch(const torch::Tensor& logits, const torch::Tensor& labels, int64_t pad, bool count_padding);
 
 struct EvalResult {
@@ -45,6 +51,18 @@ EvalResult evaluate(nn::FPLMImpl& model, const tasks::WordProblem& task, const t
 // The length sweep of cfg: prefixes eval_min_length..eval_max_length (step eval_length_step) of the test
 // set. `progress` (may be empty) is called after every length.
 std::vector<EvalResult> evaluate_lengths(nn::FPLMImpl& model, const tasks::WordProblem& task, const TaskConfig& cfg,
+                                         int64_t batch_size,
+                                         const std::function<void(const EvalResult&)>& progress = {});
+
+// Generated tasks: `count` samples from make_batch(first, n) (n ≤ batch_size per call), scored in eval
+// mode; the result's length is `length`.
+EvalResult evaluate_samples(nn::FPLMImpl& model, const std::function<tasks::Batch(int64_t, int64_t)>& make_batch,
+                            int64_t count, int64_t batch_size, int64_t length);
+// The validation stream of cfg.val_samples samples (length reported as cfg.val_max_length).
+EvalResult evaluate_validation(nn::FPLMImpl& model, const tasks::SequenceTask& task, const TaskConfig& cfg,
+                               int64_t batch_size);
+// The length sweep: cfg.eval_samples fresh samples of every length in task.eval_lengths().
+std::vector<EvalResult> evaluate_lengths(nn::FPLMImpl& model, const tasks::SequenceTask& task, const TaskConfig& cfg,
                                          int64_t batch_size,
                                          const std::function<void(const EvalResult&)>& progress = {});
 

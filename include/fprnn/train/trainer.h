@@ -1,4 +1,4 @@
-// Training and evaluation runs on the word problems.
+// Training and evaluation runs: word problems, copying and the formal-language tasks (task.name).
 //
 // A run directory holds: config.json (the resolved config), metrics.jsonl (one JSON object per logged
 // step and per validation), checkpoints/last.safetensors (latest, for resuming) and model.safetensors

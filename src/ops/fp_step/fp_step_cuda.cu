@@ -4,8 +4,8 @@
 //
 // Napkin math at the A5 shape (B, T, D) = (512, 17, 1024), rank 1, bf16 GEMM: per iteration the GEMM is
 // 8704 × 1024 × 1025 ≈ 18 GFLOP (~25 µs at ~750 TFLOP/s); fp_mix reads z and base (2 × 18 MB in bf16)
-// and bx, h, λ (3 × 36 MB) and writes v (36 MB): ~180 MB ≈ 45 µs at 4 TB/s; fp_scan reads v, λ, h and
-// writes y (4 × 36 MB) ≈ 36 µs. So about 0.1 ms per iteration, memory-bound outside the GEMM.
+// and bx, λ in the compute dtype (2 × 18 MB) and h (36 MB) and writes v (36 MB): ~144 MB ≈ 36 µs at 4 TB/s;
+// fp_scan reads v, h (fp32) and λ (bf16) and writes y (fp32) and its bf16 copy: ~126 MB ≈ 32 µs. So about 0.1 ms per iteration, memory-bound outside the GEMM.
 #include "fprnn/ops/fp_step_cuda.h"
 
 #include <ATen/Dispatch.h>
@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <type_traits>
 
 namespace fprnn::ops {
 namespace {
@@ -61,9 +62,9 @@ __device__ __forceinline__ float nan_max(float a, float b) { return (a != a) ? a
 
 // One block per token n = b·T + t. Shared memory: w (D), and for the sum form the input δ (D).
 template <typename zt>
-__global__ void fp_mix_kernel(const zt* __restrict__ z, const zt* __restrict__ base, const float* __restrict__ bx,
-                              const float* __restrict__ h, const float* __restrict__ lambda, float* __restrict__ v,
-                              int64_t T, int64_t D, int64_t rows, int r, int ac, float eps, bool sum_form,
+__global__ void fp_mix_kernel(const zt* __restrict__ z, const zt* __restrict__ base, const zt* __restrict__ bx,
+                              const float* __restrict__ h, const zt* __restrict__ lambda, float* __restrict__ v,
+                              int64_t T, int64_t D, int64_t ld, int r, int ac, float eps, bool sum_form,
                               const int64_t* __restrict__ counters) {
   if (counters[1] == 0) return;
   extern __shared__ float smem[];
@@ -72,12 +73,12 @@ __global__ void fp_mix_kernel(const zt* __restrict__ z, const zt* __restrict__ b
   __shared__ float scratch[64];
   const int64_t n = blockIdx.x;
   const int64_t t = n % T;
-  const zt* bn = base + n * rows;
-  const zt* zp = t > 0 ? z + (n - 1) * rows : nullptr;  // raw[b, t] = base[b, t] + z[b, t − 1]
+  const zt* bn = base + n * ld;
+  const zt* zp = t > 0 ? z + (n - 1) * ld : nullptr;  // raw[b, t] = base[b, t] + z[b, t − 1]
   auto raw = [&](int64_t j) { return static_cast<float>(bn[j]) + (zp != nullptr ? static_cast<float>(zp[j]) : 0.0f); };
   const float* hn = h + n * D;
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
-    const float x = bx[n * D + d] - hn[d];
+    const float x = static_cast<float>(bx[n * D + d]) - hn[d];
     w[d] = x;
     if (sum_form) delta[d] = x;
   }
@@ -98,13 +99,14 @@ __global__ void fp_mix_kernel(const zt* __restrict__ z, const zt* __restrict__ b
     __syncthreads();
   }
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x)
-    v[n * D + d] = (1.0f - lambda[n * D + d]) * (w[d] + hn[d]);
+    v[n * D + d] = (1.0f - static_cast<float>(lambda[n * D + d])) * (w[d] + hn[d]);
 }
 
 // The scan over one (b, chunk) per blockIdx.y and channels d across blockIdx.x·blockDim.x + threadIdx.x,
 // as in linrec_cuda.cu; phase 3 also writes the damped iterate and the residual maxima (one atomic per
 // warp and step: the 32 lanes reduce first).
-__global__ void fp_scan_summary_kernel(const float* __restrict__ v, const float* __restrict__ lambda, float* end_state,
+template <typename lam_t>
+__global__ void fp_scan_summary_kernel(const float* __restrict__ v, const lam_t* __restrict__ lambda, float* end_state,
                                        float* prod, int64_t T, int64_t D, int64_t NC, int64_t L,
                                        const int64_t* __restrict__ counters) {
   if (counters[1] == 0) return;
@@ -115,8 +117,9 @@ __global__ void fp_scan_summary_kernel(const float* __restrict__ v, const float*
   float s = 0.0f, p = 1.0f;
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t i = (b * T + t) * D + d;
-    s = lambda[i] * s + v[i];
-    p *= lambda[i];
+    const float l = static_cast<float>(lambda[i]);
+    s = l * s + v[i];
+    p *= l;
   }
   end_state[bk * D + d] = s;
   prod[bk * D + d] = p;
@@ -136,8 +139,10 @@ __global__ void fp_scan_carry_kernel(const float* end_state, const float* prod, 
   }
 }
 
-__global__ void fp_scan_output_kernel(const float* __restrict__ v, const float* __restrict__ lambda,
-                                      const float* __restrict__ h, float* __restrict__ y, const float* carry_in,
+template <typename lam_t, typename lt>
+__global__ void fp_scan_output_kernel(const float* __restrict__ v, const lam_t* __restrict__ lambda,
+                                      const float* __restrict__ h, float* __restrict__ y, lt* __restrict__ y_lowp,
+                                      const float* carry_in,
                                       const double* __restrict__ stepsize, float* diff, float* ymax, int64_t T,
                                       int64_t D, int64_t NC, int64_t L, const int64_t* __restrict__ counters) {
   if (counters[1] == 0) return;
@@ -151,9 +156,11 @@ __global__ void fp_scan_output_kernel(const float* __restrict__ v, const float* 
     const int64_t i = (b * T + t) * D + d;
     float dev = 0.0f, mag = 0.0f;
     if (live) {
-      state = lambda[i] * state + v[i];
+      state = static_cast<float>(lambda[i]) * state + v[i];
       const float old = h[i];
-      y[i] = s_b == 1.0f ? state : s_b * state + (1.0f - s_b) * old;
+      const float out = s_b == 1.0f ? state : s_b * state + (1.0f - s_b) * old;
+      y[i] = out;
+      if (y_lowp != nullptr) y_lowp[i] = static_cast<lt>(out);
       dev = fabsf(state - old);
       mag = fabsf(state);
     }
@@ -169,14 +176,17 @@ __global__ void fp_scan_output_kernel(const float* __restrict__ v, const float* 
   }
 }
 
+// a > b in the order that puts NaN after every number (NaNs compare equal among themselves).
+__device__ __forceinline__ bool nan_last_greater(double a, double b) { return isnan(a) ? !isnan(b) : (!isnan(b) && a > b); }
+
 // One block. Records r_b = max_t diff/(ymax + eps), updates best/patience/step size (spec §8), counts the
 // iteration, zeroes the scratch and evaluates the continue test for the next step into counters[1].
 __global__ void fp_controller_kernel(float* diff, float* ymax, double* best, double* last, double* stepsize,
                                      int64_t* patience, int64_t* counters, int64_t B, int64_t T, double eps,
                                      int64_t decay_patience, double decay, double threshold, double quantile,
-                                     double stepsize_thresh, int64_t max_iter) {
+                                     double stepsize_thresh, int64_t max_iter, int64_t sort_slots) {
   if (counters[1] == 0) return;
-  extern __shared__ double sorted[];  // B values
+  extern __shared__ double sorted[];  // sort_slots values
   __shared__ double smax[32];
   double local_smax = 0.0;
   for (int64_t b = threadIdx.x; b < B; b += blockDim.x) {
@@ -202,18 +212,28 @@ __global__ void fp_controller_kernel(float* diff, float* ymax, double* best, dou
   for (int o = 16; o > 0; o >>= 1) local_smax = fmax(local_smax, __shfl_xor_sync(0xffffffffu, local_smax, o));
   if ((threadIdx.x & 31) == 0) smax[threadIdx.x >> 5] = local_smax;
   __syncthreads();
-  // Sort best by rank (NaN last, ties by index) for the linear-interpolation quantile.
-  for (int64_t i = threadIdx.x; i < B; i += blockDim.x) {
-    const double x = best[i];
-    int64_t rank = 0;
-    for (int64_t j = 0; j < B; ++j) {
-      const double y = best[j];
-      const bool less = isnan(x) ? (!isnan(y) || j < i) : (!isnan(y) && (y < x || (y == x && j < i)));
-      rank += less;
-    }
-    sorted[rank] = x;
-  }
+  // Sort best ascending, NaN last, for the linear-interpolation quantile: a bitonic sort of n = 2^k ≥ B
+  // slots in shared memory, padded with NaN (log²n/2 rounds of n/2 compare-exchanges; an O(B²) rank count
+  // on this single block took ~60 µs per iteration at B = 512).
+  const int64_t n = sort_slots;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) sorted[i] = i < B ? best[i] : nan("");
   __syncthreads();
+  for (int64_t k = 2; k <= n; k <<= 1) {
+    for (int64_t j = k >> 1; j > 0; j >>= 1) {
+      for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+        const int64_t l = i ^ j;
+        if (l > i) {
+          const double a = sorted[i], c = sorted[l];
+          const bool ascending = (i & k) == 0;
+          if (ascending ? nan_last_greater(a, c) : nan_last_greater(c, a)) {
+            sorted[i] = c;
+            sorted[l] = a;
+          }
+        }
+      }
+      __syncthreads();
+    }
+  }
   if (threadIdx.x == 0) {
     double max_step = 0.0;
     for (int w = 0; w < (blockDim.x + 31) / 32; ++w) max_step = fmax(max_step, smax[w]);
@@ -269,14 +289,19 @@ void fp_mix_cuda(const torch::Tensor& z, const torch::Tensor& base, const torch:
                  bool sum_form, const DeviceSolverState& state) {
   TORCH_CHECK(h.dim() == 3, "fp_mix_cuda: h must be (B, T, D), got ", h.sizes());
   const int64_t B = h.size(0), T = h.size(1), D = h.size(2), N = B * T, rows = rank * D + rank;
-  for (const auto& [t, name] : {std::pair<const torch::Tensor&, const char*>{bx, "bx"}, {h, "h"}, {lambda, "lambda"},
-                                {v, "v"}})
+  for (const auto& [t, name] : {std::pair<const torch::Tensor&, const char*>{h, "h"}, {v, "v"}})
     check_f32(t, name, h.sizes());
+  for (const auto& [t, name] : {std::pair<const torch::Tensor&, const char*>{bx, "bx"}, {lambda, "lambda"}})
+    TORCH_CHECK(t.is_cuda() && t.is_contiguous() && t.scalar_type() == z.scalar_type() && t.sizes() == h.sizes(),
+                "fp_mix_cuda: ", name, " must be a contiguous CUDA tensor of sizes ", h.sizes(), " in z's dtype ",
+                z.scalar_type(), ", got ", t.sizes(), " ", t.scalar_type());
   TORCH_CHECK(rank >= 1, "fp_mix_cuda: rank must be ≥ 1");
   TORCH_CHECK(z.is_cuda() && base.is_cuda() && z.is_contiguous() && base.is_contiguous() &&
-                  z.scalar_type() == base.scalar_type() && z.numel() == N * rows && base.numel() == N * rows,
-              "fp_mix_cuda: z and base must be contiguous (B·T, r·D + r) = (", N, ", ", rows,
-              ") CUDA tensors of one dtype, got ", z.sizes(), " and ", base.sizes());
+                  z.scalar_type() == base.scalar_type() && z.dim() == 2 && z.sizes() == base.sizes() &&
+                  z.size(0) == N && z.size(1) >= rows,
+              "fp_mix_cuda: z and base must be contiguous (B·T, ld) CUDA tensors of one dtype with B·T = ", N,
+              " and ld ≥ r·D + r = ", rows, ", got ", z.sizes(), " and ", base.sizes());
+  const int64_t ld = z.size(1);  // rows padded (e.g. to a multiple of 8 for aligned GEMMs); the pad is unread
   const c10::cuda::CUDAGuard guard(h.device());
   const int ac = parse_activation(mixer_ac);
   const size_t smem = static_cast<size_t>((sum_form ? 2 : 1) * D) * sizeof(float);
@@ -286,20 +311,29 @@ void fp_mix_cuda(const torch::Tensor& z, const torch::Tensor& base, const torch:
       C10_CUDA_CHECK(cudaFuncSetAttribute(fp_mix_kernel<scalar_t>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           static_cast<int>(smem)));
     fp_mix_kernel<scalar_t><<<N, kThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(
-        z.data_ptr<scalar_t>(), base.data_ptr<scalar_t>(), bx.data_ptr<float>(), h.data_ptr<float>(),
-        lambda.data_ptr<float>(), v.data_ptr<float>(), T, D, rows, static_cast<int>(rank), ac, static_cast<float>(eps),
+        z.data_ptr<scalar_t>(), base.data_ptr<scalar_t>(), bx.data_ptr<scalar_t>(), h.data_ptr<float>(),
+        lambda.data_ptr<scalar_t>(), v.data_ptr<float>(), T, D, ld, static_cast<int>(rank), ac, static_cast<float>(eps),
         sum_form, state.counters.data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
 
 void fp_scan_cuda(const torch::Tensor& v, const torch::Tensor& lambda, const torch::Tensor& h, torch::Tensor& y,
-                  const DeviceSolverState& state) {
+                  const DeviceSolverState& state, torch::Tensor* y_lowp) {
   TORCH_CHECK(v.dim() == 3, "fp_scan_cuda: v must be (B, T, D), got ", v.sizes());
-  for (const auto& [t, name] : {std::pair<const torch::Tensor&, const char*>{lambda, "lambda"}, {h, "h"}, {y, "y"}})
+  check_f32(v, "v", v.sizes());
+  for (const auto& [t, name] : {std::pair<const torch::Tensor&, const char*>{h, "h"}, {y, "y"}})
     check_f32(t, name, v.sizes());
+  TORCH_CHECK(lambda.is_cuda() && lambda.is_contiguous() && lambda.sizes() == v.sizes() &&
+                  (lambda.scalar_type() == torch::kFloat32 || lambda.scalar_type() == torch::kBFloat16),
+              "fp_scan_cuda: lambda must be a contiguous float32 or bfloat16 CUDA tensor of sizes ", v.sizes(), ", got ",
+              lambda.sizes(), " ", lambda.scalar_type());
   const int64_t B = v.size(0), T = v.size(1), D = v.size(2);
   TORCH_CHECK(state.diff.size(0) == B && state.diff.size(1) == T, "fp_scan_cuda: solver state is for another shape");
+  const bool lowp = y_lowp != nullptr && y_lowp->defined();
+  TORCH_CHECK(!lowp || (y_lowp->is_cuda() && y_lowp->is_contiguous() && y_lowp->numel() == v.numel() &&
+                        (y_lowp->scalar_type() == torch::kBFloat16 || y_lowp->scalar_type() == torch::kHalf)),
+              "fp_scan_cuda: y_lowp must be a contiguous bfloat16/float16 CUDA tensor of ", v.numel(), " elements");
   const c10::cuda::CUDAGuard guard(v.device());
   auto stream = c10::cuda::getCurrentCUDAStream();
   const int64_t want = (target_threads(v.device()) + B * D - 1) / (B * D);
@@ -307,30 +341,56 @@ void fp_scan_cuda(const torch::Tensor& v, const torch::Tensor& lambda, const tor
   const int64_t L = (T + NC - 1) / NC;
   const dim3 grid(static_cast<unsigned>((D + kThreads - 1) / kThreads), static_cast<unsigned>(B * NC));
   const int64_t* counters = state.counters.data_ptr<int64_t>();
-  torch::Tensor carry_in;
-  if (NC > 1) {
-    torch::Tensor end_state = torch::empty({B * NC, D}, v.options());
-    torch::Tensor prod = torch::empty({B * NC, D}, v.options());
-    carry_in = torch::empty({B * NC, D}, v.options());
-    fp_scan_summary_kernel<<<grid, kThreads, 0, stream>>>(v.data_ptr<float>(), lambda.data_ptr<float>(),
-                                                          end_state.data_ptr<float>(), prod.data_ptr<float>(), T, D,
-                                                          NC, L, counters);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    fp_scan_carry_kernel<<<(B * D + kThreads - 1) / kThreads, kThreads, 0, stream>>>(
-        end_state.data_ptr<float>(), prod.data_ptr<float>(), carry_in.data_ptr<float>(), B, D, NC, counters);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
-  fp_scan_output_kernel<<<grid, kThreads, 0, stream>>>(
-      v.data_ptr<float>(), lambda.data_ptr<float>(), h.data_ptr<float>(), y.data_ptr<float>(),
-      carry_in.defined() ? carry_in.data_ptr<float>() : nullptr, state.stepsize.data_ptr<double>(),
-      state.diff.data_ptr<float>(), state.ymax.data_ptr<float>(), T, D, NC, L, counters);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  auto run = [&](auto* lambda_ptr) {
+    using lam_t = std::remove_const_t<std::remove_pointer_t<decltype(lambda_ptr)>>;
+    torch::Tensor carry_in;
+    if (NC > 1) {
+      torch::Tensor end_state = torch::empty({B * NC, D}, v.options());
+      torch::Tensor prod = torch::empty({B * NC, D}, v.options());
+      carry_in = torch::empty({B * NC, D}, v.options());
+      fp_scan_summary_kernel<lam_t><<<grid, kThreads, 0, stream>>>(
+          v.data_ptr<float>(), lambda_ptr, end_state.data_ptr<float>(), prod.data_ptr<float>(), T, D, NC, L, counters);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      fp_scan_carry_kernel<<<(B * D + kThreads - 1) / kThreads, kThreads, 0, stream>>>(
+          end_state.data_ptr<float>(), prod.data_ptr<float>(), carry_in.data_ptr<float>(), B, D, NC, counters);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    const float* carry = carry_in.defined() ? carry_in.data_ptr<float>() : nullptr;
+    auto launch = [&](auto* lowp_ptr) {
+      using lt = std::remove_pointer_t<decltype(lowp_ptr)>;
+      fp_scan_output_kernel<lam_t, lt><<<grid, kThreads, 0, stream>>>(
+          v.data_ptr<float>(), lambda_ptr, h.data_ptr<float>(), y.data_ptr<float>(), lowp_ptr, carry,
+          state.stepsize.data_ptr<double>(), state.diff.data_ptr<float>(), state.ymax.data_ptr<float>(), T, D, NC, L,
+          counters);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    if (!lowp)
+      launch(static_cast<at::BFloat16*>(nullptr));
+    else if (y_lowp->scalar_type() == torch::kBFloat16)
+      launch(y_lowp->data_ptr<at::BFloat16>());
+    else
+      launch(y_lowp->data_ptr<at::Half>());
+  };
+  if (lambda.scalar_type() == torch::kFloat32)
+    run(lambda.data_ptr<float>());
+  else
+    run(lambda.data_ptr<at::BFloat16>());
 }
+
+int64_t controller_sort_slots(int64_t B) {
+  int64_t n = 1;
+  while (n < B) n <<= 1;
+  return n;
+}
+
+bool fp_controller_fits(int64_t B) { return controller_sort_slots(B) * static_cast<int64_t>(sizeof(double)) <= 96 * 1024; }
 
 void fp_controller_cuda(DeviceSolverState& state, const DeviceSolverOptions& opt) {
   const int64_t B = state.best.size(0), T = state.diff.size(1);
-  const size_t smem = static_cast<size_t>(B) * sizeof(double);
-  TORCH_CHECK(smem <= 96 * 1024, "fp_controller_cuda: batch of ", B, " is too large for the device controller");
+  const int64_t slots = controller_sort_slots(B);
+  const size_t smem = static_cast<size_t>(slots) * sizeof(double);
+  TORCH_CHECK(fp_controller_fits(B), "fp_controller_cuda: a batch of ", B,
+              " is too large for the device controller (at most 8192 samples)");
   const c10::cuda::CUDAGuard guard(state.best.device());
   if (smem > 48 * 1024)
     C10_CUDA_CHECK(cudaFuncSetAttribute(fp_controller_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -339,7 +399,7 @@ void fp_controller_cuda(DeviceSolverState& state, const DeviceSolverOptions& opt
       state.diff.data_ptr<float>(), state.ymax.data_ptr<float>(), state.best.data_ptr<double>(),
       state.last.data_ptr<double>(), state.stepsize.data_ptr<double>(), state.patience.data_ptr<int64_t>(),
       state.counters.data_ptr<int64_t>(), B, T, opt.eps, opt.decay_patience, opt.stepsize_decay, opt.threshold,
-      opt.quantile, opt.stepsize_thresh, opt.max_iter);
+      opt.quantile, opt.stepsize_thresh, opt.max_iter, slots);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
