@@ -1,11 +1,13 @@
-// The benchmark cases: the diagonal scan against a memory copy, one fixed-point iteration against its
-// projection GEMM, and full training steps against the one-iteration (diagonal) model.
+// The benchmark cases: the diagonal scan against a memory copy, the SSD scan against its ATen-ops version, one
+// fixed-point iteration against its projection GEMM, and full training steps against the one-iteration
+// (diagonal) model.
 #include "bench.h"
 
 #include "fprnn/common.h"
 #include "fprnn/nn/backbone.h"
 #include "fprnn/nn/fprnn_layer.h"
 #include "fprnn/ops/linrec.h"
+#include "fprnn/ops/ssd.h"
 
 #include <array>
 #include <cstdio>
@@ -76,6 +78,81 @@ std::vector<Row> bench_linrec(const Options& opts) {
     b.ratio = b.value / copy_gbs;
     b.ratio_label = "fraction of copy GB/s";
     b.check_ok = err_b < 1e-5;
+    b.check = check;
+    rows.push_back(b);
+  }
+  return rows;
+}
+
+// ---- ssd (Mamba-2 scan) ------------------------------------------------------------------------------
+// FLOPs counted as 2 per FMA on the P × N state of every (b, t, h): forward 2 FMAs (update, output); backward 8
+// (checkpoint sweep 1, chunk recompute 1, reverse sweep 6). The baseline is ssd_aten (the same recurrence as a
+// loop of ATen ops over T, backward by autograd) on the same inputs, in the same run. CPU only.
+std::vector<Row> bench_ssd(const Options& opts) {
+  std::vector<Row> rows;
+  if (opts.device.is_cuda()) return rows;  // no CUDA kernel: the GPU runs ssd_aten itself
+  struct Shape {
+    std::string label;
+    int64_t B, T, H, P, G, N;
+  };
+  const std::vector<Shape> shapes =
+      opts.quick ? std::vector<Shape>{{"tiny", 2, 64, 2, 16, 1, 32}}
+                 : std::vector<Shape>{{"arith_brackets_fpmamba2 layer", 2, 256, 4, 64, 1, 128},
+                                      {"arith_brackets_fpmamba2_cpu layer", 16, 64, 4, 32, 1, 32}};
+  for (const auto& s : shapes) {
+    if (!opts.selected("ssd fwd " + s.label) && !opts.selected("ssd bwd " + s.label)) continue;
+    torch::manual_seed(0);
+    const auto o = torch::TensorOptions().dtype(torch::kFloat32);
+    const torch::Tensor x = torch::randn({s.B, s.T, s.H, s.P}, o);
+    const torch::Tensor dt = torch::randn({s.B, s.T, s.H}, o) - 1.0;
+    const torch::Tensor A = -torch::rand({s.H}, o) * 15 - 1;
+    const torch::Tensor Bm = torch::nn::functional::normalize(torch::randn({s.B, s.T, s.G, s.N}, o),
+                                                              torch::nn::functional::NormalizeFuncOptions().dim(-1));
+    const torch::Tensor Cm = torch::nn::functional::normalize(torch::randn({s.B, s.T, s.G, s.N}, o),
+                                                              torch::nn::functional::NormalizeFuncOptions().dim(-1));
+    const torch::Tensor Ds = torch::ones({s.H}, o), bias = torch::randn({s.H}, o) * 0.5;
+    const torch::Tensor g = torch::randn_like(x);
+    // Check against the float64 reference on the first batch element.
+    const auto first = [](const torch::Tensor& t) { return t.narrow(0, 0, 1); };
+    torch::Tensor y = ops::ssd_fwd_cpu(x, dt, A, Bm, Cm, Ds, bias);
+    const double err_f = rms_ratio(first(y), ops::ssd_fwd_ref(first(x), first(dt), A, first(Bm), first(Cm), Ds, bias));
+    ops::SsdGrads gr = ops::ssd_bwd_cpu(g, x, dt, A, Bm, Cm, Ds, bias);
+    const ops::SsdGrads gr_ref = ops::ssd_bwd_ref(first(g), first(x), first(dt), A, first(Bm), first(Cm), Ds, bias);
+    const double err_b = std::max({rms_ratio(first(gr.dx), gr_ref.dx), rms_ratio(first(gr.ddt), gr_ref.ddt),
+                                   rms_ratio(first(gr.dB), gr_ref.dB), rms_ratio(first(gr.dC), gr_ref.dC)});
+    const double fwd_ms = time_ms([&] { y = ops::ssd_fwd_cpu(x, dt, A, Bm, Cm, Ds, bias); }, opts);
+    const double bwd_ms = time_ms([&] { gr = ops::ssd_bwd_cpu(g, x, dt, A, Bm, Cm, Ds, bias); }, opts);
+    std::vector<torch::Tensor> leaves;
+    for (const auto& t : {x, dt, A, Bm, Cm, Ds, bias}) leaves.push_back(t.clone().requires_grad_(true));
+    torch::Tensor y_aten;
+    const double aten_fwd_ms = time_ms(
+        [&] {
+          torch::NoGradGuard ng;
+          y_aten = ops::ssd_aten(leaves[0], leaves[1], leaves[2], leaves[3], leaves[4], leaves[5], leaves[6]);
+        },
+        opts);
+    const double aten_fwdbwd_ms = time_ms(
+        [&] {
+          ops::ssd_aten(leaves[0], leaves[1], leaves[2], leaves[3], leaves[4], leaves[5], leaves[6]).backward(g);
+        },
+        opts);
+    const double aten_bwd_ms = std::max(aten_fwdbwd_ms - aten_fwd_ms, 1e-6);
+    const double elems = static_cast<double>(s.B * s.T * s.H * s.P * s.N);
+    const std::string shape = shape_str({s.B, s.T, s.H, s.P, s.G, s.N});
+    char check[96];
+    std::snprintf(check, sizeof(check), "vs float64 reference, rms ratio %.1e (tolerance 2e-5)", err_f);
+    Row f = make_row("ssd fwd " + s.label + " (B, T, H, P, G, N) = " + shape + " float32 cpu", fwd_ms, "GFLOP/s",
+                     4 * elems / fwd_ms / 1e6, "ssd_aten forward (same run)", aten_fwd_ms, 4 * elems / aten_fwd_ms / 1e6);
+    f.ratio = fwd_ms / aten_fwd_ms;
+    f.check_ok = err_f < 2e-5;
+    f.check = check;
+    rows.push_back(f);
+    std::snprintf(check, sizeof(check), "vs float64 reference, rms ratio %.1e (tolerance 2e-5)", err_b);
+    Row b = make_row("ssd bwd " + s.label + " (B, T, H, P, G, N) = " + shape + " float32 cpu", bwd_ms, "GFLOP/s",
+                     16 * elems / bwd_ms / 1e6, "ssd_aten backward by autograd (same run)", aten_bwd_ms,
+                     16 * elems / aten_bwd_ms / 1e6);
+    b.ratio = bwd_ms / aten_bwd_ms;
+    b.check_ok = err_b < 2e-5;
     b.check = check;
     rows.push_back(b);
   }
@@ -318,6 +395,7 @@ std::vector<Row> bench_layer(const Options& opts) {
 std::vector<Case> all_cases() {
   return {
       {"linrec", "diagonal scan forward/backward (the device's kernel) against a memory copy", bench_linrec},
+      {"ssd", "Mamba-2 SSD scan forward/backward (CPU kernel) against the same recurrence as ATen ops", bench_ssd},
       {"iteration", "one fixed-point iteration (no grad) against its projection GEMM alone", bench_iteration},
       {"train_step", "a full training step (forward, one-step backward, AdamW) against the 1-iteration model",
        bench_train_step},

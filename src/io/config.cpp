@@ -3,6 +3,7 @@
 
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstring>
@@ -21,7 +22,7 @@ namespace {
   X(d_model) X(expand) X(d_conv) X(mixer_type) X(mixer_rank) X(mixer_ac) X(mixer_proj_rank) X(mixer_h_dep) \
   X(symm_mixer) X(kronecker_normalization) X(use_short_conv) X(n_backwards) X(norm_eps) X(weight_norm) \
   X(layer) X(d_state) X(dt_rank) X(dt_min) X(dt_max) X(dt_init_floor) X(dt_init) X(dt_scale) X(bc_norm) \
-  X(glu_in_loop) X(ssm_params_fp32)
+  X(glu_in_loop) X(ssm_params_fp32) X(headdim) X(ngroups) X(A_init_min) X(A_init_max)
 #define FPRNN_FIELDS_MODEL(X) X(n_layers) X(pad_vocab_size_multiple) X(backbone_norm_eps)
 #define FPRNN_FIELDS_TASK(X) \
   X(name) X(group) X(train_length) X(min_train_length) X(samples_per_length) X(train_fraction) \
@@ -146,7 +147,22 @@ RunConfig default_run_config(const std::string& layer) {
     cfg.solver.stepsize_decay = 0.9;
     cfg.solver.outlier_quantile = 0.25;
   }
+  if (layer == "fpmamba2" || layer == "mamba2") {
+    // The reference FPMamba2 (spec §6): d_state 128, optimizer 0.99 / 0.9 / patience 15 / outlier quantile 0.1,
+    // mixers with their default (column-wise) Kronecker normalisation.
+    cfg.model.layer.layer = layer;
+    cfg.model.layer.kronecker_normalization = "column-wise";
+    cfg.model.layer.d_state = 128;
+    cfg.solver.stepsize = 0.99;
+    cfg.solver.stepsize_decay = 0.9;
+    cfg.solver.outlier_quantile = 0.1;
+  }
   return cfg;
+}
+
+const std::vector<std::string>& layer_names() {
+  static const std::vector<std::string> names = {"fprnn", "fpmamba1", "mamba1", "fpmamba2", "mamba2"};
+  return names;
 }
 
 RunConfig run_config_from_json(const Json& user) {
@@ -218,7 +234,13 @@ void validate(const RunConfig& cfg) {
   check_one_of("model.mixer_type", l.mixer_type, {"householderproduct", "dplr", "kronecker", "nonselective"});
   check_one_of("model.mixer_ac", l.mixer_ac, {"identity", "relu", "silu"});
   check_one_of("model.kronecker_normalization", l.kronecker_normalization, {"spectral", "column-wise"});
-  check_one_of("model.layer", l.layer, {"fprnn", "fpmamba1", "mamba1"});
+  {
+    std::string list;
+    for (const auto& name : layer_names()) list += (list.empty() ? "" : ", ") + name;
+    const auto& names = layer_names();
+    TORCH_CHECK(std::find(names.begin(), names.end(), l.layer) != names.end(), "config: model.layer = '", l.layer,
+                "' is not known (valid: ", list, ")");
+  }
   if (l.layer != "fprnn") {
     check_positive("model.d_state", l.d_state);
     TORCH_CHECK(l.dt_rank == -1 || l.dt_rank > 0, "config: model.dt_rank must be -1 (auto) or positive, got ",
@@ -228,6 +250,18 @@ void validate(const RunConfig& cfg) {
     TORCH_CHECK(l.dt_init_floor > 0, "config: model.dt_init_floor must be positive, got ", l.dt_init_floor);
     TORCH_CHECK(l.dt_scale > 0, "config: model.dt_scale must be positive, got ", l.dt_scale);
     check_one_of("model.dt_init", l.dt_init, {"random", "constant"});
+  }
+  if (l.layer == "fpmamba2" || l.layer == "mamba2") {
+    check_positive("model.headdim", l.headdim);
+    check_positive("model.ngroups", l.ngroups);
+    const int64_t d_inner = l.expand * l.d_model;
+    TORCH_CHECK(d_inner % l.headdim == 0, "config: model.headdim = ", l.headdim, " must divide d_inner = expand·d_model = ",
+                d_inner, " (nheads = d_inner / headdim)");
+    const int64_t nheads = d_inner / l.headdim;
+    TORCH_CHECK(nheads % l.ngroups == 0, "config: model.ngroups = ", l.ngroups, " must divide nheads = ", nheads,
+                " (d_inner ", d_inner, " / headdim ", l.headdim, ")");
+    TORCH_CHECK(l.A_init_min > 0 && l.A_init_max >= l.A_init_min, "config: model.A_init_min and model.A_init_max must "
+                "satisfy 0 < A_init_min ≤ A_init_max, got ", l.A_init_min, " and ", l.A_init_max);
   }
 
   const SolverConfig& s = cfg.solver;
@@ -242,6 +276,9 @@ void validate(const RunConfig& cfg) {
   check_positive("solver.decay_patience", s.decay_patience);
   check_positive("solver.device_check_every", s.device_check_every);
   check_one_of("solver.eval_method", s.eval_method, {"picard", "sequential"});
+  TORCH_CHECK(s.eval_method == "picard" || (l.layer != "fpmamba2" && l.layer != "mamba2"),
+              "config: solver.eval_method = 'sequential' (the FPRNN dense oracle) is not available for model.layer = '",
+              l.layer, "' (use picard)");
 
   const TaskConfig& t = cfg.task;
   check_one_of("task.name", t.name,

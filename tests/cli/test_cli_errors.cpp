@@ -60,6 +60,10 @@ TEST(CliTest, HelpForEverySubcommand) {
     EXPECT_EQ(r.status, 0) << sub;
     EXPECT_NE(r.out.find("Usage"), std::string::npos) << sub << ": " << r.out;
   }
+  // The top-level help names every layer type.
+  const Result top = run("--help");
+  for (const char* layer : {"fprnn", "fpmamba1", "mamba1", "fpmamba2", "mamba2"})
+    EXPECT_NE(top.out.find(layer), std::string::npos) << layer << " missing from fprnn --help";
   const Result v = run("--version");
   EXPECT_EQ(v.status, 0);
   EXPECT_NE(v.out.find("LibTorch"), std::string::npos);
@@ -78,6 +82,8 @@ TEST(CliTest, BadInputIsOneClearLine) {
   expect_one_line_error("train --out " + dir + "/r model.d_model=0", "model.d_model");
   expect_one_line_error("train --out " + dir + "/r task.train_length=-3", "train_length");
   expect_one_line_error("train --out " + dir + "/r model.nope=1", "unknown key");
+  expect_one_line_error("train --out " + dir + "/r model.layer=mamba3", "valid: fprnn, fpmamba1, mamba1, fpmamba2, mamba2");
+  expect_one_line_error("train --out " + dir + "/r model.layer=fpmamba2 model.headdim=48", "model.headdim");
   expect_one_line_error("train --out " + dir + "/r task.name=dyck", "valid: word_problem, copy");
   expect_one_line_error("train --out " + dir + "/r task.name=copy task.context_length=10", "task.context_length");
   expect_one_line_error("train --out " + dir + "/r task.name=modular_arithmetic task.min_train_length=1",

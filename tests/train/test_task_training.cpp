@@ -224,7 +224,7 @@ TEST(TaskTrainingTest, BadTaskConfigsFailBeforeWriting) {
 }
 
 TEST(ShippedConfigsTest, EveryConfigValidates) {
-  // Every configs/*.json parses and validates, whatever its layer (FPRNN, FP-Mamba1, Mamba-1), and its task can
+  // Every configs/*.json parses and validates, whatever its layer (FPRNN, FP-Mamba1/2, Mamba-1/2), and its task can
   // be set up. No exceptions: a config naming a layer this build does not have fails here.
   int checked = 0;
   std::map<std::string, int> layers;
@@ -251,8 +251,10 @@ TEST(ShippedConfigsTest, EveryConfigValidates) {
   EXPECT_GE(layers["fprnn"], 1);
   EXPECT_GE(layers["fpmamba1"], 1);
   EXPECT_GE(layers["mamba1"], 1);
-  std::printf("validated %d configs: %d fprnn, %d fpmamba1, %d mamba1\n", checked, layers["fprnn"],
-              layers["fpmamba1"], layers["mamba1"]);
+  EXPECT_GE(layers["fpmamba2"], 1);
+  EXPECT_GE(layers["mamba2"], 1);
+  std::printf("validated %d configs: %d fprnn, %d fpmamba1, %d mamba1, %d fpmamba2, %d mamba2\n", checked,
+              layers["fprnn"], layers["fpmamba1"], layers["mamba1"], layers["fpmamba2"], layers["mamba2"]);
 }
 
 }  // namespace

@@ -22,7 +22,8 @@ void add_train(CLI::App& app) {
   };
   auto args = std::make_shared<Args>();
   CLI::App* cmd = app.add_subcommand("train", "Train an FP-RNN on a task (task.name: word_problem, copy, modular_arithmetic_with_brackets,\n"
-      "modular_arithmetic, parity, cycle_navigation, even_pairs); writes a run directory.");
+      "modular_arithmetic, parity, cycle_navigation, even_pairs) with a layer (model.layer: fprnn, fpmamba1,\n"
+      "mamba1, fpmamba2, mamba2); writes a run directory.");
   cmd->footer(
       "Overrides use dotted keys, e.g. model.mixer_type=kronecker solver.max_iter=16 train.steps=500.\n"
       "The run directory gets config.json, metrics.jsonl, checkpoints/, model.safetensors, eval.csv,\n"

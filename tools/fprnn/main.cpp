@@ -61,7 +61,9 @@ int main(int argc, char** argv) {
   for (int sig : {SIGSEGV, SIGBUS, SIGFPE, SIGILL}) std::signal(sig, on_fatal_signal);
   fprnn::tune_allocator();
   CLI::App app{"fprnn — Fixed-Point RNNs (Movahedi et al., NeurIPS 2025) in C++/LibTorch.\n"
-               "Dense, state-tracking RNNs computed as fixed points of diagonal scans plus structured mixers."};
+               "Dense, state-tracking RNNs computed as fixed points of diagonal scans plus structured mixers.\n"
+               "Layers (model.layer): fprnn (FP-RNN, default), fpmamba1 (FP-Mamba1), fpmamba2 (FP-Mamba2),\n"
+               "mamba1 and mamba2 (the Mamba-1 / Mamba-2 blocks run once: no mixer, no fixed-point loop)."};
   app.set_version_flag("--version", std::string("fprnn ") + FPRNN_VERSION + " (" + FPRNN_GIT_REV + ", LibTorch " +
                                         std::to_string(TORCH_VERSION_MAJOR) + "." +
                                         std::to_string(TORCH_VERSION_MINOR) + "." +

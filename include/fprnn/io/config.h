@@ -33,10 +33,11 @@ struct SolverConfig {
                                      // are the same for any value; larger hides more launch latency)
 };
 
-// One sequence layer and its mixer (spec §7): FPRNN (spec §4), FP-Mamba1 (spec §5) or the one-pass Mamba-1
-// baseline (FP-Mamba1's block run once with y_prev = 0: no mixer, no loop, no y-dependent projections).
+// One sequence layer and its mixer (spec §7): FPRNN (spec §4), FP-Mamba1 (spec §5), FP-Mamba2 (spec §6), or the
+// one-pass Mamba-1 / Mamba-2 baselines (the FP-Mamba block run once with y_prev = 0: no mixer, no loop, no
+// y-dependent projections).
 struct LayerConfig {
-  std::string layer = "fprnn";        // fprnn | fpmamba1 | mamba1
+  std::string layer = "fprnn";        // fprnn | fpmamba1 | mamba1 | fpmamba2 | mamba2
   int64_t d_model = 64;
   int64_t expand = 2;                 // d_inner = expand · d_model
   int64_t d_conv = 4;
@@ -51,8 +52,9 @@ struct LayerConfig {
   int64_t n_backwards = 1;
   double norm_eps = 1e-5;
   bool weight_norm = true;            // mixer projections as weight-normalised linears (g, v), as the reference
-  // FP-Mamba1 / Mamba-1 only (spec §5.1, the reference's defaults):
-  int64_t d_state = 16;               // N, states per channel
+  // FP-Mamba1 / Mamba-1 (spec §5.1, the reference's defaults; FP-Mamba2 / Mamba-2 use d_state, dt_min, dt_max,
+  // dt_init_floor, bc_norm, glu_in_loop and ssm_params_fp32 too):
+  int64_t d_state = 16;               // N, states per channel (FP-Mamba2's default: 128)
   int64_t dt_rank = -1;               // −1 = "auto" = ⌈d_model / 16⌉
   double dt_min = 1e-3;               // dt_proj.bias init: Δ log-uniform in [dt_min, dt_max], ≥ dt_init_floor
   double dt_max = 0.1;
@@ -65,6 +67,11 @@ struct LayerConfig {
                                       // reference (A = −exp(A_log.float()); its scan takes D, delta_bias in
                                       // fp32). A is the float32 nearest to −exp(A_log) (exp in float64).
                                       // Matters only for float64 runs; false keeps them exact.
+  // FP-Mamba2 / Mamba-2 only (spec §6, the reference's defaults):
+  int64_t headdim = 64;               // P, channels per head; nheads H = expand·d_model / headdim
+  int64_t ngroups = 1;                // groups of B, C, each shared by H / ngroups consecutive heads
+  double A_init_min = 1.0;            // A_log = ln U[A_init_min, A_init_max] per head (A_init_range)
+  double A_init_max = 16.0;
 };
 
 struct ModelConfig {
@@ -136,11 +143,15 @@ Json to_json(const RunConfig& cfg);
 // Reads a full config from JSON merged over the defaults; unknown keys and wrong types throw.
 // Defaults follow model.layer when the JSON names it: for fpmamba1 and mamba1 the solver defaults are the
 // reference FPMamba's (spec §5.1, §8: stepsize 0.99, stepsize_decay 0.9, outlier_quantile 0.25) and
-// kronecker_normalization is column-wise (spec §7.3). Keys given in the JSON always win. (The command line
-// moves a model.layer=… override into the JSON before resolving, so it picks these defaults too.)
+// kronecker_normalization is column-wise (spec §7.3); for fpmamba2 and mamba2 the reference FPMamba2's
+// (spec §6, §8: stepsize 0.99, stepsize_decay 0.9, outlier_quantile 0.1, d_state 128, column-wise).
+// Keys given in the JSON always win. (The command line moves a model.layer=… override into the JSON before
+// resolving, so it picks these defaults too.)
 RunConfig run_config_from_json(const Json& j);
-// The defaults for a layer type: RunConfig{} with the FP-Mamba changes above for fpmamba1 and mamba1.
+// The defaults for a layer type: RunConfig{} with the FP-Mamba changes above for the Mamba layers.
 RunConfig default_run_config(const std::string& layer);
+// The valid values of model.layer, in the order error messages list them.
+const std::vector<std::string>& layer_names();
 // Checks sizes and names (throws a one-line error naming the key).
 void validate(const RunConfig& cfg);
 

@@ -1,5 +1,5 @@
-// What the backbone needs from a sequence layer (FPRNN, FP-Mamba1, the one-pass Mamba-1 baseline), and the
-// factory that builds the one named in LayerConfig::layer.
+// What the backbone needs from a sequence layer (FPRNN, FP-Mamba1, FP-Mamba2, the one-pass Mamba-1 and Mamba-2
+// baselines), and the factory that builds the one named in LayerConfig::layer.
 // Layout: u (B, T, d_model) → (B, T, d_model).
 #pragma once
 
@@ -32,7 +32,8 @@ class SequenceLayerImpl : public torch::nn::Module {
   virtual void after_backbone_init(int64_t n_layers) {}
 };
 
-// Builds the layer named by cfg.layer ("fprnn" | "fpmamba1" | "mamba1"); unknown names throw.
+// Builds the layer named by cfg.layer (layer_names(): "fprnn" | "fpmamba1" | "mamba1" | "fpmamba2" | "mamba2");
+// unknown names throw, listing the valid ones.
 std::shared_ptr<SequenceLayerImpl> make_layer(const LayerConfig& cfg, const SolverConfig& solver);
 
 }  // namespace fprnn::nn
