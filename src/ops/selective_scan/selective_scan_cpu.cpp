@@ -4,19 +4,19 @@
 // (float32 or float64).
 //
 // Napkin math: per (b, t, d) the forward reads u, dt and writes y (12 bytes in float32) but does N exps and
-// 4N flops (N = d_state = 16): compute-bound on the exps, so the forward runs SIMD across channels (Sleef's
-// exp through at::vec) with the N states of a block of kBlock channels in a local buffer. One task = one
+// 4N flops (N = d_state = 16): compute-bound on the exps, so the forward runs SIMD across channels (a
+// vectorisable exp, src/ops/fast_math.h; at::vec's exp is scalar libm calls in our build) with the N states of a block of kBlock channels in a local buffer. One task = one
 // (b, channel block); B_t, C_t (N values) are broadcast to the block.
 // The backward (run once per training step, not once per fixed-point iteration) re-runs the forward of its
 // block into a (T, N, kBlock) buffer (kBlock·N·T values: 2 MiB at T = 1024 in float32, per thread) instead of
 // saving (B, T, D, N) states, then scans back in scalar code.
 #include "fprnn/ops/selective_scan.h"
 
+#include "ops/fast_math.h"
 #include "ops/selective_scan/selective_scan_common.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
 #include <vector>
@@ -25,54 +25,50 @@ namespace fprnn::ops {
 
 namespace {
 
-using detail::selective_scan_softplus;
 using detail::selective_scan_softplus_grad;
+using detail::kernel_exp;
+using detail::kernel_softplus;
 
 // Channels per task. Fixed (not derived from the thread count) so that the partial sums of dB and dC over
 // channel blocks, and hence the results, do not depend on the number of threads.
 constexpr int64_t kBlock = 32;
 constexpr int64_t kGrainElems = 1 << 14;  // (t, d, n) elements below which a task does not pay for a thread
 
-template <typename scalar_t>
-using Vec = at::vec::Vectorized<scalar_t>;
-
-// softplus with mamba's threshold, on a SIMD vector: log1p(eᶻ), and z above 20.
-template <typename scalar_t>
-inline Vec<scalar_t> softplus_vec(const Vec<scalar_t>& z) {
-  using V = Vec<scalar_t>;
-  return V::blendv(z.exp().log1p(), z, z > V(scalar_t(20)));
-}
-
 // The forward of one (b, channel block [d0, d0 + width)) down T.
 // u, dt, y: (T, D) rows of batch element b; At: A transposed (N, D); Bm, Cm: (T, N) rows of b; y may be null
-// (backward recompute); states, if given, receives s_t as (T, N, kBlock). s: scratch (N, kBlock).
-template <typename scalar_t>
-void fwd_block(const scalar_t* u, const scalar_t* dt, const scalar_t* At, const scalar_t* Bm, const scalar_t* Cm,
-               const scalar_t* Ds, const scalar_t* bias, scalar_t* y, scalar_t* states, scalar_t* s, int64_t T,
-               int64_t D, int64_t N, int64_t d0, int64_t width) {
-  using V = Vec<scalar_t>;
-  constexpr int64_t kLanes = V::size();
+// (backward recompute); states, if given, receives s_t as (T, N, kBlock). s: scratch (N, kBlock); Ablk: scratch
+// (N, kBlock), A of the block with zero-padded lanes.
+// The inner loops run over all kBlock lanes of fixed-size local arrays (lanes past `width` hold zeros and stay
+// zero: exp(0·0) s + 0 = s = 0), so the compiler vectorises them, exp included (kernel_exp, fast_math.h).
+template <typename scalar_t, bool kSaveStates>
+FPRNN_AVX2_CLONE void fwd_block(const scalar_t* u, const scalar_t* dt, const scalar_t* At, const scalar_t* Bm, const scalar_t* Cm,
+               const scalar_t* Ds, const scalar_t* bias, scalar_t* y, scalar_t* states, scalar_t* s,
+               scalar_t* Ablk, int64_t T, int64_t D, int64_t N, int64_t d0, int64_t width) {
   std::fill_n(s, N * kBlock, scalar_t(0));
+  std::fill_n(Ablk, N * kBlock, scalar_t(0));
+  for (int64_t n = 0; n < N; ++n) std::copy_n(At + n * D + d0, width, Ablk + n * kBlock);
+  scalar_t delta[kBlock] = {}, du[kBlock] = {}, acc[kBlock] = {};
   for (int64_t t = 0; t < T; ++t) {
     const int64_t row = t * D + d0;
     const scalar_t* Bt = Bm + t * N;
     const scalar_t* Ct = Cm + t * N;
-    for (int64_t j = 0; j < width; j += kLanes) {
-      // A partial vector at the end of the block: zero-filled lanes compute harmless values, never stored.
-      const int count = static_cast<int>(std::min<int64_t>(kLanes, width - j));
-      const V uu = V::loadu(u + row + j, count);
-      const V delta = softplus_vec<scalar_t>(V::loadu(dt + row + j, count) + V::loadu(bias + d0 + j, count));
-      const V du = delta * uu;
-      V acc = V::loadu(Ds + d0 + j, count) * uu;
-      for (int64_t n = 0; n < N; ++n) {
-        const V a = (delta * V::loadu(At + n * D + d0 + j, count)).exp();
-        const V sv = a * V::loadu(s + n * kBlock + j) + du * V(Bt[n]);
-        sv.store(s + n * kBlock + j);
-        if (states != nullptr) sv.store(states + (t * N + n) * kBlock + j);
-        acc = acc + V(Ct[n]) * sv;
-      }
-      if (y != nullptr) acc.store(y + row + j, count);
+    for (int64_t j = 0; j < width; ++j) {
+      delta[j] = kernel_softplus(dt[row + j] + bias[d0 + j]);
+      du[j] = delta[j] * u[row + j];
+      acc[j] = Ds[d0 + j] * u[row + j];
     }
+    for (int64_t n = 0; n < N; ++n) {
+      const scalar_t bn = Bt[n], cn = Ct[n];
+      scalar_t* sn = s + n * kBlock;
+      const scalar_t* an = Ablk + n * kBlock;
+      for (int64_t j = 0; j < kBlock; ++j) {
+        const scalar_t sv = kernel_exp(delta[j] * an[j]) * sn[j] + du[j] * bn;
+        sn[j] = sv;
+        acc[j] += cn * sv;
+      }
+      if (kSaveStates) std::copy_n(sn, kBlock, states + (t * N + n) * kBlock);
+    }
+    if (y != nullptr) std::copy_n(acc, width, y + row);
   }
 }
 
@@ -99,12 +95,13 @@ torch::Tensor selective_scan_fwd_cpu(const torch::Tensor& u, const torch::Tensor
     const scalar_t* pC = Cm.const_data_ptr<scalar_t>();
     scalar_t* py = y.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, B * nb, grain(T, N), [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> s(static_cast<size_t>(N * kBlock));
+      std::vector<scalar_t> s(static_cast<size_t>(N * kBlock)), Ablk(static_cast<size_t>(N * kBlock));
       for (int64_t task = begin; task < end; ++task) {
         const int64_t b = task / nb, d0 = (task % nb) * kBlock;
-        fwd_block<scalar_t>(pu + b * T * D, pdt + b * T * D, At.const_data_ptr<scalar_t>(), pB + b * T * N,
+        fwd_block<scalar_t, false>(pu + b * T * D, pdt + b * T * D, At.const_data_ptr<scalar_t>(), pB + b * T * N,
                             pC + b * T * N, D_skip.const_data_ptr<scalar_t>(), dt_bias.const_data_ptr<scalar_t>(),
-                            py + b * T * D, nullptr, s.data(), T, D, N, d0, std::min(kBlock, D - d0));
+                            py + b * T * D, nullptr, s.data(), Ablk.data(), T, D, N, d0,
+                                   std::min(kBlock, D - d0));
       }
     });
   });
@@ -143,6 +140,7 @@ SelectiveScanGrads selective_scan_bwd_cpu(const torch::Tensor& grad, const torch
       at::parallel_for(0, B * nb, grain(T, N), [&](int64_t begin, int64_t end) {
         std::vector<scalar_t> states(static_cast<size_t>(T * N * kBlock)), s(static_cast<size_t>(N * kBlock));
         std::vector<scalar_t> carry(static_cast<size_t>(N * kBlock)), dA_acc(static_cast<size_t>(N * kBlock));
+        std::vector<scalar_t> Ablk(static_cast<size_t>(N * kBlock));
         std::vector<scalar_t> dD_acc(kBlock), dbias_acc(kBlock);
         for (int64_t task = begin; task < end; ++task) {
           const int64_t b = task / nb, d0 = (task % nb) * kBlock, width = std::min(kBlock, D - d0);
@@ -151,8 +149,8 @@ SelectiveScanGrads selective_scan_bwd_cpu(const torch::Tensor& grad, const torch
           const scalar_t* g_b = pg + b * T * D;
           const scalar_t* B_b = pB + b * T * N;
           const scalar_t* C_b = pC + b * T * N;
-          fwd_block<scalar_t>(u_b, dt_b, At.const_data_ptr<scalar_t>(), B_b, C_b, pDs, pbias, nullptr, states.data(),
-                              s.data(), T, D, N, d0, width);
+          fwd_block<scalar_t, true>(u_b, dt_b, At.const_data_ptr<scalar_t>(), B_b, C_b, pDs, pbias, nullptr,
+                                    states.data(), s.data(), Ablk.data(), T, D, N, d0, width);
           scalar_t* dB_t = dB_part.mutable_data_ptr<scalar_t>() + (b * nb + task % nb) * T * N;
           scalar_t* dC_t = dC_part.mutable_data_ptr<scalar_t>() + (b * nb + task % nb) * T * N;
           std::fill(carry.begin(), carry.end(), scalar_t(0));  // a_{t+1} ds_{t+1}
@@ -168,13 +166,13 @@ SelectiveScanGrads selective_scan_bwd_cpu(const torch::Tensor& grad, const torch
             for (int64_t j = 0; j < width; ++j) {
               const int64_t d = d0 + j;
               const scalar_t z = dt_b[row + j] + pbias[d];
-              const scalar_t delta = selective_scan_softplus(z);
+              const scalar_t delta = kernel_softplus(z);
               const scalar_t gt = g_b[row + j], ut = u_b[row + j];
               const scalar_t* A_d = pA + d * N;
               scalar_t d_delta = 0, d_u = pDs[d] * gt;
               dD_acc[j] += gt * ut;
               for (int64_t n = 0; n < N; ++n) {
-                const scalar_t a = std::exp(delta * A_d[n]);
+                const scalar_t a = kernel_exp(delta * A_d[n]);
                 const scalar_t prev = S_prev != nullptr ? S_prev[n * kBlock + j] : scalar_t(0);
                 dC_t[t * N + n] += gt * S_t[n * kBlock + j];
                 const scalar_t ds = gt * Ct[n] + carry[n * kBlock + j];
