@@ -7,6 +7,7 @@
 #include "fprnn/nn/backbone.h"
 #include "fprnn/nn/fprnn_layer.h"
 #include "fprnn/ops/linrec.h"
+#include "fprnn/ops/selective_scan.h"
 #include "fprnn/ops/ssd.h"
 
 #include <array>
@@ -78,6 +79,90 @@ std::vector<Row> bench_linrec(const Options& opts) {
     b.ratio = b.value / copy_gbs;
     b.ratio_label = "fraction of copy GB/s";
     b.check_ok = err_b < 1e-5;
+    b.check = check;
+    rows.push_back(b);
+  }
+  return rows;
+}
+
+// ---- selective_scan (Mamba-1 scan) --------------------------------------------------------------------
+// FLOPs counted as 2 per FMA on the N states of every (b, t, d): forward 2 FMAs (update, output) plus one exp;
+// backward ~8 (checkpointed re-run 2, reverse sweep 6). The baseline is selective_scan_aten (the same
+// recurrence as a loop of ATen ops over T, backward by autograd) on the same device, inputs and run.
+std::vector<Row> bench_selective_scan(const Options& opts) {
+  std::vector<Row> rows;
+  const bool cuda = opts.device.is_cuda();
+  struct Shape {
+    std::string label;
+    int64_t B, T, D, N;
+  };
+  std::vector<Shape> shapes;
+  if (opts.quick)
+    shapes = {{"tiny", 2, 16, 32, 16}};
+  else if (cuda)
+    shapes = {{"A5 at length 128, FP-Mamba1 d_model 128", 128, 128, 256, 16},
+              {"arith_brackets_fpmamba1 layer", 256, 256, 256, 16}};
+  else
+    shapes = {{"parity_fpmamba1_cpu layer", 128, 20, 128, 16}, {"length 256", 8, 256, 128, 16}};
+  const std::string dev = cuda ? "cuda" : "cpu";
+  for (const auto& s : shapes) {
+    if (!opts.selected("selective_scan fwd " + s.label) && !opts.selected("selective_scan bwd " + s.label)) continue;
+    torch::manual_seed(0);
+    const auto o = torch::TensorOptions().dtype(torch::kFloat32).device(opts.device);
+    const torch::Tensor u = torch::randn({s.B, s.T, s.D}, o);
+    const torch::Tensor dt = torch::randn({s.B, s.T, s.D}, o) * 0.7 - 1.0;
+    const torch::Tensor A = -torch::exp(torch::randn({s.D, s.N}, o) * 0.5);
+    const torch::Tensor Bm = torch::randn({s.B, s.T, s.N}, o), Cm = torch::randn({s.B, s.T, s.N}, o);
+    const torch::Tensor Ds = torch::randn({s.D}, o), bias = torch::randn({s.D}, o) * 0.5;
+    const torch::Tensor g = torch::randn_like(u);
+    const auto fwd = [&] {
+      return cuda ? ops::selective_scan_fwd_cuda(u, dt, A, Bm, Cm, Ds, bias)
+                  : ops::selective_scan_fwd_cpu(u, dt, A, Bm, Cm, Ds, bias);
+    };
+    const auto bwd = [&] {
+      return cuda ? ops::selective_scan_bwd_cuda(g, u, dt, A, Bm, Cm, Ds, bias)
+                  : ops::selective_scan_bwd_cpu(g, u, dt, A, Bm, Cm, Ds, bias);
+    };
+    // Check against the float64 reference on the first batch element.
+    const auto first = [](const torch::Tensor& t) { return t.narrow(0, 0, 1).cpu(); };
+    torch::Tensor y = fwd();
+    const double err_f = rms_ratio(first(y), ops::selective_scan_fwd_ref(first(u), first(dt), A.cpu(), first(Bm),
+                                                                         first(Cm), Ds.cpu(), bias.cpu()));
+    ops::SelectiveScanGrads gr = bwd();
+    const ops::SelectiveScanGrads ref = ops::selective_scan_bwd_ref(first(g), first(u), first(dt), A.cpu(), first(Bm),
+                                                                    first(Cm), Ds.cpu(), bias.cpu());
+    const double err_b = std::max({rms_ratio(first(gr.du), ref.du), rms_ratio(first(gr.ddt), ref.ddt)});
+    const double fwd_ms = time_ms([&] { y = fwd(); }, opts);
+    const double bwd_ms = time_ms([&] { gr = bwd(); }, opts);
+    std::vector<torch::Tensor> leaves;
+    for (const auto& t : {u, dt, A, Bm, Cm, Ds, bias}) leaves.push_back(t.clone().requires_grad_(true));
+    const auto aten = [&] {
+      return ops::selective_scan_aten(leaves[0], leaves[1], leaves[2], leaves[3], leaves[4], leaves[5], leaves[6]);
+    };
+    const double aten_fwd_ms = time_ms(
+        [&] {
+          torch::NoGradGuard ng;
+          aten();
+        },
+        opts);
+    const double aten_bwd_ms = std::max(time_ms([&] { aten().backward(g); }, opts) - aten_fwd_ms, 1e-6);
+    const double elems = static_cast<double>(s.B * s.T * s.D * s.N);
+    const std::string shape = shape_str({s.B, s.T, s.D, s.N});
+    char check[96];
+    std::snprintf(check, sizeof(check), "vs float64 reference, rms ratio %.1e (tolerance 2e-5)", err_f);
+    Row f = make_row("selective_scan fwd " + s.label + " (B, T, D, N) = " + shape + " float32 " + dev, fwd_ms,
+                     "GFLOP/s", 4 * elems / fwd_ms / 1e6, "selective_scan_aten forward (same run)", aten_fwd_ms,
+                     4 * elems / aten_fwd_ms / 1e6);
+    f.ratio = fwd_ms / aten_fwd_ms;
+    f.check_ok = err_f < 2e-5;
+    f.check = check;
+    rows.push_back(f);
+    std::snprintf(check, sizeof(check), "vs float64 reference, rms ratio %.1e (tolerance 2e-5)", err_b);
+    Row b = make_row("selective_scan bwd " + s.label + " (B, T, D, N) = " + shape + " float32 " + dev, bwd_ms,
+                     "GFLOP/s", 16 * elems / bwd_ms / 1e6, "selective_scan_aten backward by autograd (same run)",
+                     aten_bwd_ms, 16 * elems / aten_bwd_ms / 1e6);
+    b.ratio = bwd_ms / aten_bwd_ms;
+    b.check_ok = err_b < 2e-5;
     b.check = check;
     rows.push_back(b);
   }
@@ -395,6 +480,8 @@ std::vector<Row> bench_layer(const Options& opts) {
 std::vector<Case> all_cases() {
   return {
       {"linrec", "diagonal scan forward/backward (the device's kernel) against a memory copy", bench_linrec},
+      {"selective_scan", "Mamba-1 selective scan forward/backward (the device's kernel) against the same recurrence as ATen ops",
+       bench_selective_scan},
       {"ssd", "Mamba-2 SSD scan forward/backward (CPU kernel) against the same recurrence as ATen ops", bench_ssd},
       {"iteration", "one fixed-point iteration (no grad) against its projection GEMM alone", bench_iteration},
       {"train_step", "a full training step (forward, one-step backward, AdamW) against the 1-iteration model",

@@ -113,8 +113,9 @@ std::pair<Tensor, SolveStats> solve_with_residual(const StepWithResidual& F, Ten
       y = y_new;
     } else {
       const auto& s = ctl.stepsizes();
+      // On the iterate's device and dtype (a CPU (B, 1, 1) tensor does not broadcast against CUDA ones).
       const Tensor st = torch::tensor(std::vector<double>(s.begin(), s.end()), torch::kFloat64)
-                            .to(y_new.scalar_type())
+                            .to(y_new.options())
                             .view({-1, 1, 1});
       y = st * y_new + (1 - st) * y;
     }

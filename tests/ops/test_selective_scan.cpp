@@ -2,7 +2,7 @@
 // (B, T, D), A (D, N), B, C (B, T, N), D_skip, dt_bias (D)): CPU kernels vs the float64 reference (forward and
 // all seven gradients, float32 and float64), the reference's backward vs finite differences, the autograd entry
 // vs finite differences, the ATen-ops path vs the reference, non-contiguous inputs, thread-count independence
-// and argument checks.
+// and argument checks; on a GPU, the CUDA kernels against the same reference.
 #include "fprnn/common.h"
 #include "fprnn/ops/selective_scan.h"
 #include "testing.h"
@@ -151,12 +151,96 @@ TEST(SelectiveScanAtenTest, MatchesRefForwardAndBackward) {
   for (size_t i = 0; i < leaves.size(); ++i) expect_close(leaves[i].grad(), ref[i], 1e-12, kGradNames[i]);
 }
 
-// ---- gradients by finite differences (float64, tiny shapes) ------------------------------------------
-
 // Central differences with step 1e-6 of a smooth function whose second derivatives are O(1)–O(10): truncation
 // ~1e-11, cancellation ~1e-16/1e-6 = 1e-10 relative to the loss, so 1e-6 leaves room while a wrong index,
 // sign or factor gives O(1).
 constexpr double kFiniteDiffTol = 1e-6;
+
+// ---- CUDA kernels vs the reference (skipped without a GPU) ---------------------------------------------
+
+bool has_cuda() { return torch::cuda::is_available(); }
+
+std::vector<torch::Tensor> to_cuda(const std::vector<torch::Tensor>& ts) {
+  std::vector<torch::Tensor> out;
+  for (const auto& t : ts) out.push_back(t.cuda());
+  return out;
+}
+
+TEST_P(SelectiveScanTest, CudaFwdAndBwdMatchRef) {
+  if (!has_cuda()) GTEST_SKIP() << "no CUDA device";
+  const Inputs in = make_inputs(shape(), 71, dtype(), /*threshold=*/true);
+  const auto c = to_cuda(in.list());
+  const torch::Tensor y = selective_scan_fwd_cuda(c[0], c[1], c[2], c[3], c[4], c[5], c[6]);
+  ASSERT_TRUE(y.is_cuda());
+  expect_close(y.cpu(), run_ref(in), tolerance(dtype()), "y (CUDA)");
+  const torch::Tensor g = randn(in.u.sizes(), 79, dtype());
+  const auto ours = grad_list(selective_scan_bwd_cuda(g.cuda(), c[0], c[1], c[2], c[3], c[4], c[5], c[6]));
+  const auto ref = grad_list(selective_scan_bwd_ref(g, in.u, in.dt, in.A, in.B, in.C, in.D_skip, in.dt_bias));
+  const auto inputs = in.list();
+  for (size_t i = 0; i < ours.size(); ++i) {
+    ASSERT_EQ(ours[i].sizes(), inputs[i].sizes()) << kGradNames[i];
+    expect_close(ours[i].cpu(), ref[i], tolerance(dtype()), kGradNames[i] + " (CUDA)");
+  }
+}
+
+// Longer sequences than the backward's 16-step checkpoint chunks (T = 16, 17, 50), d_state at and just past
+// a compiled size (16 → 16, 33 → 64, 64), and channels that leave a partial warp (D = 40).
+TEST(SelectiveScanCudaTest, ChunkBoundariesAndStateSizes) {
+  if (!has_cuda()) GTEST_SKIP() << "no CUDA device";
+  for (const Shape& s : {Shape{2, 16, 40, 16}, Shape{2, 17, 40, 33}, Shape{3, 50, 64, 64}, Shape{1, 3, 7, 1}}) {
+    SCOPED_TRACE(shape_name(s));
+    const Inputs in = make_inputs(s, 81, torch::kFloat64, true);
+    const auto c = to_cuda(in.list());
+    expect_close(selective_scan_fwd_cuda(c[0], c[1], c[2], c[3], c[4], c[5], c[6]).cpu(), run_ref(in), 1e-12, "y");
+    const torch::Tensor g = randn(in.u.sizes(), 89);
+    const auto ours = grad_list(selective_scan_bwd_cuda(g.cuda(), c[0], c[1], c[2], c[3], c[4], c[5], c[6]));
+    const auto ref = grad_list(selective_scan_bwd_ref(g, in.u, in.dt, in.A, in.B, in.C, in.D_skip, in.dt_bias));
+    for (size_t i = 0; i < ours.size(); ++i) expect_close(ours[i].cpu(), ref[i], 1e-12, kGradNames[i]);
+  }
+}
+
+TEST(SelectiveScanCudaTest, EntryRunsTheKernelsWithAutogradAndFallsBackPast64States) {
+  if (!has_cuda()) GTEST_SKIP() << "no CUDA device";
+  for (const int64_t N : {16, 80}) {  // 80 > 64: the ATen path
+    SCOPED_TRACE("N = " + std::to_string(N));
+    EXPECT_EQ(selective_scan_cuda_supports(N), N <= 64);
+    const Inputs in = make_inputs({2, 19, 24, N}, 91, torch::kFloat64);
+    std::vector<torch::Tensor> leaves;
+    for (const auto& t : in.list()) leaves.push_back(t.cuda().requires_grad_(true));
+    const torch::Tensor y = selective_scan(leaves[0], leaves[1], leaves[2], leaves[3], leaves[4], leaves[5], leaves[6]);
+    expect_close(y.detach().cpu(), run_ref(in), 1e-12, "y");
+    const torch::Tensor g = randn(y.sizes(), 99);
+    y.backward(g.cuda());
+    const auto ref = grad_list(selective_scan_bwd_ref(g, in.u, in.dt, in.A, in.B, in.C, in.D_skip, in.dt_bias));
+    for (size_t i = 0; i < leaves.size(); ++i) expect_close(leaves[i].grad().cpu(), ref[i], 1e-12, kGradNames[i]);
+  }
+}
+
+TEST(SelectiveScanCudaTest, GradientsMatchFiniteDifferences) {
+  if (!has_cuda()) GTEST_SKIP() << "no CUDA device";
+  const Inputs in = make_inputs({2, 18, 35, 3}, 101, torch::kFloat64);
+  // CPU leaves moved to the GPU inside the function: autograd carries the gradients back through the copies.
+  auto inputs = in.list();
+  check_gradients(
+      [&]() {
+        const auto c = to_cuda(inputs);
+        return selective_scan(c[0], c[1], c[2], c[3], c[4], c[5], c[6]).cpu();
+      },
+      inputs, kFiniteDiffTol, "selective_scan (CUDA kernel)");
+}
+
+TEST(SelectiveScanCudaTest, ResultsAreDeterministic) {
+  if (!has_cuda()) GTEST_SKIP() << "no CUDA device";
+  const Inputs in = make_inputs({4, 40, 96, 16}, 111, torch::kFloat32);
+  const auto c = to_cuda(in.list());
+  const torch::Tensor g = randn(in.u.sizes(), 119, torch::kFloat32).cuda();
+  const auto a = grad_list(selective_scan_bwd_cuda(g, c[0], c[1], c[2], c[3], c[4], c[5], c[6]));
+  const auto b = grad_list(selective_scan_bwd_cuda(g, c[0], c[1], c[2], c[3], c[4], c[5], c[6]));
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(torch::equal(a[i], b[i])) << kGradNames[i];
+}
+
+// ---- gradients by finite differences (float64, tiny shapes) ------------------------------------------
+
 
 class SelectiveScanGradTest : public ::testing::TestWithParam<Shape> {};
 

@@ -139,6 +139,16 @@ TEST(FixedPointTest, DampedUpdateMixesWithThePreviousIterate) {
   EXPECT_DOUBLE_EQ(y.item<double>(), 2.0);
 }
 
+TEST(FixedPointTest, DampedUpdateOnTheGpu) {
+  // Per-sample step sizes live on the host; the update must happen on the iterate's device.
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  auto [y, stats] = solver::solve([](const Tensor& y) { return torch::full_like(y, 5.0); },
+                                  torch::ones({2, 3, 1}, torch::dtype(torch::kFloat64).device(torch::kCUDA)),
+                                  opts(1, 1.0, 0.25));
+  ASSERT_TRUE(y.is_cuda());
+  EXPECT_TRUE(torch::equal(y.cpu(), torch::full({2, 3, 1}, 2.0, torch::kFloat64)));
+}
+
 TEST(FixedPointTest, NaNResidualStopsTheLoop) {
   auto [y, stats] = solver::solve([](const Tensor& y) { return y * std::nan(""); }, torch::ones({1, 2, 2}, torch::kFloat64),
                                   opts(100, 1.0));

@@ -26,9 +26,10 @@ struct SelectiveScanGrads {
   torch::Tensor du, ddt, dA, dB, dC, dD_skip, ddt_bias;
 };
 
-// Differentiable entry (autograd function). CPU tensors run the kernels below (the backward recomputes the
-// states instead of saving (B, T, D, N) of them); other devices run the recurrence as a loop of ATen ops over
-// T (differentiable by ATen's autograd; correct but slow).
+// Differentiable entry (autograd function). CPU tensors run the CPU kernels below, CUDA tensors the CUDA
+// kernels (in a CUDA build, d_state ≤ 64); the backward recomputes the states instead of saving (B, T, D, N) of
+// them. Anything else runs the recurrence as a loop of ATen ops over T (differentiable by ATen's autograd;
+// correct but slow).
 torch::Tensor selective_scan(const torch::Tensor& u, const torch::Tensor& dt, const torch::Tensor& A,
                              const torch::Tensor& Bm, const torch::Tensor& Cm, const torch::Tensor& D_skip,
                              const torch::Tensor& dt_bias);
@@ -58,5 +59,17 @@ torch::Tensor selective_scan_fwd_cpu(const torch::Tensor& u, const torch::Tensor
 SelectiveScanGrads selective_scan_bwd_cpu(const torch::Tensor& grad, const torch::Tensor& u, const torch::Tensor& dt,
                                           const torch::Tensor& A, const torch::Tensor& Bm, const torch::Tensor& Cm,
                                           const torch::Tensor& D_skip, const torch::Tensor& dt_bias);
+
+// CUDA kernels (one thread per channel, states in registers; the backward re-runs the forward with a
+// checkpoint every 16 steps; sums over channels and the batch are taken without atomics, in a fixed order):
+// contiguous CUDA tensors, float32 or float64, d_state ≤ 64 (selective_scan_cuda_supports). In a build without
+// CUDA they exist but throw, and selective_scan_cuda_supports is false.
+bool selective_scan_cuda_supports(int64_t d_state);
+torch::Tensor selective_scan_fwd_cuda(const torch::Tensor& u, const torch::Tensor& dt, const torch::Tensor& A,
+                                      const torch::Tensor& Bm, const torch::Tensor& Cm, const torch::Tensor& D_skip,
+                                      const torch::Tensor& dt_bias);
+SelectiveScanGrads selective_scan_bwd_cuda(const torch::Tensor& grad, const torch::Tensor& u, const torch::Tensor& dt,
+                                           const torch::Tensor& A, const torch::Tensor& Bm, const torch::Tensor& Cm,
+                                           const torch::Tensor& D_skip, const torch::Tensor& dt_bias);
 
 }  // namespace fprnn::ops

@@ -59,11 +59,12 @@ void selective_scan_check_args(const char* fn, const at::Tensor& u, const at::Te
 namespace {
 
 struct SelectiveScanFunction : public torch::autograd::Function<SelectiveScanFunction> {
-  // All inputs contiguous CPU tensors of one dtype → y (B, T, D).
+  // All inputs contiguous tensors of one dtype on the CPU or one CUDA device → y (B, T, D).
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& u, const torch::Tensor& dt,
                                const torch::Tensor& A, const torch::Tensor& Bm, const torch::Tensor& Cm,
                                const torch::Tensor& D_skip, const torch::Tensor& dt_bias) {
     ctx->save_for_backward({u, dt, A, Bm, Cm, D_skip, dt_bias});
+    if (u.is_cuda()) return selective_scan_fwd_cuda(u, dt, A, Bm, Cm, D_skip, dt_bias);
     return selective_scan_fwd_cpu(u, dt, A, Bm, Cm, D_skip, dt_bias);
   }
 
@@ -73,8 +74,10 @@ struct SelectiveScanFunction : public torch::autograd::Function<SelectiveScanFun
     const torch::Tensor& grad = grad_outputs[0];
     if (!grad.defined()) return torch::autograd::variable_list(7);
     const auto s = ctx->get_saved_variables();
-    const SelectiveScanGrads g =
-        selective_scan_bwd_cpu(grad.to(s[0].scalar_type()).contiguous(), s[0], s[1], s[2], s[3], s[4], s[5], s[6]);
+    const torch::Tensor g_in = grad.to(s[0].scalar_type()).contiguous();
+    const SelectiveScanGrads g = s[0].is_cuda()
+                                     ? selective_scan_bwd_cuda(g_in, s[0], s[1], s[2], s[3], s[4], s[5], s[6])
+                                     : selective_scan_bwd_cpu(g_in, s[0], s[1], s[2], s[3], s[4], s[5], s[6]);
     return {g.du, g.ddt, g.dA, g.dB, g.dC, g.dD_skip, g.ddt_bias};
   }
 };
@@ -105,9 +108,25 @@ torch::Tensor selective_scan(const torch::Tensor& u, const torch::Tensor& dt, co
                              const torch::Tensor& Bm, const torch::Tensor& Cm, const torch::Tensor& D_skip,
                              const torch::Tensor& dt_bias) {
   detail::selective_scan_check_args("selective_scan", u, dt, A, Bm, Cm, D_skip, dt_bias, torch::Tensor(), false);
-  if (!u.device().is_cpu()) return selective_scan_aten(u, dt, A, Bm, Cm, D_skip, dt_bias);
+  const bool kernel = u.device().is_cpu() || (u.is_cuda() && selective_scan_cuda_supports(A.size(1)));
+  if (!kernel) return selective_scan_aten(u, dt, A, Bm, Cm, D_skip, dt_bias);
   return SelectiveScanFunction::apply(u.contiguous(), dt.contiguous(), A.contiguous(), Bm.contiguous(),
                                       Cm.contiguous(), D_skip.contiguous(), dt_bias.contiguous());
 }
+
+#ifndef FPRNN_WITH_CUDA
+// Without CUDA the CUDA entry points exist (so callers and tests link) but refuse to run.
+bool selective_scan_cuda_supports(int64_t) { return false; }
+torch::Tensor selective_scan_fwd_cuda(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
+                                      const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
+                                      const torch::Tensor&) {
+  TORCH_CHECK(false, "selective_scan_fwd_cuda: this build has no CUDA kernels");
+}
+SelectiveScanGrads selective_scan_bwd_cuda(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
+                                           const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
+                                           const torch::Tensor&, const torch::Tensor&) {
+  TORCH_CHECK(false, "selective_scan_bwd_cuda: this build has no CUDA kernels");
+}
+#endif
 
 }  // namespace fprnn::ops
