@@ -5,6 +5,7 @@
 
 #include "fprnn/common.h"
 #include "fprnn/ops/selective_scan.h"
+#include "nn/fixed_point_glue.h"
 
 #include <cmath>
 
@@ -149,38 +150,21 @@ Tensor FPMamba1LayerImpl::output(const Inputs& in, const Tensor& y) {
   return out_proj->forward(torch::silu(z) * y);
 }
 
+// The solve/finish/forward glue is shared with the other FP-Mamba layer (src/nn/fixed_point_glue.h).
 Tensor FPMamba1LayerImpl::solve_with(const Inputs& in, const solver::SolverOptions& opt) {
-  torch::NoGradGuard no_grad;
-  auto [y, stats] = solver::solve([&](const Tensor& y_prev) { return step(in, y_prev); }, torch::zeros_like(in.x), opt);
-  stats_ = stats;
-  return y;
+  return detail::solve_from_zero([&](const Tensor& y) { return step(in, y); }, in.x, opt, stats_);
 }
 
 Tensor FPMamba1LayerImpl::solve(const Inputs& in) {
-  const auto opt = is_training() ? solver::SolverOptions::training(solver_cfg, max_iter_override_)
-                                 : solver::SolverOptions::evaluation(solver_cfg);
-  return solve_with(in, opt);
+  return solve_with(in, detail::solve_options(is_training(), solver_cfg, max_iter_override_));
 }
 
 Tensor FPMamba1LayerImpl::finish(const Inputs& in, const Tensor& y_star) {
-  Tensor y = y_star.detach();
-  for (int64_t i = 0; i < cfg.n_backwards; ++i) y = step(in, y);
-  return output(in, y);
+  return output(in, detail::steps_from([&](const Tensor& y) { return step(in, y); }, y_star, cfg.n_backwards));
 }
 
 Tensor FPMamba1LayerImpl::forward(const Tensor& u, Tensor* y_star) {
-  const Inputs in = prepare(u);
-  if (one_pass_) {
-    // One differentiable pass from y_prev = 0; nothing is solved.
-    const Tensor y = step(in, torch::zeros_like(in.x));
-    stats_ = solver::SolveStats{};
-    stats_.converged = true;
-    if (y_star != nullptr) *y_star = y.detach();
-    return output(in, y);
-  }
-  const Tensor y = solve(in).detach();
-  if (y_star != nullptr) *y_star = y;
-  return finish(in, y);
+  return detail::fixed_point_forward(*this, u, y_star, one_pass_, stats_);
 }
 
 }  // namespace fprnn::nn

@@ -6,13 +6,14 @@
 // loop around it). at::vec's exp is Sleef only in LibTorch's own CPU-capability builds; in ours it falls back
 // to std::exp per lane.
 //
-// kernel_exp<float> is branch-free: range reduction x = k·ln2 + r with |r| ≤ ln2/2 (ln2 split in two parts so
-// that k·ln2 is exact to float precision), a degree-6 minimax polynomial for eʳ (Cephes' expf coefficients),
-// and the scale 2ᵏ built in the exponent bits. The argument is clamped to [−87.3, 88]: below, the result is
-// the smallest normal float (≈ 1.2e−38) instead of a denormal or 0 — an absolute error below 1.2e−38, where the
-// scans multiply it by a state of order one; above, e⁸⁸ ≈ 1.7e38 instead of +inf. Accuracy inside the range: within
-// 2 ulp of the correctly rounded value (tests/ops/test_selective_scan.cpp, FastExp). float64 keeps std::exp:
-// the float64 path is the one compared with the reference's fixtures to 1e-12.
+// fast_expf is branch-free: |x| clamped to 87 on the integer bits (so 2ᵏ below stays a normal float and the
+// result lies in [1.6e−38, 6.1e37]; an absolute error below 1.7e−38 where the scans multiply it by a state of
+// order one), range reduction x = k·ln2 + r with |r| ≤ ln2/2 (ln2 split in two parts so that k·ln2 is exact to
+// float precision), a degree-6 polynomial for eʳ (Cephes' expf coefficients), and the scale 2ᵏ built in the
+// exponent bits. Within 2 ulp of the correctly rounded value on [−87, 87] (tests/ops/test_fast_math.cpp). A NaN
+// x gives a finite value: callers must let NaN reach their result through their other factors (the scans do:
+// Δ·u and the softplus below carry it). float64 keeps std::exp: the float64 paths are the ones compared with the
+// reference's fixtures to 1e−12.
 #pragma once
 
 #include <algorithm>
@@ -32,16 +33,16 @@
 namespace fprnn::ops::detail {
 
 inline float fast_expf(float x) {
-  x = std::max(x, -87.33654f);
-  x = std::min(x, 88.0f);
+  std::int32_t bits;
+  std::memcpy(&bits, &x, sizeof bits);
+  constexpr std::int32_t kAbsMask = 0x7fffffff;
+  constexpr std::int32_t kBits87 = 0x42ae0000;  // 87.0f
+  bits = std::min(bits & kAbsMask, kBits87) | (bits & ~kAbsMask);
+  std::memcpy(&x, &bits, sizeof x);
   // k = round(x / ln2) with the 1.5·2²³ trick: adding it leaves round-to-nearest(k) in the low mantissa bits.
   constexpr float kRound = 12582912.0f;
-  const float shifted = x * 1.44269504088896341f + kRound;
-  const float k = shifted - kRound;
-  std::int32_t ki;
-  std::memcpy(&ki, &shifted, sizeof ki);
-  ki -= 0x4B400000;  // the bits of kRound
-  const float r = (x - k * 0.693359375f) - k * -2.12194440e-4f;
+  const float k = (x * 1.44269504088896341f + kRound) - kRound;
+  const float r = (x - k * 0.693359375f) + k * 2.12194440e-4f;
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
@@ -49,9 +50,9 @@ inline float fast_expf(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  const std::int32_t bits = (ki + 127) << 23;
+  const std::int32_t scale_bits = (static_cast<std::int32_t>(k) + 127) << 23;
   float scale;
-  std::memcpy(&scale, &bits, sizeof scale);
+  std::memcpy(&scale, &scale_bits, sizeof scale);
   return p * scale;
 }
 

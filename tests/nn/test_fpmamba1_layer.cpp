@@ -135,31 +135,13 @@ TEST_P(FPMamba1Test, Float32MatchesFloat64) {
   expect_close(out, ref, 1e-5, GetParam().name + ": G in float32");
 }
 
-// The layer on a GPU (float64) against the same layer on the CPU: output, fixed point, iteration count and every
-// parameter's gradient (the CUDA scan kernels, the damped solver's step sizes on the device). Skipped without a GPU.
+// The layer on a GPU (float64) against the same layer on the CPU (the CUDA scan kernels, the damped solver's
+// step sizes on the device). Skipped without a GPU.
 TEST_P(FPMamba1Test, CudaMatchesCpu) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
   auto cpu = make_mamba(GetParam());
   auto gpu = make_mamba(GetParam());
-  gpu->to(torch::kCUDA);
-  cpu->train();
-  gpu->train();
-  const Tensor u = randn({3, 11, 4}, 7), w = randn({3, 11, 4}, 8);
-  Tensor ys_cpu, ys_gpu;
-  const Tensor y_cpu = cpu->forward(u, &ys_cpu);
-  const Tensor y_gpu = gpu->forward(u.cuda(), &ys_gpu);
-  ASSERT_TRUE(y_gpu.is_cuda());
-  EXPECT_EQ(gpu->last_stats().recorded(), cpu->last_stats().recorded());
-  expect_close(y_gpu.cpu(), y_cpu, 1e-10, GetParam().name + ": output");
-  expect_close(ys_gpu.cpu(), ys_cpu, 1e-10, GetParam().name + ": fixed point");
-  (y_cpu * w).sum().backward();
-  (y_gpu * w.cuda()).sum().backward();
-  const auto pc = cpu->named_parameters(), pg = gpu->named_parameters();
-  for (const auto& item : pc) {
-    const Tensor gc = item.value().grad(), gg = pg[item.key()].grad();
-    ASSERT_EQ(gc.defined(), gg.defined()) << item.key();
-    if (gc.defined()) expect_close(gg.cpu(), gc, 1e-9, GetParam().name + ": grad of " + item.key());
-  }
+  fprnn::testing::expect_gpu_layer_matches_cpu(cpu, gpu, 4, GetParam().name);
 }
 
 INSTANTIATE_TEST_SUITE_P(Modes, FPMamba1Test, ::testing::ValuesIn(mamba_cases()),

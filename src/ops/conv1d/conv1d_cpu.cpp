@@ -13,6 +13,7 @@
 #include "fprnn/ops/conv1d.h"
 
 #include "ops/conv1d/conv1d_common.h"
+#include "ops/fast_math.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -61,33 +62,9 @@ constexpr int64_t kGrainElems = 1 << 15;  // below about this many elements per 
 // when B is smaller), then over the groups in order: the partition depends on B only, never on the threads.
 constexpr int64_t kBatchGroups = 16;
 
-// e^x, branch-free so that loops over it vectorise (the library expf is a call per element): x = n·ln2 + r
-// with |r| ≤ ln2/2, e^r by Cephes' expf polynomial, 2^n built in the exponent bits; ≤ 1.4 ulp on [−87, 87].
-// |x| is clamped to 87 on the integer bits (a float compare-and-select is not if-converted under GCC's default
-// -ftrapping-math, which kept the loop scalar), so 2^n stays a normal float: e^x ∈ [1.6e−38, 6.1e37]. A NaN
-// x gives a finite result here; the callers multiply by z again, so NaN still reaches the output.
-C10_ALWAYS_INLINE float exp_vec(float x) {
-  int32_t bits;
-  std::memcpy(&bits, &x, sizeof(bits));
-  constexpr int32_t kAbsMask = 0x7fffffff;
-  constexpr int32_t kBits87 = 0x42ae0000;  // 87.0f
-  bits = std::min(bits & kAbsMask, kBits87) | (bits & ~kAbsMask);
-  std::memcpy(&x, &bits, sizeof(x));
-  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x / ln2): 1.5·2^23 trick
-  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;            // ln2 in two parts (Cody–Waite)
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const int32_t scale_bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &scale_bits, sizeof(scale));
-  return p * scale;
-}
-
+// e^x, branch-free so that loops over it vectorise (src/ops/fast_math.h; float64 keeps std::exp). For a NaN
+// x it is finite; the callers multiply by z again, so NaN still reaches the output.
+C10_ALWAYS_INLINE float exp_vec(float x) { return detail::fast_expf(x); }
 inline double exp_vec(double x) { return std::exp(x); }
 
 template <typename scalar_t>
