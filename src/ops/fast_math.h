@@ -9,7 +9,7 @@
 // fast_expf is branch-free: |x| clamped to 87 on the integer bits (so 2ᵏ below stays a normal float and the
 // result lies in [1.6e−38, 6.1e37]; an absolute error below 1.7e−38 where the scans multiply it by a state of
 // order one), range reduction x = k·ln2 + r with |r| ≤ ln2/2 (ln2 split in two parts so that k·ln2 is exact to
-// float precision), a degree-6 polynomial for eʳ (Cephes' expf coefficients), and the scale 2ᵏ built in the
+// float precision), a degree-7 polynomial for eʳ (Cephes' expf coefficients), and the scale 2ᵏ built in the
 // exponent bits. Within 2 ulp of the correctly rounded value on [−87, 87] (tests/ops/test_fast_math.cpp). A NaN
 // x gives a finite value: callers must let NaN reach their result through their other factors (the scans do:
 // Δ·u and the softplus below carry it). float64 keeps std::exp: the float64 paths are the ones compared with the
