@@ -9,7 +9,7 @@
 // (b, channel block); B_t, C_t (N values) are broadcast to the block.
 // The backward (run once per training step, not once per fixed-point iteration) re-runs the forward of its
 // block into a (T, N, kBlock) buffer (kBlock·N·T values: 2 MiB at T = 1024 in float32, per thread) instead of
-// saving (B, T, D, N) states, then scans back in scalar code.
+// saving (B, T, D, N) states, then scans back, vectorised across the block's channels like the forward.
 #include "fprnn/ops/selective_scan.h"
 
 #include "ops/fast_math.h"
@@ -72,6 +72,73 @@ FPRNN_AVX2_CLONE void fwd_block(const scalar_t* u, const scalar_t* dt, const sca
   }
 }
 
+// The reverse sweep of one (b, channel block) (formulas in include/fprnn/ops/selective_scan.h), after
+// fwd_block<…, true> has left the block's states s_t in `states` (T, N, kBlock) and its zero-padded A in Ablk.
+// carry, dA_acc (N, kBlock) and dD_acc, dbias_acc (kBlock) are zeroed by the caller; dB_t, dC_t are the
+// block's (T, N) partial sums over its channels, du, ddt the (T, D) rows of batch element b.
+// Vectorised like the forward: the inner loops run over all kBlock lanes (padding lanes carry zeros: g = u = Δ
+// = 0 there, so every product they add is 0); the sums over channels for dB and dC are taken lane by lane in
+// channel order afterwards, the order of a scalar loop, so results do not depend on the vector width.
+template <typename scalar_t>
+FPRNN_AVX2_CLONE void bwd_sweep_block(const scalar_t* g, const scalar_t* u, const scalar_t* dt, const scalar_t* Bm,
+                                      const scalar_t* Cm, const scalar_t* Ds, const scalar_t* bias,
+                                      const scalar_t* states, const scalar_t* Ablk, scalar_t* carry, scalar_t* dA_acc,
+                                      scalar_t* dD_acc, scalar_t* dbias_acc, scalar_t* dB_t, scalar_t* dC_t,
+                                      scalar_t* du, scalar_t* ddt, int64_t T, int64_t D, int64_t N, int64_t d0,
+                                      int64_t width) {
+  scalar_t z[kBlock] = {}, delta[kBlock] = {}, gt[kBlock] = {}, ut[kBlock] = {};
+  scalar_t d_delta[kBlock], d_u[kBlock], dc[kBlock], db[kBlock];
+  const scalar_t zeros[kBlock] = {};
+  for (int64_t t = T - 1; t >= 0; --t) {
+    const int64_t row = t * D + d0;
+    const scalar_t* Bt = Bm + t * N;
+    const scalar_t* Ct = Cm + t * N;
+    for (int64_t j = 0; j < width; ++j) {
+      z[j] = dt[row + j] + bias[d0 + j];
+      delta[j] = kernel_softplus(z[j]);
+      gt[j] = g[row + j];
+      ut[j] = u[row + j];
+      dD_acc[j] += gt[j] * ut[j];
+    }
+    for (int64_t j = 0; j < kBlock; ++j) {
+      d_delta[j] = 0;
+      d_u[j] = (j < width ? Ds[d0 + j] : scalar_t(0)) * gt[j];
+    }
+    for (int64_t n = 0; n < N; ++n) {
+      const scalar_t bn = Bt[n], cn = Ct[n];
+      const scalar_t* an = Ablk + n * kBlock;
+      const scalar_t* s_t = states + (t * N + n) * kBlock;
+      const scalar_t* s_prev = t > 0 ? s_t - N * kBlock : zeros;
+      scalar_t* cy = carry + n * kBlock;
+      scalar_t* dA = dA_acc + n * kBlock;
+      for (int64_t j = 0; j < kBlock; ++j) {
+        const scalar_t a = kernel_exp(delta[j] * an[j]);
+        const scalar_t ds = gt[j] * cn + cy[j];
+        const scalar_t da_a = ds * s_prev[j] * a;  // ∂L/∂a_t · a_t
+        d_delta[j] += da_a * an[j] + ds * bn * ut[j];
+        dA[j] += da_a * delta[j];
+        d_u[j] += ds * delta[j] * bn;
+        cy[j] = a * ds;
+        dc[j] = gt[j] * s_t[j];
+        db[j] = ds * delta[j] * ut[j];
+      }
+      scalar_t dc_sum = dC_t[t * N + n], db_sum = dB_t[t * N + n];
+      for (int64_t j = 0; j < width; ++j) {
+        dc_sum += dc[j];
+        db_sum += db[j];
+      }
+      dC_t[t * N + n] = dc_sum;
+      dB_t[t * N + n] = db_sum;
+    }
+    for (int64_t j = 0; j < width; ++j) {
+      du[row + j] = d_u[j];
+      const scalar_t d = d_delta[j] * selective_scan_softplus_grad(z[j]);
+      ddt[row + j] = d;
+      dbias_acc[j] += d;
+    }
+  }
+}
+
 int64_t n_blocks(int64_t D) { return (D + kBlock - 1) / kBlock; }
 
 int64_t grain(int64_t T, int64_t N) { return std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, T * kBlock * N)); }
@@ -130,7 +197,6 @@ SelectiveScanGrads selective_scan_bwd_cpu(const torch::Tensor& grad, const torch
       const scalar_t* pg = grad.const_data_ptr<scalar_t>();
       const scalar_t* pu = u.const_data_ptr<scalar_t>();
       const scalar_t* pdt = dt.const_data_ptr<scalar_t>();
-      const scalar_t* pA = A.const_data_ptr<scalar_t>();
       const scalar_t* pB = Bm.const_data_ptr<scalar_t>();
       const scalar_t* pC = Cm.const_data_ptr<scalar_t>();
       const scalar_t* pDs = D_skip.const_data_ptr<scalar_t>();
@@ -157,38 +223,9 @@ SelectiveScanGrads selective_scan_bwd_cpu(const torch::Tensor& grad, const torch
           std::fill(dA_acc.begin(), dA_acc.end(), scalar_t(0));
           std::fill(dD_acc.begin(), dD_acc.end(), scalar_t(0));
           std::fill(dbias_acc.begin(), dbias_acc.end(), scalar_t(0));
-          for (int64_t t = T - 1; t >= 0; --t) {
-            const int64_t row = t * D + d0;
-            const scalar_t* Bt = B_b + t * N;
-            const scalar_t* Ct = C_b + t * N;
-            const scalar_t* S_t = states.data() + t * N * kBlock;
-            const scalar_t* S_prev = t > 0 ? S_t - N * kBlock : nullptr;
-            for (int64_t j = 0; j < width; ++j) {
-              const int64_t d = d0 + j;
-              const scalar_t z = dt_b[row + j] + pbias[d];
-              const scalar_t delta = kernel_softplus(z);
-              const scalar_t gt = g_b[row + j], ut = u_b[row + j];
-              const scalar_t* A_d = pA + d * N;
-              scalar_t d_delta = 0, d_u = pDs[d] * gt;
-              dD_acc[j] += gt * ut;
-              for (int64_t n = 0; n < N; ++n) {
-                const scalar_t a = kernel_exp(delta * A_d[n]);
-                const scalar_t prev = S_prev != nullptr ? S_prev[n * kBlock + j] : scalar_t(0);
-                dC_t[t * N + n] += gt * S_t[n * kBlock + j];
-                const scalar_t ds = gt * Ct[n] + carry[n * kBlock + j];
-                const scalar_t da_a = ds * prev * a;  // ∂L/∂a_t · a_t
-                d_delta += da_a * A_d[n] + ds * Bt[n] * ut;
-                dA_acc[n * kBlock + j] += da_a * delta;
-                dB_t[t * N + n] += ds * delta * ut;
-                d_u += ds * delta * Bt[n];
-                carry[n * kBlock + j] = a * ds;
-              }
-              pdu[b * T * D + row + j] = d_u;
-              const scalar_t ddt = d_delta * selective_scan_softplus_grad(z);
-              pddt[b * T * D + row + j] = ddt;
-              dbias_acc[j] += ddt;
-            }
-          }
+          bwd_sweep_block<scalar_t>(g_b, u_b, dt_b, B_b, C_b, pDs, pbias, states.data(), Ablk.data(), carry.data(),
+                                    dA_acc.data(), dD_acc.data(), dbias_acc.data(), dB_t, dC_t,
+                                    pdu + b * T * D, pddt + b * T * D, T, D, N, d0, width);
           scalar_t* dA_b = dA_part.mutable_data_ptr<scalar_t>() + b * D * N;
           for (int64_t j = 0; j < width; ++j) {
             for (int64_t n = 0; n < N; ++n) dA_b[(d0 + j) * N + n] = dA_acc[n * kBlock + j];
