@@ -5,8 +5,9 @@
 //
 // Napkin math: per (b, t, d) the forward reads u, dt and writes y (12 bytes in float32) but does N exps and
 // 4N flops (N = d_state = 16): compute-bound on the exps, so the forward runs SIMD across channels (a
-// vectorisable exp, src/ops/fast_math.h; at::vec's exp is scalar libm calls in our build) with the N states of a block of kBlock channels in a local buffer. One task = one
-// (b, channel block); B_t, C_t (N values) are broadcast to the block.
+// vectorisable exp, src/ops/fast_math.h; at::vec's exp is scalar libm calls in our build) with the N states
+// of a block of kBlock channels in a local buffer. One task = one (b, channel block); B_t, C_t (N values) are
+// broadcast to the block.
 // The backward (run once per training step, not once per fixed-point iteration) re-runs the forward of its
 // block into a (T, N, kBlock) buffer (kBlock·N·T values: 2 MiB at T = 1024 in float32, per thread) instead of
 // saving (B, T, D, N) states, then scans back, vectorised across the block's channels like the forward.
@@ -41,9 +42,10 @@ constexpr int64_t kGrainElems = 1 << 14;  // (t, d, n) elements below which a ta
 // The inner loops run over all kBlock lanes of fixed-size local arrays (lanes past `width` hold zeros and stay
 // zero: exp(0·0) s + 0 = s = 0), so the compiler vectorises them, exp included (kernel_exp, fast_math.h).
 template <typename scalar_t, bool kSaveStates>
-FPRNN_AVX2_CLONE void fwd_block(const scalar_t* u, const scalar_t* dt, const scalar_t* At, const scalar_t* Bm, const scalar_t* Cm,
-               const scalar_t* Ds, const scalar_t* bias, scalar_t* y, scalar_t* states, scalar_t* s,
-               scalar_t* Ablk, int64_t T, int64_t D, int64_t N, int64_t d0, int64_t width) {
+FPRNN_AVX2_CLONE void fwd_block(const scalar_t* u, const scalar_t* dt, const scalar_t* At, const scalar_t* Bm,
+                                const scalar_t* Cm, const scalar_t* Ds, const scalar_t* bias, scalar_t* y,
+                                scalar_t* states, scalar_t* s, scalar_t* Ablk, int64_t T, int64_t D, int64_t N,
+                                int64_t d0, int64_t width) {
   std::fill_n(s, N * kBlock, scalar_t(0));
   std::fill_n(Ablk, N * kBlock, scalar_t(0));
   for (int64_t n = 0; n < N; ++n) std::copy_n(At + n * D + d0, width, Ablk + n * kBlock);

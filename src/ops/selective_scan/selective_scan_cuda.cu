@@ -237,7 +237,8 @@ void check_cuda_args(const char* fn, const torch::Tensor& u, const torch::Tensor
   for (const torch::Tensor* t : {&u, &dt, &A, &Bm, &Cm, &D_skip, &dt_bias}) {
     TORCH_CHECK(t->is_cuda() && t->is_contiguous(), fn, ": inputs must be contiguous CUDA tensors");
   }
-  TORCH_CHECK(!grad.defined() || (grad.is_cuda() && grad.is_contiguous()), fn, ": grad must be a contiguous CUDA tensor");
+  TORCH_CHECK(!grad.defined() || (grad.is_cuda() && grad.is_contiguous()), fn,
+              ": grad must be a contiguous CUDA tensor");
   TORCH_CHECK(compiled_states(A.size(1)) > 0, fn, ": d_state ", A.size(1), " exceeds the kernels' 64");
 }
 
