@@ -344,9 +344,16 @@ TrainSummary run_training(const RunConfig& cfg, const TrainOptions& opts) {
   auto t_window = t_start;
   int64_t run_tokens = 0;
   const int64_t first_step = step;
+  // Training seconds of the legs before a --resume: metrics' elapsed_s and summary.json's train_seconds count
+  // the whole run, not only the last leg.
+  const double earlier_seconds = extra.value("train_seconds", 0.0);
+  auto leg_seconds = [&]() {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+  };
 
   auto save = [&](const std::string& path) {
     if (!lead) return;
+    extra["train_seconds"] = earlier_seconds + leg_seconds();
     CheckpointInfo info{cfg, step, extra};
     save_checkpoint(path, *model, &optimizer, info);
   };
@@ -460,7 +467,7 @@ TrainSummary run_training(const RunConfig& cfg, const TrainOptions& opts) {
       if (lead && (step % cfg.train.log_every == 0 || step == target)) {
         const auto now = std::chrono::steady_clock::now();
         const double dt = std::chrono::duration<double>(now - t_window).count();
-        const double elapsed = std::chrono::duration<double>(now - t_start).count();
+        const double elapsed = std::chrono::duration<double>(now - t_start).count();  // this leg
         const double tok_s = dt > 0 ? window_tokens / dt : 0.0;
         std::vector<double> iters(window_iters);
         for (auto& v : iters) v /= static_cast<double>(window_steps);
@@ -473,7 +480,7 @@ TrainSummary run_training(const RunConfig& cfg, const TrainOptions& opts) {
                               {"grad_norm", window_grad / window_steps},
                               {"iters", iters_json(iters)},
                               {"tokens_per_s", tok_s},
-                              {"elapsed_s", elapsed}});
+                              {"elapsed_s", earlier_seconds + elapsed}});
         metrics.flush();
         const double eta = (step > first_step) ? elapsed / (step - first_step) * (target - step) : 0.0;
         char buf[256];
@@ -497,10 +504,10 @@ TrainSummary run_training(const RunConfig& cfg, const TrainOptions& opts) {
       if (cfg.train.checkpoint_every > 0 && step % cfg.train.checkpoint_every == 0) save(last_ckpt);
     }
   }
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+  const double seconds = leg_seconds();
   summary.steps_done = step;
-  summary.seconds = seconds;
-  summary.tokens_per_second = seconds > 0 ? run_tokens / seconds : 0.0;
+  summary.seconds = earlier_seconds + seconds;
+  summary.tokens_per_second = seconds > 0 ? run_tokens / seconds : 0.0;  // the rate of this leg
   summary.finished = step >= cfg.train.steps;
   save(last_ckpt);
   // Everything after the loop (final checkpoint, validation, the length sweep, summary.json) is rank 0's.
@@ -527,7 +534,7 @@ TrainSummary run_training(const RunConfig& cfg, const TrainOptions& opts) {
     write_sweep(out, summary.lengths, cfg, cfg.model.layer.mixer_type + " (" + out + ")");
   }
   Json s = {{"steps", step},
-            {"train_seconds", seconds},
+            {"train_seconds", summary.seconds},
             {"tokens_per_second", summary.tokens_per_second},
             {"final_train_loss", summary.final_loss},
             {"parameters", numel(model->parameters())}};

@@ -182,6 +182,12 @@ TEST(TrainingTest, ResumeReproducesTheUninterruptedLossCurve) {
     EXPECT_EQ(a[i]["loss"].get<double>(), b[i]["loss"].get<double>()) << "step " << a[i]["step"];  // bit for bit
     EXPECT_EQ(a[i]["iters"], b[i]["iters"]) << "step " << a[i]["step"];
   }
+  // The run's clock spans both legs: elapsed_s does not restart at the resume, and the summary's training
+  // time includes the first leg's.
+  for (size_t i = 1; i < b.size(); ++i)
+    EXPECT_GE(b[i]["elapsed_s"].get<double>(), b[i - 1]["elapsed_s"].get<double>()) << "step " << b[i]["step"];
+  EXPECT_GT(second.seconds, first.seconds);
+  EXPECT_GE(second.seconds, b.back()["elapsed_s"].get<double>());
   // The final weights are identical too.
   const io::SafeTensors wa = io::load_safetensors(dir + "/full/model.safetensors");
   const io::SafeTensors wb = io::load_safetensors(dir + "/part/model.safetensors");
