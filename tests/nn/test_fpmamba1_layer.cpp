@@ -1,7 +1,7 @@
 // The FP-Mamba1 layer and the one-pass Mamba-1 baseline: initialisation, the map G against a hand-written
 // composition, the damped solve against a manual loop, the one-step gradient against finite differences,
 // parameter counts, shapes, dtypes and errors.
-#include "testing.h"
+#include "mamba_layer_testing.h"
 
 #include "fprnn/common.h"
 #include "fprnn/nn/fpmamba1_layer.h"
@@ -14,63 +14,8 @@
 namespace fprnn::testing {
 namespace {
 
-struct MambaCase {
-  std::string name;
-  std::string layer = "fpmamba1";
-  std::string mixer = "householderproduct";
-  int64_t rank = 1;
-  bool short_conv = true, glu = false, h_dep = true, symm = false, bc_norm = true;
-  int64_t n_backwards = 1;
-};
-
-std::vector<MambaCase> mamba_cases() {
-  MambaCase glu{"glu_in_loop"};
-  glu.glu = true;
-  MambaCase noconv{"householder_noconv"};
-  noconv.short_conv = false;
-  MambaCase kron{"kronecker", "fpmamba1", "kronecker"};
-  MambaCase h2{"householder_r2", "fpmamba1", "householderproduct", 2};
-  MambaCase dplr{"dplr_r2", "fpmamba1", "dplr", 2};
-  MambaCase symm{"symm_mixer"};
-  symm.symm = true;
-  MambaCase nohdep{"no_h_dep"};
-  nohdep.h_dep = false;
-  MambaCase nobcnorm{"no_bc_norm"};
-  nobcnorm.bc_norm = false;
-  MambaCase two{"two_backward_steps"};
-  two.n_backwards = 2;
-  MambaCase one{"mamba1_one_pass", "mamba1"};
-  MambaCase one_glu{"mamba1_glu", "mamba1"};
-  one_glu.glu = true;
-  return {{"householder_r1"}, glu, noconv, kron, h2, dplr, symm, nohdep, nobcnorm, two, one, one_glu};
-}
-
-LayerConfig layer_config(const MambaCase& c, int64_t d_model) {
-  LayerConfig lc;
-  lc.layer = c.layer;
-  lc.d_model = d_model;
-  lc.d_state = 3;
-  lc.mixer_type = c.mixer;
-  lc.mixer_rank = c.rank;
-  lc.kronecker_normalization = "column-wise";
-  lc.use_short_conv = c.short_conv;
-  lc.glu_in_loop = c.glu;
-  lc.mixer_h_dep = c.h_dep;
-  lc.symm_mixer = c.symm;
-  lc.bc_norm = c.bc_norm;
-  lc.n_backwards = c.n_backwards;
-  lc.ssm_params_fp32 = false;  // exact float64 for the finite-difference checks (tested separately below)
-  return lc;
-}
-
-SolverConfig mamba_solver() {
-  SolverConfig sc;
-  sc.max_iter = 20;
-  sc.stepsize = 0.99;
-  sc.stepsize_decay = 0.9;
-  sc.outlier_quantile = 0.25;
-  return sc;
-}
+LayerConfig layer_config(const MambaCase& c, int64_t d_model) { return mamba_layer_config(c, d_model); }
+SolverConfig mamba_solver() { return fp_mamba_solver(0.25); }
 
 // A float64 layer (d_model 4 → D 8 unless given), seeded.
 nn::FPMamba1Layer make_mamba(const MambaCase& c, int64_t d_model = 4, uint64_t seed = 13) {
@@ -83,56 +28,18 @@ nn::FPMamba1Layer make_mamba(const MambaCase& c, int64_t d_model = 4, uint64_t s
 class FPMamba1Test : public ::testing::TestWithParam<MambaCase> {};
 
 TEST_P(FPMamba1Test, OneStepGradientAgainstFiniteDifferences) {
-  // The layer's gradient is that of output(G^n(y*)) with y* held fixed (spec §4.5, §5.2); for the one-pass
-  // layer it is the whole function. Compare autograd with central differences for the input and every
-  // parameter (A_log, D, dt_proj.bias, the weight-normed g and v included).
   auto layer = make_mamba(GetParam(), 3);
-  layer->train();
-  Tensor u = randn({2, 5, 3}, 3);
-  Tensor y_star;
-  {
-    torch::NoGradGuard g;
-    const auto in = layer->prepare(u);
-    y_star = layer->one_pass() ? torch::zeros_like(in.x) : layer->solve(in).detach();
-  }
-  auto fn = [&] {
-    const auto in = layer->prepare(u);
-    return layer->one_pass() ? layer->output(in, layer->step(in, y_star)) : layer->finish(in, y_star);
-  };
-  std::vector<Tensor> inputs{u};
-  for (auto& p : layer->parameters()) inputs.push_back(p);
-  // Central differences with step 1e-6 in float64 are good to ~1e-8 relative on these smooth maps; the
-  // LayerNorm and the normalisations keep the second derivatives moderate.
-  check_gradients(fn, inputs, 1e-5, GetParam().name);
+  check_one_step_gradient(layer, 3, GetParam().name);
 }
 
 TEST_P(FPMamba1Test, ForwardShapesIncludingTOne) {
   auto layer = make_mamba(GetParam());
-  for (const auto& shape : std::vector<std::vector<int64_t>>{{1, 1, 4}, {2, 13, 4}, {1, 31, 4}}) {
-    Tensor y_star;
-    const Tensor y = layer->forward(randn(shape, 4), &y_star);
-    EXPECT_EQ(y.sizes(), c10::IntArrayRef(shape));
-    EXPECT_EQ(y_star.sizes(), c10::IntArrayRef({shape[0], shape[1], 8}));
-    EXPECT_TRUE(torch::isfinite(y).all().item<bool>());
-    EXPECT_GE(layer->last_stats().recorded(), 1);
-  }
+  check_forward_shapes(layer);
 }
 
 TEST_P(FPMamba1Test, Float32MatchesFloat64) {
   auto layer = make_mamba(GetParam());
-  layer->eval();
-  const Tensor u = randn({2, 6, 4}, 5);
-  torch::NoGradGuard g;
-  const auto in = layer->prepare(u);
-  const Tensor y0 = randn({2, 6, 8}, 6) * 0.5;
-  const Tensor ref = layer->step(in, y0);
-  layer->to(torch::kFloat32);
-  const auto in32 = layer->prepare(u.to(torch::kFloat32));
-  const Tensor out = layer->step(in32, y0.to(torch::kFloat32));
-  ASSERT_EQ(out.scalar_type(), torch::kFloat32);
-  // One application of G in float32: a few unit roundoffs (6e-8) per operation, LayerNorm divides by a
-  // standard deviation of order 1: 1e-5 leaves room.
-  expect_close(out, ref, 1e-5, GetParam().name + ": G in float32");
+  check_float32_step(layer, GetParam().name);
 }
 
 // The layer on a GPU (float64) against the same layer on the CPU (the CUDA scan kernels, the damped solver's
@@ -144,13 +51,13 @@ TEST_P(FPMamba1Test, CudaMatchesCpu) {
   fprnn::testing::expect_gpu_layer_matches_cpu(cpu, gpu, 4, GetParam().name);
 }
 
-INSTANTIATE_TEST_SUITE_P(Modes, FPMamba1Test, ::testing::ValuesIn(mamba_cases()),
-                         [](const ::testing::TestParamInfo<MambaCase>& i) { return i.param.name; });
+INSTANTIATE_TEST_SUITE_P(Modes, FPMamba1Test, ::testing::ValuesIn(mamba_cases("fpmamba1", "mamba1", false)),
+                         mamba_case_name);
 
 // ---- G against its definition (spec §5.2) -----------------------------------------------------------------
 
 TEST(FPMamba1MapTest, StepEqualsTheSpecComposition) {
-  auto layer = make_mamba(MambaCase{"h"});
+  auto layer = make_mamba(MambaCase{"h", "fpmamba1"});
   torch::NoGradGuard g;
   const Tensor u = randn({2, 7, 4}, 7);
   const Tensor y = randn({2, 7, 8}, 8) * 0.5;
@@ -182,7 +89,7 @@ TEST(FPMamba1MapTest, StepEqualsTheSpecComposition) {
 TEST(FPMamba1MapTest, BcNormalisationUsesNormEps) {
   // The reference normalises B' and C' with F.normalize(·, eps=norm_eps): v / max(‖v‖, norm_eps). Make B_x and
   // C_x tiny so that the clamp decides: at t = 0 (shift(y) = 0) B' = B_x / norm_eps, not a unit vector.
-  auto layer = make_mamba(MambaCase{"h"});
+  auto layer = make_mamba(MambaCase{"h", "fpmamba1"});
   torch::NoGradGuard g;
   auto in = layer->prepare(randn({1, 1, 4}, 21));
   in.B_x = in.B_x * 1e-9 / in.B_x.norm();
@@ -216,7 +123,7 @@ TEST(FPMamba1MapTest, OnePassIsTheBlockAtZero) {
 TEST(FPMamba1MapTest, ScanParametersInFloat32AsTheReference) {
   // ssm_params_fp32: A = the float32 nearest to −exp(A_log) (exp in float64, rounded once: the same on every
   // platform, unlike a float32 exp), D and dt_proj.bias rounded to float32, the rest float64.
-  auto layer = make_mamba(MambaCase{"h"});
+  auto layer = make_mamba(MambaCase{"h", "fpmamba1"});
   torch::NoGradGuard g;
   const Tensor u = randn({2, 7, 4}, 12);
   const Tensor y = randn({2, 7, 8}, 13) * 0.5;
@@ -244,41 +151,19 @@ TEST(FPMamba1MapTest, ScanParametersInFloat32AsTheReference) {
 // ---- the solve (spec §8 with FP-Mamba's damping) ----------------------------------------------------------
 
 TEST(FPMamba1SolveTest, SolveIsTheDampedIteration) {
-  // With no early stop, k solver iterations are y ← 0.99·G(y) + 0.01·y from y = 0 (no 15-step stall can
-  // occur within 12 iterations, so the step size stays 0.99).
-  auto layer = make_mamba(MambaCase{"h"});
-  torch::NoGradGuard g;
-  const auto in = layer->prepare(randn({2, 9, 4}, 10));
-  solver::SolverOptions opt;
-  opt.max_iter = 12;
-  opt.threshold = -1.0;
-  opt.stepsize = 0.99;
-  opt.stepsize_decay = 0.9;
-  opt.stepsize_thresh = 0.0;
-  const Tensor ours = layer->solve_with(in, opt);
-  Tensor y = torch::zeros_like(in.x);
-  for (int k = 0; k < 12; ++k) y = 0.99 * layer->step(in, y) + (1 - 0.99) * y;
-  expect_close(ours, y, 1e-13, "damped iterate");
-  EXPECT_EQ(layer->last_stats().iterations, 12);
-  EXPECT_EQ(layer->last_stats().recorded(), 13);
+  auto layer = make_mamba(MambaCase{"h", "fpmamba1"});
+  check_damped_solve(layer, 10);
 }
 
 TEST(FPMamba1SolveTest, TrainingCapAndOverride) {
-  auto layer = make_mamba(MambaCase{"h"});
-  layer->train();
-  const Tensor u = randn({3, 8, 4}, 11);
-  layer->forward(u);
-  EXPECT_LE(layer->last_stats().iterations, 20);
-  layer->set_max_iter(2);
-  layer->forward(u);
-  EXPECT_LE(layer->last_stats().iterations, 2);
-  EXPECT_GE(layer->last_stats().iterations, 1);
+  auto layer = make_mamba(MambaCase{"h", "fpmamba1"});
+  check_training_cap_and_override(layer, 11);
 }
 
 // ---- initialisation and parameters (spec §5.1) ----------------------------------------------------------
 
 TEST(FPMamba1InitTest, ReferenceInitialisation) {
-  LayerConfig lc = layer_config(MambaCase{"h"}, 32);
+  LayerConfig lc = layer_config(MambaCase{"h", "fpmamba1"}, 32);
   lc.d_state = 16;
   torch::manual_seed(3);
   nn::FPMamba1Layer layer(lc, mamba_solver());
@@ -326,7 +211,7 @@ TEST(FPMamba1InitTest, ParameterCountsFollowTheHeaderFormulas) {
 }
 
 TEST(FPMamba1InitTest, BadInputsThrow) {
-  auto layer = make_mamba(MambaCase{"h"});
+  auto layer = make_mamba(MambaCase{"h", "fpmamba1"});
   try {
     layer->forward(randn({2, 5, 3}, 1));
     ADD_FAILURE() << "no error";
@@ -335,13 +220,13 @@ TEST(FPMamba1InitTest, BadInputsThrow) {
               std::string::npos)
         << e.what_without_backtrace();
   }
-  LayerConfig lc = layer_config(MambaCase{"h"}, 4);
+  LayerConfig lc = layer_config(MambaCase{"h", "fpmamba1"}, 4);
   lc.d_state = 0;
   EXPECT_THROW(nn::FPMamba1Layer(lc, mamba_solver()), c10::Error);
-  lc = layer_config(MambaCase{"h"}, 4);
+  lc = layer_config(MambaCase{"h", "fpmamba1"}, 4);
   lc.dt_init = "uniform";
   EXPECT_THROW(nn::FPMamba1Layer(lc, mamba_solver()), c10::Error);
-  lc = layer_config(MambaCase{"h"}, 4);
+  lc = layer_config(MambaCase{"h", "fpmamba1"}, 4);
   lc.layer = "fprnn";
   EXPECT_THROW(nn::FPMamba1Layer(lc, mamba_solver()), c10::Error);
 }

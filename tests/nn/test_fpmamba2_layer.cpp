@@ -3,7 +3,7 @@
 // computed token by token, the damped solve against a manual loop, the one-step gradient against finite
 // differences, initialisation, parameter counts, shapes, dtypes and errors. There are no reference fixtures
 // for FP-Mamba2 (the reference's layer crashes unless T == d_inner, spec §16.1).
-#include "testing.h"
+#include "mamba_layer_testing.h"
 
 #include "fprnn/common.h"
 #include "fprnn/nn/fpmamba2_layer.h"
@@ -17,75 +17,11 @@
 namespace fprnn::testing {
 namespace {
 
-struct Mamba2Case {
-  std::string name;
-  std::string layer = "fpmamba2";
-  std::string mixer = "householderproduct";
-  int64_t rank = 1;
-  bool short_conv = true, glu = false, h_dep = true, symm = false, bc_norm = true;
-  int64_t n_backwards = 1;
-  int64_t headdim = 4, ngroups = 1;
-};
-
-std::vector<Mamba2Case> mamba2_cases() {
-  Mamba2Case glu{"glu_in_loop"};
-  glu.glu = true;
-  Mamba2Case noconv{"householder_noconv"};
-  noconv.short_conv = false;
-  Mamba2Case kron{"kronecker", "fpmamba2", "kronecker"};
-  Mamba2Case h2{"householder_r2", "fpmamba2", "householderproduct", 2};
-  Mamba2Case dplr{"dplr_r2", "fpmamba2", "dplr", 2};
-  Mamba2Case symm{"symm_mixer"};
-  symm.symm = true;
-  Mamba2Case nohdep{"no_h_dep"};
-  nohdep.h_dep = false;
-  Mamba2Case nobcnorm{"no_bc_norm"};
-  nobcnorm.bc_norm = false;
-  Mamba2Case two{"two_backward_steps"};
-  two.n_backwards = 2;
-  Mamba2Case groups{"four_heads_two_groups"};
-  groups.headdim = 2;
-  groups.ngroups = 2;
-  Mamba2Case one{"mamba2_one_pass", "mamba2"};
-  Mamba2Case one_glu{"mamba2_glu", "mamba2"};
-  one_glu.glu = true;
-  Mamba2Case one_groups{"mamba2_two_groups", "mamba2"};
-  one_groups.headdim = 2;
-  one_groups.ngroups = 2;
-  return {{"householder_r1"}, glu, noconv, kron, h2, dplr, symm, nohdep, nobcnorm, two, groups, one, one_glu, one_groups};
-}
-
-LayerConfig layer_config(const Mamba2Case& c, int64_t d_model) {
-  LayerConfig lc;
-  lc.layer = c.layer;
-  lc.d_model = d_model;
-  lc.d_state = 3;
-  lc.headdim = c.headdim;
-  lc.ngroups = c.ngroups;
-  lc.mixer_type = c.mixer;
-  lc.mixer_rank = c.rank;
-  lc.kronecker_normalization = "column-wise";
-  lc.use_short_conv = c.short_conv;
-  lc.glu_in_loop = c.glu;
-  lc.mixer_h_dep = c.h_dep;
-  lc.symm_mixer = c.symm;
-  lc.bc_norm = c.bc_norm;
-  lc.n_backwards = c.n_backwards;
-  lc.ssm_params_fp32 = false;  // exact float64 for the finite-difference checks
-  return lc;
-}
-
-SolverConfig mamba2_solver() {
-  SolverConfig sc;
-  sc.max_iter = 20;
-  sc.stepsize = 0.99;
-  sc.stepsize_decay = 0.9;
-  sc.outlier_quantile = 0.1;
-  return sc;
-}
+LayerConfig layer_config(const MambaCase& c, int64_t d_model) { return mamba_layer_config(c, d_model); }
+SolverConfig mamba2_solver() { return fp_mamba_solver(0.1); }
 
 // A float64 layer (d_model 4 → D 8, headdim 4 → 2 heads unless given), seeded.
-nn::FPMamba2Layer make_mamba2(const Mamba2Case& c, int64_t d_model = 4, uint64_t seed = 17) {
+nn::FPMamba2Layer make_mamba2(const MambaCase& c, int64_t d_model = 4, uint64_t seed = 17) {
   torch::manual_seed(seed);
   nn::FPMamba2Layer layer(layer_config(c, d_model), mamba2_solver());
   layer->to(torch::kFloat64);
@@ -105,59 +41,21 @@ solver::SolverOptions picard(int64_t iterations) {
 
 Tensor rms_norm(const Tensor& o, const Tensor& w, double eps) { return o / torch::sqrt(o.pow(2).mean(-1, true) + eps) * w; }
 
-class FPMamba2Test : public ::testing::TestWithParam<Mamba2Case> {};
+class FPMamba2Test : public ::testing::TestWithParam<MambaCase> {};
 
 TEST_P(FPMamba2Test, OneStepGradientAgainstFiniteDifferences) {
-  // The layer's gradient is that of output(G^n(y*)) with y* held fixed (spec §4.5, §6); for the one-pass layer
-  // it is the whole function. Compare autograd (through the SSD kernel's backward) with central differences for
-  // the input and every parameter (A_log, D, dt_bias, conv, the weight-normed g and v, the mixer included).
   auto layer = make_mamba2(GetParam());
-  layer->train();
-  Tensor u = randn({2, 5, 4}, 3);
-  Tensor y_star;
-  {
-    torch::NoGradGuard g;
-    const auto in = layer->prepare(u);
-    y_star = layer->one_pass() ? torch::zeros_like(in.x) : layer->solve(in).detach();
-  }
-  auto fn = [&] {
-    const auto in = layer->prepare(u);
-    return layer->one_pass() ? layer->output(in, layer->step(in, y_star)) : layer->finish(in, y_star);
-  };
-  std::vector<Tensor> inputs{u};
-  for (auto& p : layer->parameters()) inputs.push_back(p);
-  // Central differences with step 1e-6 in float64 are good to ~1e-8 relative on these smooth maps; the
-  // RMSNorm and the normalisations of B', C' keep the second derivatives moderate.
-  check_gradients(fn, inputs, 1e-5, GetParam().name);
+  check_one_step_gradient(layer, 4, GetParam().name);  // through the SSD kernel's backward
 }
 
 TEST_P(FPMamba2Test, ForwardShapesIncludingTOne) {
   auto layer = make_mamba2(GetParam());
-  for (const auto& shape : std::vector<std::vector<int64_t>>{{1, 1, 4}, {2, 13, 4}, {1, 31, 4}}) {
-    Tensor y_star;
-    const Tensor y = layer->forward(randn(shape, 4), &y_star);
-    EXPECT_EQ(y.sizes(), c10::IntArrayRef(shape));
-    EXPECT_EQ(y_star.sizes(), c10::IntArrayRef({shape[0], shape[1], 8}));
-    EXPECT_TRUE(torch::isfinite(y).all().item<bool>());
-    EXPECT_GE(layer->last_stats().recorded(), 1);
-  }
+  check_forward_shapes(layer);
 }
 
 TEST_P(FPMamba2Test, Float32MatchesFloat64) {
   auto layer = make_mamba2(GetParam());
-  layer->eval();
-  const Tensor u = randn({2, 6, 4}, 5);
-  torch::NoGradGuard g;
-  const auto in = layer->prepare(u);
-  const Tensor y0 = randn({2, 6, 8}, 6) * 0.5;
-  const Tensor ref = layer->step(in, y0);
-  layer->to(torch::kFloat32);
-  const auto in32 = layer->prepare(u.to(torch::kFloat32));
-  const Tensor out = layer->step(in32, y0.to(torch::kFloat32));
-  ASSERT_EQ(out.scalar_type(), torch::kFloat32);
-  // One application of G in float32: a few unit roundoffs (6e-8) per operation, the RMSNorm divides by an RMS
-  // of order 1: 1e-5 leaves room.
-  expect_close(out, ref, 1e-5, GetParam().name + ": G in float32");
+  check_float32_step(layer, GetParam().name);
 }
 
 // The layer on a GPU (float64) against the same layer on the CPU (the CUDA scan kernels, the damped solver's
@@ -169,8 +67,8 @@ TEST_P(FPMamba2Test, CudaMatchesCpu) {
   fprnn::testing::expect_gpu_layer_matches_cpu(cpu, gpu, 4, GetParam().name);
 }
 
-INSTANTIATE_TEST_SUITE_P(Modes, FPMamba2Test, ::testing::ValuesIn(mamba2_cases()),
-                         [](const ::testing::TestParamInfo<Mamba2Case>& i) { return i.param.name; });
+INSTANTIATE_TEST_SUITE_P(Modes, FPMamba2Test, ::testing::ValuesIn(mamba_cases("fpmamba2", "mamba2", true)),
+                         mamba_case_name);
 
 // ---- G and the output against their definitions (spec §6, §16 items 1–2 fixed) ---------------------------
 
@@ -223,7 +121,7 @@ TEST(FPMamba2MapTest, StepAndOutputEqualTheSpecComposition) {
   const Tensor u = randn({2, 8, 4}, 7);
   const Tensor y = randn({2, 8, 8}, 8) * 0.5;
   for (bool glu : {false, true}) {
-    Mamba2Case c{"h"};
+    MambaCase c{"h", "fpmamba2"};
     c.headdim = 2;
     c.ngroups = 2;
     c.glu = glu;
@@ -252,7 +150,7 @@ TEST(FPMamba2MapTest, GateIsAppliedOnce) {
   const Tensor u = randn({2, 6, 4}, 9);
   const Tensor y = randn({2, 6, 8}, 10) * 0.5;
   for (bool glu : {false, true}) {
-    Mamba2Case c{"h"};
+    MambaCase c{"h", "fpmamba2"};
     c.glu = glu;
     auto layer = make_mamba2(c);
     const auto in = layer->prepare(u);
@@ -276,7 +174,7 @@ TEST(FPMamba2MapTest, OnePassIsTheBlockAtZero) {
   torch::NoGradGuard g;
   const Tensor u = randn({2, 6, 4}, 12);
   for (bool glu : {false, true}) {
-    Mamba2Case c{"one", "mamba2"};
+    MambaCase c{"one", "mamba2"};
     c.headdim = 2;
     c.ngroups = 2;
     c.glu = glu;
@@ -359,7 +257,7 @@ TEST(FPMamba2FixedPointTest, IdentityMixerGivesASequentialRecurrenceInTSteps) {
   // (B', C', the mixer's parameters). The fixed point is then the nonlinear recurrence y_t = f(S_{t−1}, y_{t−1},
   // x_t), reached exactly by T undamped iterations from 0 (token t is final after t + 1 of them).
   for (bool glu : {false, true}) {
-    Mamba2Case c{"h"};
+    MambaCase c{"h", "fpmamba2"};
     c.headdim = 2;
     c.ngroups = 2;
     c.glu = glu;
@@ -394,7 +292,7 @@ TEST(FPMamba2FixedPointTest, FixedPointEqualsTheTokenByTokenSolve) {
   // and its limit must equal the token-by-token solve above. (With α ≈ 0.1 it does not contract at init:
   // the RMSNorm divides by rms(o) ≈ 0.2.)
   for (bool glu : {false, true}) {
-    Mamba2Case c{"h"};
+    MambaCase c{"h", "fpmamba2"};
     c.glu = glu;
     auto layer = make_mamba2(c);
     {
@@ -422,37 +320,18 @@ TEST(FPMamba2FixedPointTest, FixedPointEqualsTheTokenByTokenSolve) {
 // ---- the solve (spec §8 with FP-Mamba2's damping) ---------------------------------------------------------
 
 TEST(FPMamba2SolveTest, SolveIsTheDampedIteration) {
-  // With no early stop, k solver iterations are y ← 0.99·G(y) + 0.01·y from y = 0 (no 15-step stall can occur
-  // within 12 iterations, so the step size stays 0.99).
-  auto layer = make_mamba2(Mamba2Case{"h"});
-  torch::NoGradGuard g;
-  const auto in = layer->prepare(randn({2, 9, 4}, 15));
-  solver::SolverOptions opt = picard(12);
-  opt.stepsize = 0.99;
-  opt.stepsize_decay = 0.9;
-  const Tensor ours = layer->solve_with(in, opt);
-  Tensor y = torch::zeros_like(in.x);
-  for (int k = 0; k < 12; ++k) y = 0.99 * layer->step(in, y) + (1 - 0.99) * y;
-  expect_close(ours, y, 1e-13, "damped iterate");
-  EXPECT_EQ(layer->last_stats().iterations, 12);
-  EXPECT_EQ(layer->last_stats().recorded(), 13);
+  auto layer = make_mamba2(MambaCase{"h", "fpmamba2"});
+  check_damped_solve(layer, 15);
 }
 
 TEST(FPMamba2SolveTest, TrainingCapAndOverride) {
-  auto layer = make_mamba2(Mamba2Case{"h"});
-  layer->train();
-  const Tensor u = randn({3, 8, 4}, 16);
-  layer->forward(u);
-  EXPECT_LE(layer->last_stats().iterations, 20);
-  layer->set_max_iter(2);
-  layer->forward(u);
-  EXPECT_LE(layer->last_stats().iterations, 2);
-  EXPECT_GE(layer->last_stats().iterations, 1);
+  auto layer = make_mamba2(MambaCase{"h", "fpmamba2"});
+  check_training_cap_and_override(layer, 16);
 }
 
 TEST(FPMamba2SolveTest, OutputComesFromOneMoreStepThanTheFixedPoint) {
   // forward = output(G(y*)) with y* the detached solve (n_backwards = 1).
-  auto layer = make_mamba2(Mamba2Case{"h"});
+  auto layer = make_mamba2(MambaCase{"h", "fpmamba2"});
   layer->eval();
   const Tensor u = randn({2, 5, 4}, 18);
   Tensor y_star;
@@ -465,7 +344,7 @@ TEST(FPMamba2SolveTest, OutputComesFromOneMoreStepThanTheFixedPoint) {
 // ---- initialisation and parameters (spec §6) ---------------------------------------------------------------
 
 TEST(FPMamba2InitTest, ReferenceInitialisation) {
-  LayerConfig lc = layer_config(Mamba2Case{"h"}, 32);
+  LayerConfig lc = layer_config(MambaCase{"h", "fpmamba2"}, 32);
   lc.d_state = 16;
   lc.headdim = 8;
   torch::manual_seed(3);
@@ -505,8 +384,8 @@ TEST(FPMamba2InitTest, ParameterCountsFollowTheHeaderFormulas) {
   const int64_t d = 16, D = 32, N = 4, K = 4, r = 2, P2 = 2 * D;
   for (int64_t G : {1, 2}) {
     for (bool glu : {false, true}) {
-      Mamba2Case fp{"fp", "fpmamba2", "householderproduct", r};
-      Mamba2Case one{"one", "mamba2"};
+      MambaCase fp{"fp", "fpmamba2", "householderproduct", r};
+      MambaCase one{"one", "mamba2"};
       fp.glu = one.glu = glu;
       fp.headdim = one.headdim = 8;  // H = 4
       fp.ngroups = one.ngroups = G;
@@ -525,7 +404,7 @@ TEST(FPMamba2InitTest, ParameterCountsFollowTheHeaderFormulas) {
 }
 
 TEST(FPMamba2InitTest, BadInputsThrow) {
-  auto layer = make_mamba2(Mamba2Case{"h"});
+  auto layer = make_mamba2(MambaCase{"h", "fpmamba2"});
   try {
     layer->forward(randn({2, 5, 3}, 1));
     ADD_FAILURE() << "no error";
@@ -542,19 +421,19 @@ TEST(FPMamba2InitTest, BadInputsThrow) {
       EXPECT_NE(std::string(e.what_without_backtrace()).find(fragment), std::string::npos) << e.what_without_backtrace();
     }
   };
-  LayerConfig lc = layer_config(Mamba2Case{"h"}, 4);
+  LayerConfig lc = layer_config(MambaCase{"h", "fpmamba2"}, 4);
   lc.headdim = 3;
   expect_ctor_error(lc, "FPMamba2: headdim = 3 must divide d_inner = 8");
-  lc = layer_config(Mamba2Case{"h"}, 4);
+  lc = layer_config(MambaCase{"h", "fpmamba2"}, 4);
   lc.ngroups = 3;
   expect_ctor_error(lc, "FPMamba2: ngroups = 3 must divide nheads = 2");
-  lc = layer_config(Mamba2Case{"one", "mamba2"}, 4);
+  lc = layer_config(MambaCase{"one", "mamba2"}, 4);
   lc.d_state = 0;
   expect_ctor_error(lc, "Mamba2: d_state must be positive");
-  lc = layer_config(Mamba2Case{"h"}, 4);
+  lc = layer_config(MambaCase{"h", "fpmamba2"}, 4);
   lc.A_init_min = 0;
   expect_ctor_error(lc, "A_init_min");
-  lc = layer_config(Mamba2Case{"h"}, 4);
+  lc = layer_config(MambaCase{"h", "fpmamba2"}, 4);
   lc.layer = "fpmamba1";
   expect_ctor_error(lc, "layer must be fpmamba2 or mamba2");
 }
@@ -563,13 +442,13 @@ TEST(FPMamba2InitTest, BadInputsThrow) {
 
 TEST(LayerFactoryTest, BuildsEveryLayerAndNamesTheValidOnes) {
   for (const std::string name : {"fpmamba2", "mamba2"}) {
-    LayerConfig lc = layer_config(Mamba2Case{"f", name}, 4);
+    LayerConfig lc = layer_config(MambaCase{"f", name}, 4);
     const auto layer = nn::make_layer(lc, mamba2_solver());
     auto* m2 = layer->as<nn::FPMamba2LayerImpl>();
     ASSERT_NE(m2, nullptr) << name;
     EXPECT_EQ(m2->one_pass(), name == "mamba2");
   }
-  LayerConfig lc = layer_config(Mamba2Case{"f"}, 4);
+  LayerConfig lc = layer_config(MambaCase{"f", "fpmamba2"}, 4);
   lc.layer = "mamba3";
   try {
     nn::make_layer(lc, mamba2_solver());
