@@ -63,14 +63,18 @@ EvalResult score_samples(nn::FPLMImpl& model, const std::function<tasks::Batch(i
     const torch::Tensor logits = model.forward(batch.input_ids);
     total.add(score_batch(logits, batch.labels, skip_label, count_padding));
     const auto stats = model.last_stats();
+    bool converged = true;
     for (size_t l = 0; l < L; ++l) {
       const double it = static_cast<double>(stats[l].recorded());
       r.iters_mean[l] += it;
       r.iters_max[l] = std::max(r.iters_max[l], it);
+      converged = converged && stats[l].converged;
     }
+    if (!converged) ++r.unconverged_batches;
     ++batches;
   }
   for (auto& v : r.iters_mean) v /= static_cast<double>(batches);
+  r.batches = batches;
   r.sequences = total.sequences;
   r.sequence_accuracy = total.sequence_accuracy();
   r.token_accuracy = total.token_accuracy();
@@ -195,6 +199,24 @@ std::string eval_table(const std::vector<EvalResult>& results) {
     }
     os << "\n";
   }
+  return os.str();
+}
+
+std::vector<int64_t> unconverged_lengths(const std::vector<EvalResult>& results) {
+  std::vector<int64_t> out;
+  for (const auto& r : results)
+    if (r.unconverged_batches > 0) out.push_back(r.length);
+  return out;
+}
+
+std::string convergence_note(const std::vector<EvalResult>& results, int64_t eval_max_iter) {
+  const std::vector<int64_t> lengths = unconverged_lengths(results);
+  if (lengths.empty()) return "";
+  std::ostringstream os;
+  os << "note: the fixed point did not converge within " << eval_max_iter
+     << " iterations (solver.eval_max_iter) in some evaluation batches at length" << (lengths.size() > 1 ? "s " : " ");
+  for (size_t i = 0; i < lengths.size(); ++i) os << (i ? ", " : "") << lengths[i];
+  os << "; their samples are scored from the last iterate\n";
   return os.str();
 }
 

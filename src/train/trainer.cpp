@@ -216,7 +216,7 @@ nn::FPLM build_model(const RunConfig& cfg, int64_t vocab_size) {
 std::vector<std::string> write_sweep(const std::string& dir, const std::vector<EvalResult>& sweep,
                                      const RunConfig& cfg, const std::string& title) {
   io::write_file_atomic(dir + "/eval.csv", eval_csv(sweep));
-  io::write_file_atomic(dir + "/eval_table.txt", eval_table(sweep));
+  io::write_file_atomic(dir + "/eval_table.txt", eval_table(sweep) + convergence_note(sweep, cfg.solver.eval_max_iter));
   Series s;
   s.name = title;
   for (const auto& r : sweep) {
@@ -553,6 +553,7 @@ TrainSummary run_training(const RunConfig& cfg, const TrainOptions& opts) {
     sweep.push_back(e);
   }
   s["lengths"] = sweep;
+  if (!summary.lengths.empty()) s["unconverged_lengths"] = unconverged_lengths(summary.lengths);
   io::write_file_atomic(out + "/summary.json", s.dump(2) + "\n");
   return summary;
 }

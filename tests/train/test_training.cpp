@@ -215,6 +215,44 @@ TEST(TrainingTest, RunDirectoryHoldsEverything) {
   EXPECT_EQ(read_metrics(dir, "val").size(), 2u);  // step 3 and the end
   const auto info = train::read_checkpoint_info(dir + "/model.safetensors");
   EXPECT_EQ(info.step, 6);
+  // Every evaluation batch converged within the cap: no note, an empty list in the summary.
+  EXPECT_EQ(read_text(dir + "/eval_table.txt").find("did not converge"), std::string::npos);
+  EXPECT_EQ(Json::parse(read_text(dir + "/summary.json"))["unconverged_lengths"], Json::array());
+}
+
+TEST(TrainingTest, UnconvergedEvaluationIsReported) {
+  // An evaluation cap of one iteration cannot reach the residual threshold (the first step from h = 0 has
+  // relative residual 1): every length is reported, in the table file and in summary.json.
+  RunConfig c = small_config();
+  c.train.steps = 2;
+  c.solver.eval_max_iter = 1;
+  const std::string dir = temp_dir("unconverged") + "/run";
+  const auto s = train::run_training(c, quiet_run(dir));
+  ASSERT_EQ(s.lengths.size(), 4u);
+  for (const auto& r : s.lengths) {
+    EXPECT_GT(r.batches, 0) << r.length;
+    EXPECT_EQ(r.unconverged_batches, r.batches) << r.length;
+  }
+  EXPECT_EQ(Json::parse(read_text(dir + "/summary.json"))["unconverged_lengths"], Json({2, 4, 6, 8}));
+  EXPECT_NE(read_text(dir + "/eval_table.txt")
+                .find("note: the fixed point did not converge within 1 iterations (solver.eval_max_iter) in some "
+                      "evaluation batches at lengths 2, 4, 6, 8; their samples are scored from the last iterate"),
+            std::string::npos);
+}
+
+TEST(EvalNoteTest, NamesTheUnconvergedLengthsOnly) {
+  std::vector<train::EvalResult> sweep(3);
+  for (size_t i = 0; i < sweep.size(); ++i) {
+    sweep[i].length = 10 * static_cast<int64_t>(i + 1);
+    sweep[i].batches = 4;
+  }
+  EXPECT_EQ(train::convergence_note(sweep, 200), "");
+  EXPECT_TRUE(train::unconverged_lengths(sweep).empty());
+  sweep[1].unconverged_batches = 1;
+  EXPECT_EQ(train::unconverged_lengths(sweep), std::vector<int64_t>{20});
+  EXPECT_EQ(train::convergence_note(sweep, 200),
+            "note: the fixed point did not converge within 200 iterations (solver.eval_max_iter) in some evaluation "
+            "batches at length 20; their samples are scored from the last iterate\n");
 }
 
 TEST(TrainingTest, RefusesToOverwriteOrResumeNothing) {

@@ -86,7 +86,8 @@ void add_eval(CLI::App& app) {
                           : train::evaluate_lengths(*model, *seq, cfg.task, cfg.train.eval_batch_size, progress);
     io::write_file_atomic(out + "/config.json", to_json(cfg).dump(2) + "\n");
     const auto images = train::write_sweep(out, sweep, cfg, cfg.model.layer.mixer_type + " (" + cfg.solver.eval_method + ")");
-    std::printf("%s", train::eval_table(sweep).c_str());
+    std::printf("%s%s", train::eval_table(sweep).c_str(),
+                train::convergence_note(sweep, cfg.solver.eval_max_iter).c_str());
     std::printf("wrote %s/eval.csv%s\n", out.c_str(), images.empty() ? " (no gnuplot: no plot)" : " and the plot");
   });
 }

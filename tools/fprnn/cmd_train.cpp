@@ -67,7 +67,9 @@ void add_train(CLI::App& app) {
     if (!s.finished) return;
     std::printf("trained %lld steps in %.1f s (%.0f tokens/s)\n", static_cast<long long>(s.steps_done), s.seconds,
                 s.tokens_per_second);
-    if (!s.lengths.empty()) std::printf("%s", train::eval_table(s.lengths).c_str());
+    if (!s.lengths.empty())
+      std::printf("%s%s", train::eval_table(s.lengths).c_str(),
+                  train::convergence_note(s.lengths, cfg.solver.eval_max_iter).c_str());
     std::printf("run directory: %s\n", args->out.c_str());
   });
 }

@@ -41,6 +41,8 @@ struct EvalResult {
   double sequence_accuracy = 0, token_accuracy = 0, loss = 0;
   std::vector<double> iters_mean; // recorded iterations per layer, mean over batches
   std::vector<double> iters_max;
+  int64_t batches = 0;
+  int64_t unconverged_batches = 0;  // batches in which some layer's solve stopped unconverged (cap or stall)
   double seconds = 0;
 };
 
@@ -73,5 +75,10 @@ std::vector<EvalResult> parse_eval_csv(const std::string& text, const std::strin
 
 // An aligned text table of the sweep (length, sequence accuracy, token accuracy, loss, iterations).
 std::string eval_table(const std::vector<EvalResult>& results);
+
+// The lengths at which some evaluation batch did not converge, and one line saying so ("" when every batch
+// converged): those samples are scored from the last iterate, which a reader of the accuracy should know.
+std::vector<int64_t> unconverged_lengths(const std::vector<EvalResult>& results);
+std::string convergence_note(const std::vector<EvalResult>& results, int64_t eval_max_iter);
 
 }  // namespace fprnn::train
