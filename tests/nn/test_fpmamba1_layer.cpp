@@ -14,13 +14,12 @@
 namespace fprnn::testing {
 namespace {
 
-LayerConfig layer_config(const MambaCase& c, int64_t d_model) { return mamba_layer_config(c, d_model); }
 SolverConfig mamba_solver() { return fp_mamba_solver(0.25); }
 
 // A float64 layer (d_model 4 → D 8 unless given), seeded.
 nn::FPMamba1Layer make_mamba(const MambaCase& c, int64_t d_model = 4, uint64_t seed = 13) {
   torch::manual_seed(seed);
-  nn::FPMamba1Layer layer(layer_config(c, d_model), mamba_solver());
+  nn::FPMamba1Layer layer(mamba_layer_config(c, d_model), mamba_solver());
   layer->to(torch::kFloat64);
   return layer;
 }
@@ -163,7 +162,7 @@ TEST(FPMamba1SolveTest, TrainingCapAndOverride) {
 // ---- initialisation and parameters (spec §5.1) ----------------------------------------------------------
 
 TEST(FPMamba1InitTest, ReferenceInitialisation) {
-  LayerConfig lc = layer_config(MambaCase{"h", "fpmamba1"}, 32);
+  LayerConfig lc = mamba_layer_config(MambaCase{"h", "fpmamba1"}, 32);
   lc.d_state = 16;
   torch::manual_seed(3);
   nn::FPMamba1Layer layer(lc, mamba_solver());
@@ -200,7 +199,7 @@ TEST(FPMamba1InitTest, ParameterCountsFollowTheHeaderFormulas) {
   const int64_t d = 16, D = 32, N = 4, R = 1, K = 4, r = 2, P = 2 * D;
   MambaCase fp{"fp", "fpmamba1", "householderproduct", r};
   MambaCase one{"one", "mamba1"};
-  LayerConfig lfp = layer_config(fp, d), lone = layer_config(one, d);
+  LayerConfig lfp = mamba_layer_config(fp, d), lone = mamba_layer_config(one, d);
   lfp.d_state = lone.d_state = N;
   nn::FPMamba1Layer a(lfp, mamba_solver()), b(lone, mamba_solver());
   const int64_t mamba1 = 2 * d * D + (K + 1) * D + D * (R + 2 * N) + R * D + D + D * N + D + 2 * D + D * d;
@@ -220,13 +219,13 @@ TEST(FPMamba1InitTest, BadInputsThrow) {
               std::string::npos)
         << e.what_without_backtrace();
   }
-  LayerConfig lc = layer_config(MambaCase{"h", "fpmamba1"}, 4);
+  LayerConfig lc = mamba_layer_config(MambaCase{"h", "fpmamba1"}, 4);
   lc.d_state = 0;
   EXPECT_THROW(nn::FPMamba1Layer(lc, mamba_solver()), c10::Error);
-  lc = layer_config(MambaCase{"h", "fpmamba1"}, 4);
+  lc = mamba_layer_config(MambaCase{"h", "fpmamba1"}, 4);
   lc.dt_init = "uniform";
   EXPECT_THROW(nn::FPMamba1Layer(lc, mamba_solver()), c10::Error);
-  lc = layer_config(MambaCase{"h", "fpmamba1"}, 4);
+  lc = mamba_layer_config(MambaCase{"h", "fpmamba1"}, 4);
   lc.layer = "fprnn";
   EXPECT_THROW(nn::FPMamba1Layer(lc, mamba_solver()), c10::Error);
 }

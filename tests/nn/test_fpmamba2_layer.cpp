@@ -17,13 +17,12 @@
 namespace fprnn::testing {
 namespace {
 
-LayerConfig layer_config(const MambaCase& c, int64_t d_model) { return mamba_layer_config(c, d_model); }
 SolverConfig mamba2_solver() { return fp_mamba_solver(0.1); }
 
 // A float64 layer (d_model 4 → D 8, headdim 4 → 2 heads unless given), seeded.
 nn::FPMamba2Layer make_mamba2(const MambaCase& c, int64_t d_model = 4, uint64_t seed = 17) {
   torch::manual_seed(seed);
-  nn::FPMamba2Layer layer(layer_config(c, d_model), mamba2_solver());
+  nn::FPMamba2Layer layer(mamba_layer_config(c, d_model), mamba2_solver());
   layer->to(torch::kFloat64);
   return layer;
 }
@@ -344,7 +343,7 @@ TEST(FPMamba2SolveTest, OutputComesFromOneMoreStepThanTheFixedPoint) {
 // ---- initialisation and parameters (spec §6) ---------------------------------------------------------------
 
 TEST(FPMamba2InitTest, ReferenceInitialisation) {
-  LayerConfig lc = layer_config(MambaCase{"h", "fpmamba2"}, 32);
+  LayerConfig lc = mamba_layer_config(MambaCase{"h", "fpmamba2"}, 32);
   lc.d_state = 16;
   lc.headdim = 8;
   torch::manual_seed(3);
@@ -389,7 +388,7 @@ TEST(FPMamba2InitTest, ParameterCountsFollowTheHeaderFormulas) {
       fp.glu = one.glu = glu;
       fp.headdim = one.headdim = 8;  // H = 4
       fp.ngroups = one.ngroups = G;
-      LayerConfig lfp = layer_config(fp, d), lone = layer_config(one, d);
+      LayerConfig lfp = mamba_layer_config(fp, d), lone = mamba_layer_config(one, d);
       lfp.d_state = lone.d_state = N;
       nn::FPMamba2Layer a(lfp, mamba2_solver()), b(lone, mamba2_solver());
       const int64_t H = 4;
@@ -421,19 +420,19 @@ TEST(FPMamba2InitTest, BadInputsThrow) {
       EXPECT_NE(std::string(e.what_without_backtrace()).find(fragment), std::string::npos) << e.what_without_backtrace();
     }
   };
-  LayerConfig lc = layer_config(MambaCase{"h", "fpmamba2"}, 4);
+  LayerConfig lc = mamba_layer_config(MambaCase{"h", "fpmamba2"}, 4);
   lc.headdim = 3;
   expect_ctor_error(lc, "FPMamba2: headdim = 3 must divide d_inner = 8");
-  lc = layer_config(MambaCase{"h", "fpmamba2"}, 4);
+  lc = mamba_layer_config(MambaCase{"h", "fpmamba2"}, 4);
   lc.ngroups = 3;
   expect_ctor_error(lc, "FPMamba2: ngroups = 3 must divide nheads = 2");
-  lc = layer_config(MambaCase{"one", "mamba2"}, 4);
+  lc = mamba_layer_config(MambaCase{"one", "mamba2"}, 4);
   lc.d_state = 0;
   expect_ctor_error(lc, "Mamba2: d_state must be positive");
-  lc = layer_config(MambaCase{"h", "fpmamba2"}, 4);
+  lc = mamba_layer_config(MambaCase{"h", "fpmamba2"}, 4);
   lc.A_init_min = 0;
   expect_ctor_error(lc, "A_init_min");
-  lc = layer_config(MambaCase{"h", "fpmamba2"}, 4);
+  lc = mamba_layer_config(MambaCase{"h", "fpmamba2"}, 4);
   lc.layer = "fpmamba1";
   expect_ctor_error(lc, "layer must be fpmamba2 or mamba2");
 }
@@ -442,13 +441,13 @@ TEST(FPMamba2InitTest, BadInputsThrow) {
 
 TEST(LayerFactoryTest, BuildsEveryLayerAndNamesTheValidOnes) {
   for (const std::string name : {"fpmamba2", "mamba2"}) {
-    LayerConfig lc = layer_config(MambaCase{"f", name}, 4);
+    LayerConfig lc = mamba_layer_config(MambaCase{"f", name}, 4);
     const auto layer = nn::make_layer(lc, mamba2_solver());
     auto* m2 = layer->as<nn::FPMamba2LayerImpl>();
     ASSERT_NE(m2, nullptr) << name;
     EXPECT_EQ(m2->one_pass(), name == "mamba2");
   }
-  LayerConfig lc = layer_config(MambaCase{"f", "fpmamba2"}, 4);
+  LayerConfig lc = mamba_layer_config(MambaCase{"f", "fpmamba2"}, 4);
   lc.layer = "mamba3";
   try {
     nn::make_layer(lc, mamba2_solver());
