@@ -6,6 +6,7 @@
 #include "fprnn/common.h"
 #include "fprnn/nn/backbone.h"
 #include "fprnn/nn/fprnn_layer.h"
+#include "fprnn/ops/kronecker.h"
 #include "fprnn/ops/linrec.h"
 #include "fprnn/ops/selective_scan.h"
 #include "fprnn/ops/ssd.h"
@@ -162,6 +163,91 @@ std::vector<Row> bench_selective_scan(const Options& opts) {
                      "GFLOP/s", 16 * elems / bwd_ms / 1e6, "selective_scan_aten backward by autograd (same run)",
                      aten_bwd_ms, 16 * elems / aten_bwd_ms / 1e6);
     b.ratio = bwd_ms / aten_bwd_ms;
+    b.check_ok = err_b < 2e-5;
+    b.check = check;
+    rows.push_back(b);
+  }
+  return rows;
+}
+
+// ---- kronecker (the fused mixer op) -------------------------------------------------------------------
+// The fused Kronecker op (raw projection → Q v) against the ATen composite the layers ran before it
+// (kronecker_fwd_ref), same inputs, same run, float32: the forward alone (what every no-grad fixed-point
+// iteration runs) and forward + backward ('column-wise' only; the reference's backward is autograd's).
+// Throughput in tokens/s. The check compares the first 64 tokens with the float64 reference.
+std::vector<Row> bench_kronecker(const Options& opts) {
+  std::vector<Row> rows;
+  const bool cuda = opts.device.is_cuda();
+  struct Shape {
+    std::string label;
+    int64_t N, m;
+    bool spectral;
+  };
+  std::vector<Shape> shapes;
+  if (opts.quick)
+    shapes = {{"tiny", 64, 4, false}};
+  else if (cuda)
+    shapes = {{"FPRNN A5 layer (512·17 tokens, n 1024), spectral", 512 * 17, 32, true},
+              {"FP-Mamba1 A5 layer (512·17 tokens, n 1024), column-wise", 512 * 17, 32, false},
+              {"FP-Mamba1 length-128 layer (512·128 tokens, n 1024), column-wise", 512 * 128, 32, false}};
+  else
+    shapes = {{"bracket FP-Mamba1 layer (256 tokens, n 256), column-wise", 256, 16, false},
+              {"A5/4 FPRNN layer (128·17 tokens, n 256), spectral", 128 * 17, 16, true}};
+  const std::string dev = cuda ? "cuda" : "cpu";
+  for (const auto& s : shapes) {
+    if (!opts.selected("kronecker fwd " + s.label) && !opts.selected("kronecker fwd+bwd " + s.label)) continue;
+    ops::KroneckerSpec spec;
+    spec.m1 = spec.m2 = s.m;
+    spec.spectral = s.spectral;
+    torch::manual_seed(0);
+    const auto o = torch::TensorOptions().dtype(torch::kFloat32).device(opts.device);
+    const torch::Tensor raw = torch::randn({s.N, spec.raw_size()}, o), v = torch::randn({s.N, s.m * s.m}, o);
+    const torch::Tensor g = torch::randn_like(v);
+    const auto first = [](const torch::Tensor& t) { return t.narrow(0, 0, std::min<int64_t>(64, t.size(0))).cpu(); };
+    const auto to64 = [](const torch::Tensor& t) { return t.to(torch::kFloat64); };
+    torch::Tensor y;
+    {
+      torch::NoGradGuard ng;
+      y = ops::kronecker_apply(raw, v, spec);
+    }
+    const double err_f = rms_ratio(first(y), ops::kronecker_fwd_ref(to64(first(raw)), to64(first(v)), spec));
+    const double fwd_ms = time_ms(
+        [&] {
+          torch::NoGradGuard ng;
+          y = ops::kronecker_apply(raw, v, spec);
+        },
+        opts);
+    const double ref_fwd_ms = time_ms(
+        [&] {
+          torch::NoGradGuard ng;
+          y = ops::kronecker_fwd_ref(raw, v, spec);
+        },
+        opts);
+    const double tokens = static_cast<double>(s.N);
+    const std::string shape = shape_str({s.N, s.m * s.m});
+    char check[96];
+    std::snprintf(check, sizeof(check), "vs float64 reference, rms ratio %.1e (tolerance 1e-5)", err_f);
+    Row f = make_row("kronecker fwd " + s.label + " (N, n) = " + shape + " float32 " + dev, fwd_ms, "tokens/s",
+                     tokens / fwd_ms * 1e3, "kronecker_fwd_ref, ATen ops (same run)", ref_fwd_ms,
+                     tokens / ref_fwd_ms * 1e3);
+    f.ratio = fwd_ms / ref_fwd_ms;
+    f.check_ok = err_f < 1e-5;
+    f.check = check;
+    rows.push_back(f);
+    if (s.spectral) continue;  // no fused backward
+    const torch::Tensor r1 = raw.clone().requires_grad_(true), v1 = v.clone().requires_grad_(true);
+    const torch::Tensor r2 = raw.clone().requires_grad_(true), v2 = v.clone().requires_grad_(true);
+    ops::kronecker_apply(r1, v1, spec).backward(g);
+    const torch::Tensor r64 = to64(first(raw)).requires_grad_(true), v64 = to64(first(v)).requires_grad_(true);
+    ops::kronecker_fwd_ref(r64, v64, spec).backward(to64(first(g)));
+    const double err_b = std::max(rms_ratio(first(r1.grad()), r64.grad()), rms_ratio(first(v1.grad()), v64.grad()));
+    const double both_ms = time_ms([&] { ops::kronecker_apply(r1, v1, spec).backward(g); }, opts);
+    const double ref_both_ms = time_ms([&] { ops::kronecker_fwd_ref(r2, v2, spec).backward(g); }, opts);
+    std::snprintf(check, sizeof(check), "gradients vs float64 reference, rms ratio %.1e (tolerance 2e-5)", err_b);
+    Row b = make_row("kronecker fwd+bwd " + s.label + " (N, n) = " + shape + " float32 " + dev, both_ms, "tokens/s",
+                     tokens / both_ms * 1e3, "kronecker_fwd_ref + autograd (same run)", ref_both_ms,
+                     tokens / ref_both_ms * 1e3);
+    b.ratio = both_ms / ref_both_ms;
     b.check_ok = err_b < 2e-5;
     b.check = check;
     rows.push_back(b);
@@ -482,6 +568,7 @@ std::vector<Case> all_cases() {
       {"linrec", "diagonal scan forward/backward (the device's kernel) against a memory copy", bench_linrec},
       {"selective_scan", "Mamba-1 selective scan forward/backward (the device's kernel) against the same recurrence as ATen ops",
        bench_selective_scan},
+      {"kronecker", "the fused Kronecker mixer op forward (and backward) against the ATen composite", bench_kronecker},
       {"ssd", "Mamba-2 SSD scan forward/backward (CPU kernel) against the same recurrence as ATen ops", bench_ssd},
       {"iteration", "one fixed-point iteration (no grad) against its projection GEMM alone", bench_iteration},
       {"train_step", "a full training step (forward, one-step backward, AdamW) against the 1-iteration model",

@@ -1,10 +1,11 @@
 // CUDA kernels against the CPU references: the scan (single-pass and chunked paths, both directions,
-// every dtype) and the Householder/DPLR application, forward and backward. Skipped without a GPU; run on
+// every dtype), the Householder/DPLR application and the fused Kronecker mixer, forward and backward. Skipped without a GPU; run on
 // the GPU machine before a CUDA change lands.
 #include "testing.h"
 
 #include "fprnn/ops/conv1d.h"
 #include "fprnn/ops/householder.h"
+#include "fprnn/ops/kronecker.h"
 #include "fprnn/ops/linrec.h"
 #ifdef FPRNN_WITH_CUDA
 #include "fprnn/ops/fp_step_cuda.h"
@@ -215,6 +216,67 @@ TEST(FpStepCuda, PaddedRowsAndRoundedIterate) {
   EXPECT_THROW(ops::fp_mix_cuda(too_narrow, too_narrow, bx, h, lambda, v, r, "silu", 1e-6, false, s), c10::Error);
 }
 #endif
+
+// The fused Kronecker op: CUDA kernels against the CPU kernels (which test_kronecker.cpp checks against the
+// ATen reference), forward (both normalisations) and backward (column-wise), float64 and float32, from a 1×1
+// mixer to the layers' 32×32 and an oblong 16×32; and the autograd entry on the GPU.
+struct KronShape {
+  int64_t N, m1, m2;
+  bool symmetric, spectral;
+};
+
+class KroneckerCudaTest : public ::testing::TestWithParam<KronShape> {};
+
+TEST_P(KroneckerCudaTest, FwdAndBwdMatchCpu) {
+  FPRNN_REQUIRE_GPU();
+  const KronShape k = GetParam();
+  ops::KroneckerSpec s;
+  s.m1 = k.m1;
+  s.m2 = k.m2;
+  s.symmetric = k.symmetric;
+  s.spectral = k.spectral;
+  const Tensor raw = randn({k.N, s.raw_size()}, 30), v = randn({k.N, k.m1 * k.m2}, 31);
+  const Tensor g = randn({k.N, k.m1 * k.m2}, 32);
+  for (auto dt : {torch::kFloat64, torch::kFloat32}) {
+    const double tol = dt == torch::kFloat64 ? 1e-12 : 1e-5;
+    const std::string what = std::string(dt == torch::kFloat64 ? "float64" : "float32");
+    const Tensor r = raw.to(dt), x = v.to(dt), gy = g.to(dt);
+    const Tensor want = ops::kronecker_fwd_cpu(r, x, s);
+    expect_close(ops::kronecker_fwd_cuda(r.cuda(), x.cuda(), s).cpu().to(torch::kFloat64), want.to(torch::kFloat64),
+                 tol, what + " forward");
+    if (k.spectral) continue;
+    const auto [graw_cpu, gv_cpu] = ops::kronecker_bwd_cpu(r, x, gy, s);
+    const auto [graw, gv] = ops::kronecker_bwd_cuda(r.cuda(), x.cuda(), gy.cuda(), s);
+    expect_close(graw.cpu().to(torch::kFloat64), graw_cpu.to(torch::kFloat64), tol, what + " d raw");
+    expect_close(gv.cpu().to(torch::kFloat64), gv_cpu.to(torch::kFloat64), tol, what + " d v");
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, KroneckerCudaTest,
+                         ::testing::Values(KronShape{3, 1, 1, true, false}, KronShape{17, 2, 3, true, false},
+                                           KronShape{9, 3, 4, false, false}, KronShape{33, 4, 4, true, true},
+                                           KronShape{700, 32, 32, true, false}, KronShape{70, 32, 32, true, true},
+                                           KronShape{50, 16, 32, true, false}, KronShape{20, 32, 32, false, false}));
+
+TEST(KroneckerCuda, AutogradEntryMatchesCpu) {
+  FPRNN_REQUIRE_GPU();
+  ops::KroneckerSpec s;
+  s.m1 = 4;
+  s.m2 = 8;
+  const Tensor raw = randn({2, 5, s.raw_size()}, 33), v = randn({2, 5, 32}, 34), w = randn({2, 5, 32}, 35);
+  Tensor rc = raw.clone().requires_grad_(true), vc = v.clone().requires_grad_(true);
+  Tensor rg = raw.cuda().requires_grad_(true), vg = v.cuda().requires_grad_(true);
+  (ops::kronecker_apply(rc, vc, s) * w).sum().backward();
+  (ops::kronecker_apply(rg, vg, s) * w.cuda()).sum().backward();
+  expect_close(rg.grad().cpu(), rc.grad(), 1e-12, "d raw");
+  expect_close(vg.grad().cpu(), vc.grad(), 1e-12, "d v");
+  // bfloat16 inputs are computed in float32 on both devices.
+  const Tensor yb = ops::kronecker_apply(raw.to(torch::kBFloat16).cuda(), v.to(torch::kBFloat16).cuda(), s);
+  EXPECT_EQ(yb.scalar_type(), torch::kBFloat16);
+  expect_close(yb.cpu().to(torch::kFloat64),
+               ops::kronecker_apply(raw.to(torch::kBFloat16), v.to(torch::kBFloat16), s).to(torch::kFloat64), 1e-2,
+               "bfloat16");
+}
 
 }  // namespace
 }  // namespace fprnn::testing

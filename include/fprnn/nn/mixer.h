@@ -10,6 +10,8 @@
 #include "fprnn/io/config.h"
 #include "fprnn/nn/basic.h"
 
+#include "fprnn/ops/kronecker.h"
+
 #include <torch/torch.h>
 
 #include <memory>
@@ -72,7 +74,9 @@ class HouseholderMixerImpl : public MixerImpl {
 // n = m1·m2 (most balanced, m1 ≤ m2). raw = [uv_project(param), diag(param)].
 // U = rownorm(L1 L1ᵀ), V = rownorm(L2 L2ᵀ) (L upper-triangular, filled row-major from act(raw)),
 // 'spectral' divides each by a 16-step power-iteration estimate (+eps); then U ← diag(σ(d₁)) U,
-// V ← diag(σ(d₂)) V; Q v = vec(M − 2 Uᵀ M Vᵀ) with M the row-major m1×m2 view of v.
+// V ← diag(σ(d₂)) V; Q v = vec(M − 2 Uᵀ M Vᵀ) with M the row-major m1×m2 view of v. On a GPU apply runs the
+// fused op (fprnn/ops/kronecker.h) wherever it has the needed pass; the ATen reference otherwise (on the CPU,
+// 'spectral' with a gradient, or factors too large for a GPU block's shared memory).
 class KroneckerMixerImpl : public MixerImpl {
  public:
   KroneckerMixerImpl(int64_t in_features, int64_t n, const std::string& ac, int64_t proj_rank, double eps,
@@ -84,6 +88,8 @@ class KroneckerMixerImpl : public MixerImpl {
 
   // raw → (U (B, T, m1, m1), V (B, T, m2, m2)) after normalisation and diagonal scaling.
   std::pair<Tensor, Tensor> factors(const Tensor& raw) const;
+  // The fused op's description of this mixer.
+  ops::KroneckerSpec spec() const;
 
   int64_t m1, m2;
   std::string ac, normalization;
