@@ -109,6 +109,17 @@ struct Seq {
 // Index of the upper-triangular entry (i ≤ j) of an m×m factor in row-major (triu_indices) order.
 FPRNN_HD int triu_index(int i, int j, int m) { return i * m - i * (i - 1) / 2 + (j - i); }
 
+// y = S x for an m×m matrix S (stride m + 1); the threads meet afterwards.
+template <typename T, typename P>
+FPRNN_HD void matvec(const P& par, const T* S, int m, const T* x, T* y) {
+  for (int i = par.tid(); i < m; i += par.nt()) {
+    T s = 0;
+    for (int j = 0; j < m; ++j) s += S[i * (m + 1) + j] * x[j];
+    y[i] = s;
+  }
+  par.sync();
+}
+
 // Factor f (0: U, m1; 1: V, m2) before the diagonal: S = act(p) filled (and L Lᵀ when symmetric), rows scaled
 // to unit norm (x / max(‖x‖, eps)), divided by (σ̂ + eps) when spectral. Writes S (stride m + 1) and, when
 // rnorm is given, the rows' norms before the clamp. L and vec are scratch.
@@ -154,12 +165,7 @@ FPRNN_HD void build_normalized(const P& par, const Params& q, const T* raw, int 
   for (int k = 0; k < 16; ++k) {
     const T* src = k % 2 == 0 ? pv : pu;
     T* dst = k % 2 == 0 ? pu : pv;
-    for (int i = par.tid(); i < m; i += par.nt()) {
-      T s = 0;
-      for (int j = 0; j < m; ++j) s += S[i * ld + j] * src[j];
-      tmp[i] = s;
-    }
-    par.sync();
+    matvec(par, S, m, src, tmp);
     T s = 0;
     for (int j = 0; j < m; ++j) s += tmp[j] * tmp[j];
     const T nrm = k_sqrt(s);
@@ -167,12 +173,7 @@ FPRNN_HD void build_normalized(const P& par, const Params& q, const T* raw, int 
     for (int i = par.tid(); i < m; i += par.nt()) dst[i] = tmp[i] * inv;
     par.sync();
   }
-  for (int i = par.tid(); i < m; i += par.nt()) {
-    T s = 0;
-    for (int j = 0; j < m; ++j) s += S[i * ld + j] * pv[j];
-    tmp[i] = s;
-  }
-  par.sync();
+  matvec(par, S, m, pv, tmp);
   T sigma = 0;
   for (int i = 0; i < m; ++i) sigma += pu[i] * tmp[i];
   const T inv = T(1) / (sigma + eps);
@@ -193,16 +194,24 @@ FPRNN_HD void scale_rows(const P& par, const Params& q, const T* raw, int f, con
   par.sync();
 }
 
+// Both factors: the normalised S1, S2 (row norms into r1, r2 when given) and U = diag(d₁) S1, V = diag(d₂) S2
+// (U may be S1, V may be S2).
+template <typename T, typename P>
+FPRNN_HD void build_factors(const P& par, const Params& q, const Layout& l, const T* raw, T* S1, T* r1, T* U, T* S2,
+                            T* r2, T* V, T* w) {
+  build_normalized(par, q, raw, 0, S1, r1, w + l.L, w + l.vec);
+  scale_rows(par, q, raw, 0, S1, U);
+  build_normalized(par, q, raw, 1, S2, r2, w + l.L, w + l.vec);
+  scale_rows(par, q, raw, 1, S2, V);
+}
+
 // out (n) = vec(M − 2 Uᵀ M Vᵀ) for one token; raw (R) and v (n) are the token's rows.
 template <typename T, typename P>
 FPRNN_HD void forward_token(const P& par, const Params& q, const Layout& l, const T* raw, const T* v, T* out,
                             T* w) {
   const int m1 = q.m1, m2 = q.m2, ld1 = m1 + 1, ld2 = m2 + 1;
   T *U = w + l.U, *V = w + l.V, *M = w + l.M, *A = w + l.A;
-  build_normalized(par, q, raw, 0, U, static_cast<T*>(nullptr), w + l.L, w + l.vec);
-  scale_rows(par, q, raw, 0, U, U);
-  build_normalized(par, q, raw, 1, V, static_cast<T*>(nullptr), w + l.L, w + l.vec);
-  scale_rows(par, q, raw, 1, V, V);
+  build_factors(par, q, l, raw, U, static_cast<T*>(nullptr), U, V, static_cast<T*>(nullptr), V, w);
   for (int idx = par.tid(); idx < m1 * m2; idx += par.nt()) M[(idx / m2) * ld2 + idx % m2] = v[idx];
   par.sync();
   for (int idx = par.tid(); idx < m1 * m2; idx += par.nt()) {  // A = Uᵀ M
@@ -269,10 +278,7 @@ FPRNN_HD void backward_token(const P& par, const Params& q, const Layout& l, con
   const int m1 = q.m1, m2 = q.m2, ld1 = m1 + 1, ld2 = m2 + 1;
   T *U = w + l.U, *V = w + l.V, *Un1 = w + l.Un1, *Un2 = w + l.Un2, *M = w + l.M, *G = w + l.G;
   T *A = w + l.A, *B = w + l.B, *C = w + l.C, *gU = w + l.gU, *gV = w + l.gV;
-  build_normalized(par, q, raw, 0, Un1, w + l.r1, w + l.L, w + l.vec);
-  scale_rows(par, q, raw, 0, Un1, U);
-  build_normalized(par, q, raw, 1, Un2, w + l.r2, w + l.L, w + l.vec);
-  scale_rows(par, q, raw, 1, Un2, V);
+  build_factors(par, q, l, raw, Un1, w + l.r1, U, Un2, w + l.r2, V, w);
   for (int idx = par.tid(); idx < m1 * m2; idx += par.nt()) {
     M[(idx / m2) * ld2 + idx % m2] = v[idx];
     G[(idx / m2) * ld2 + idx % m2] = g[idx];
