@@ -39,7 +39,7 @@ torch::Tensor kronecker_apply(const torch::Tensor& raw, const torch::Tensor& v, 
 
 // Whether the fused kernels take this spec for tensors like `like` (device) in the compute dtype `dtype`, with
 // (`backward`) or without the gradient pass: always on the CPU; on a GPU when a token's matrices fit the
-// device's shared memory per block (32×32 factors need 26 KiB forward, 51 KiB backward in float32).
+// device's shared memory per block (32×32 factors need 21 KiB forward, 50 KiB backward in float32).
 bool kronecker_fused_fits(const KroneckerSpec& spec, const torch::Tensor& like, torch::Dtype dtype, bool backward);
 
 // Reference (ATen ops, never optimised, differentiable by autograd; any floating dtype): the factors
