@@ -11,6 +11,7 @@
 #include "fprnn/ops/fp_step_cuda.h"
 #endif
 
+#include <cmath>
 #include <limits>
 
 namespace fprnn::testing {
@@ -258,6 +259,44 @@ INSTANTIATE_TEST_SUITE_P(Shapes, KroneckerCudaTest,
                                            KronShape{700, 32, 32, true, false}, KronShape{70, 32, 32, true, true},
                                            KronShape{50, 16, 32, true, false}, KronShape{20, 32, 32, false, false}));
 
+// bfloat16 and float16 tensors go into the kernels as they are (widened on load, rounded on store): the result
+// must be the float32 kernels' on the same (rounded) inputs, rounded once, forward and backward. At most one
+// unit in the last place apart (a float32 value on a rounding midpoint may go either way); in practice equal.
+TEST(KroneckerCuda, ReducedPrecisionIoMatchesFloat32KernelsRounded) {
+  FPRNN_REQUIRE_GPU();
+  for (const bool symmetric : {true, false}) {
+    ops::KroneckerSpec s;
+    s.m1 = 32;
+    s.m2 = 32;
+    s.symmetric = symmetric;
+    const int64_t N = 300;
+    for (auto io : {torch::kBFloat16, torch::kFloat16}) {
+      const std::string what = std::string(io == torch::kBFloat16 ? "bfloat16" : "float16") +
+                               (symmetric ? ", symmetric" : ", general");
+      const Tensor raw = randn({N, s.raw_size()}, 40).to(io).cuda(), v = randn({N, 1024}, 41).to(io).cuda();
+      const Tensor g = randn({N, 1024}, 42).to(io).cuda();
+      const Tensor y = ops::kronecker_fwd_cuda(raw, v, s);
+      ASSERT_EQ(y.scalar_type(), io) << what;
+      const Tensor y32 = ops::kronecker_fwd_cuda(raw.to(torch::kFloat32), v.to(torch::kFloat32), s);
+      const double ulp = io == torch::kBFloat16 ? std::ldexp(1.0, -7) : std::ldexp(1.0, -10);
+      auto expect_rounded = [&](const Tensor& got, const Tensor& want32, const std::string& name) {
+        const Tensor want = want32.to(io).to(torch::kFloat64), have = got.to(torch::kFloat64);
+        const Tensor bound = want.abs().clamp_min(1e-30) * ulp;
+        EXPECT_TRUE(((have - want).abs() <= bound).all().item<bool>())
+            << what << " " << name << ": max abs difference " << (have - want).abs().max().item<double>();
+        EXPECT_GT((have == want).to(torch::kFloat64).mean().item<double>(), 0.999) << what << " " << name;
+      };
+      expect_rounded(y, y32, "forward");
+      const auto [graw, gv] = ops::kronecker_bwd_cuda(raw, v, g, s);
+      ASSERT_EQ(graw.scalar_type(), io);
+      const auto [graw32, gv32] =
+          ops::kronecker_bwd_cuda(raw.to(torch::kFloat32), v.to(torch::kFloat32), g.to(torch::kFloat32), s);
+      expect_rounded(graw, graw32, "d raw");
+      expect_rounded(gv, gv32, "d v");
+    }
+  }
+}
+
 TEST(KroneckerCuda, AutogradEntryMatchesCpu) {
   FPRNN_REQUIRE_GPU();
   ops::KroneckerSpec s;
@@ -276,6 +315,16 @@ TEST(KroneckerCuda, AutogradEntryMatchesCpu) {
   expect_close(yb.cpu().to(torch::kFloat64),
                ops::kronecker_apply(raw.to(torch::kBFloat16), v.to(torch::kBFloat16), s).to(torch::kFloat64), 1e-2,
                "bfloat16");
+  // ... and their gradients come back in bfloat16, as the float32 computation's rounded.
+  Tensor rb = raw.to(torch::kBFloat16).cuda().requires_grad_(true);
+  Tensor vb = v.to(torch::kBFloat16).cuda().requires_grad_(true);
+  (ops::kronecker_apply(rb, vb, s).to(torch::kFloat32) * w.cuda()).sum().backward();
+  ASSERT_EQ(rb.grad().scalar_type(), torch::kBFloat16);
+  Tensor rf = raw.to(torch::kBFloat16).to(torch::kFloat32).cuda().requires_grad_(true);
+  Tensor vf = v.to(torch::kBFloat16).to(torch::kFloat32).cuda().requires_grad_(true);
+  (ops::kronecker_apply(rf, vf, s).to(torch::kBFloat16).to(torch::kFloat32) * w.cuda()).sum().backward();
+  expect_close(rb.grad().cpu().to(torch::kFloat64), rf.grad().cpu().to(torch::kFloat64), 1e-2, "bfloat16 d raw");
+  expect_close(vb.grad().cpu().to(torch::kFloat64), vf.grad().cpu().to(torch::kFloat64), 1e-2, "bfloat16 d v");
 }
 
 }  // namespace

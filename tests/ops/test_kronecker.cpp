@@ -142,6 +142,21 @@ TEST(KroneckerOp, EntryMatchesRefInEveryDtypeAndShape) {
                "bfloat16");
 }
 
+TEST(KroneckerOp, CpuKernelsRefuseReducedPrecision) {
+  // bfloat16 goes straight into the GPU kernels only; the CPU kernels say so (the entry casts for them).
+  KroneckerSpec s;
+  s.m1 = 2;
+  s.m2 = 2;
+  const Tensor raw = randn({3, s.raw_size()}, 12).to(torch::kBFloat16), v = randn({3, 4}, 13).to(torch::kBFloat16);
+  try {
+    kronecker_fwd_cpu(raw, v, s);
+    ADD_FAILURE() << "kronecker_fwd_cpu took bfloat16";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what_without_backtrace()).find("on a GPU"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(kronecker_bwd_cpu(raw, v, v, s), c10::Error);
+}
+
 TEST(KroneckerOp, EntryRefusesSpectralGradient) {
   KroneckerSpec s;
   s.m1 = 2;

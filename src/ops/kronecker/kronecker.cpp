@@ -35,7 +35,10 @@ void check_kernel_inputs(const char* op, const torch::Tensor& raw, const torch::
   TORCH_CHECK(v.dim() == 2 && v.size(0) == raw.size(0) && v.size(1) == spec.m1 * spec.m2, op, ": v must be (",
               raw.size(0), ", ", spec.m1 * spec.m2, "), got ", v.sizes());
   const auto dt = raw.scalar_type();
-  TORCH_CHECK(dt == torch::kFloat32 || dt == torch::kFloat64, op, ": the kernels take float32 or float64, got ", dt);
+  const bool reduced = dt == torch::kBFloat16 || dt == torch::kFloat16;
+  TORCH_CHECK(dt == torch::kFloat32 || dt == torch::kFloat64 || (reduced && raw.is_cuda()), op,
+              ": the kernels take float32 or float64 (and, on a GPU, bfloat16 or float16), got ", dt, " on ",
+              raw.device());
   TORCH_CHECK(v.scalar_type() == dt, op, ": raw and v must share a dtype, got ", dt, " and ", v.scalar_type());
   TORCH_CHECK(raw.is_contiguous() && v.is_contiguous(), op, ": the kernels need contiguous raw and v");
   TORCH_CHECK(v.device() == raw.device(), op, ": raw and v must be on one device, got ", raw.device(), " and ",
@@ -141,7 +144,11 @@ torch::Tensor kronecker_apply(const torch::Tensor& raw, const torch::Tensor& v, 
   auto dt = torch::promote_types(raw.scalar_type(), v.scalar_type());
   TORCH_CHECK(dt == torch::kFloat32 || dt == torch::kFloat64 || dt == torch::kBFloat16 || dt == torch::kFloat16,
               "kronecker: dtype must be floating point, got ", dt);
-  if (dt != torch::kFloat64) dt = torch::kFloat32;
+  // bfloat16/float16 are computed in float32: on a GPU the kernels widen on load and round on store (the same
+  // numbers as casting around a float32 call, without the copies); the CPU kernels take float32 copies.
+  if (dt != torch::kFloat64 && !(raw.is_cuda() && dt == raw.scalar_type() && dt == v.scalar_type() &&
+                                 (dt == torch::kBFloat16 || dt == torch::kFloat16)))
+    dt = torch::kFloat32;
   const bool wants_grad = torch::GradMode::is_enabled() && (raw.requires_grad() || v.requires_grad());
   TORCH_CHECK(!(wants_grad && spec.spectral),
               "kronecker: the fused kernels have no backward for 'spectral' normalisation; use kronecker_fwd_ref");

@@ -2,7 +2,10 @@
 // written for a group of `par.nt()` cooperating threads (thread `par.tid()`) that meet at `par.sync()`: on the
 // CPU one thread (Seq) does a whole token; on the GPU a thread block does (Block, in kronecker_cuda.cu).
 // Matrices live in a per-token scratch buffer with row stride m + 1 (conflict-free shared-memory columns).
-// The formulas are in README.md.
+// The formulas are in README.md. The arithmetic and the scratch are in T (float or double); the token's rows
+// in global memory (raw, v, g and the results) are of type IO, which is T, or bfloat16/half on the GPU: read
+// and widened to T on load, rounded once on store (what computing in T and casting afterwards gives, without
+// the copies).
 #pragma once
 
 #include "fprnn/ops/kronecker.h"
@@ -123,15 +126,15 @@ FPRNN_HD void matvec(const P& par, const T* S, int m, const T* x, T* y) {
 // Factor f (0: U, m1; 1: V, m2) before the diagonal: S = act(p) filled (and L Lᵀ when symmetric), rows scaled
 // to unit norm (x / max(‖x‖, eps)), divided by (σ̂ + eps) when spectral. Writes S (stride m + 1) and, when
 // rnorm is given, the rows' norms before the clamp. L and vec are scratch.
-template <typename T, typename P>
-FPRNN_HD void build_normalized(const P& par, const Params& q, const T* raw, int f, T* S, T* rnorm, T* L, T* vec) {
+template <typename T, typename P, typename IO>
+FPRNN_HD void build_normalized(const P& par, const Params& q, const IO* raw, int f, T* S, T* rnorm, T* L, T* vec) {
   const int m = f == 0 ? q.m1 : q.m2, ld = m + 1;
-  const T* p = raw + (f == 0 ? 0 : q.k1);
+  const IO* p = raw + (f == 0 ? 0 : q.k1);
   const T eps = T(q.eps);
   if (q.symmetric) {
     for (int idx = par.tid(); idx < m * m; idx += par.nt()) {
       const int i = idx / m, j = idx % m;
-      L[i * ld + j] = i <= j ? act_fwd(q.act, p[triu_index(i, j, m)]) : T(0);
+      L[i * ld + j] = i <= j ? act_fwd(q.act, static_cast<T>(p[triu_index(i, j, m)])) : T(0);
     }
     par.sync();
     for (int idx = par.tid(); idx < m * m; idx += par.nt()) {
@@ -141,7 +144,8 @@ FPRNN_HD void build_normalized(const P& par, const Params& q, const T* raw, int 
       S[i * ld + j] = s;
     }
   } else {
-    for (int idx = par.tid(); idx < m * m; idx += par.nt()) S[(idx / m) * ld + idx % m] = act_fwd(q.act, p[idx]);
+    for (int idx = par.tid(); idx < m * m; idx += par.nt())
+      S[(idx / m) * ld + idx % m] = act_fwd(q.act, static_cast<T>(p[idx]));
   }
   par.sync();
   for (int i = par.tid(); i < m; i += par.nt()) {
@@ -183,21 +187,21 @@ FPRNN_HD void build_normalized(const P& par, const Params& q, const T* raw, int 
 }
 
 // dst = diag(d_f) S (stride m + 1; dst may be S).
-template <typename T, typename P>
-FPRNN_HD void scale_rows(const P& par, const Params& q, const T* raw, int f, const T* S, T* dst) {
+template <typename T, typename P, typename IO>
+FPRNN_HD void scale_rows(const P& par, const Params& q, const IO* raw, int f, const T* S, T* dst) {
   const int m = f == 0 ? q.m1 : q.m2, ld = m + 1;
-  const T* rd = raw + q.k1 + q.k2 + (f == 0 ? 0 : q.m1);
+  const IO* rd = raw + q.k1 + q.k2 + (f == 0 ? 0 : q.m1);
   for (int idx = par.tid(); idx < m * m; idx += par.nt()) {
     const int i = idx / m, j = idx % m;
-    dst[i * ld + j] = k_sigmoid(rd[i]) * S[i * ld + j];
+    dst[i * ld + j] = k_sigmoid(static_cast<T>(rd[i])) * S[i * ld + j];
   }
   par.sync();
 }
 
 // Both factors: the normalised S1, S2 (row norms into r1, r2 when given) and U = diag(d₁) S1, V = diag(d₂) S2
 // (U may be S1, V may be S2).
-template <typename T, typename P>
-FPRNN_HD void build_factors(const P& par, const Params& q, const Layout& l, const T* raw, T* S1, T* r1, T* U, T* S2,
+template <typename T, typename P, typename IO>
+FPRNN_HD void build_factors(const P& par, const Params& q, const Layout& l, const IO* raw, T* S1, T* r1, T* U, T* S2,
                             T* r2, T* V, T* w) {
   build_normalized(par, q, raw, 0, S1, r1, w + l.L, w + l.vec);
   scale_rows(par, q, raw, 0, S1, U);
@@ -205,55 +209,78 @@ FPRNN_HD void build_factors(const P& par, const Params& q, const Layout& l, cons
   scale_rows(par, q, raw, 1, S2, V);
 }
 
+// Rows per work item of the forward's two small products: a work item computes kRowTile entries of one column,
+// rows a0, a0 + G, a0 + 2G, … (G = ⌈rows / kRowTile⌉), so that the column's entry of the right-hand matrix is
+// loaded once for all of them (on the GPU: 5 shared-memory loads per 4 multiply-adds instead of 8). Each entry
+// is still one dot product summed in index order, the same arithmetic as one entry per work item.
+constexpr int kRowTile = 4;
+
 // out (n) = vec(M − 2 Uᵀ M Vᵀ) for one token; raw (R) and v (n) are the token's rows.
-template <typename T, typename P>
-FPRNN_HD void forward_token(const P& par, const Params& q, const Layout& l, const T* raw, const T* v, T* out,
+template <typename T, typename P, typename IO>
+FPRNN_HD void forward_token(const P& par, const Params& q, const Layout& l, const IO* raw, const IO* v, IO* out,
                             T* w) {
   const int m1 = q.m1, m2 = q.m2, ld1 = m1 + 1, ld2 = m2 + 1;
+  const int G = (m1 + kRowTile - 1) / kRowTile;  // row groups
   T *U = w + l.U, *V = w + l.V, *M = w + l.M, *A = w + l.A;
   build_factors(par, q, l, raw, U, static_cast<T*>(nullptr), U, V, static_cast<T*>(nullptr), V, w);
-  for (int idx = par.tid(); idx < m1 * m2; idx += par.nt()) M[(idx / m2) * ld2 + idx % m2] = v[idx];
+  for (int idx = par.tid(); idx < m1 * m2; idx += par.nt()) M[(idx / m2) * ld2 + idx % m2] = static_cast<T>(v[idx]);
   par.sync();
-  for (int idx = par.tid(); idx < m1 * m2; idx += par.nt()) {  // A = Uᵀ M
-    const int a = idx / m2, j = idx % m2;
-    T s = 0;
-    for (int i = 0; i < m1; ++i) s += U[i * ld1 + a] * M[i * ld2 + j];
-    A[a * ld2 + j] = s;
+  for (int idx = par.tid(); idx < G * m2; idx += par.nt()) {  // A = Uᵀ M: rows a0 + kG of column j
+    const int a0 = idx / m2, j = idx % m2;
+    T s[kRowTile] = {};
+    for (int i = 0; i < m1; ++i) {
+      const T mij = M[i * ld2 + j];
+#pragma unroll
+      for (int k = 0; k < kRowTile; ++k)
+        if (a0 + k * G < m1) s[k] += U[i * ld1 + a0 + k * G] * mij;
+    }
+#pragma unroll
+    for (int k = 0; k < kRowTile; ++k)
+      if (a0 + k * G < m1) A[(a0 + k * G) * ld2 + j] = s[k];
   }
   par.sync();
-  for (int idx = par.tid(); idx < m1 * m2; idx += par.nt()) {  // out = M − 2 A Vᵀ
-    const int a = idx / m2, b = idx % m2;
-    T s = 0;
-    for (int j = 0; j < m2; ++j) s += A[a * ld2 + j] * V[b * ld2 + j];
-    out[idx] = M[a * ld2 + b] - T(2) * s;
+  for (int idx = par.tid(); idx < G * m2; idx += par.nt()) {  // out = M − 2 A Vᵀ: rows a0 + kG of column b
+    const int a0 = idx / m2, b = idx % m2;
+    T s[kRowTile] = {};
+    for (int j = 0; j < m2; ++j) {
+      const T vbj = V[b * ld2 + j];
+#pragma unroll
+      for (int k = 0; k < kRowTile; ++k)
+        if (a0 + k * G < m1) s[k] += A[(a0 + k * G) * ld2 + j] * vbj;
+    }
+#pragma unroll
+    for (int k = 0; k < kRowTile; ++k) {
+      const int a = a0 + k * G;
+      if (a < m1) out[a * m2 + b] = static_cast<IO>(M[a * ld2 + b] - T(2) * s[k]);
+    }
   }
   par.sync();  // the scratch is reused by the next token
 }
 
 // Gradient of one factor f from gF = ∂L/∂(diag(d) Ŝ) (overwritten): writes graw's entries of the factor and of
 // its diagonal. Column-wise normalisation only.
-template <typename T, typename P>
-FPRNN_HD void factor_backward(const P& par, const Params& q, const T* raw, int f, const T* Un, const T* rnorm,
-                              T* gF, T* L, T* graw) {
+template <typename T, typename P, typename IO>
+FPRNN_HD void factor_backward(const P& par, const Params& q, const IO* raw, int f, const T* Un, const T* rnorm,
+                              T* gF, T* L, IO* graw) {
   const int m = f == 0 ? q.m1 : q.m2, ld = m + 1;
   const int off_p = f == 0 ? 0 : q.k1, off_d = q.k1 + q.k2 + (f == 0 ? 0 : q.m1);
   const T eps = T(q.eps);
   for (int i = par.tid(); i < m; i += par.nt()) {
-    const T d = k_sigmoid(raw[off_d + i]);
+    const T d = k_sigmoid(static_cast<T>(raw[off_d + i]));
     T gd = 0;
     for (int a = 0; a < m; ++a) gd += gF[i * ld + a] * Un[i * ld + a];
-    graw[off_d + i] = gd * d * (T(1) - d);
+    graw[off_d + i] = static_cast<IO>(gd * d * (T(1) - d));
     // gŜ = d gF; through x / max(‖x‖, eps): (gŜ − Ŝ (Ŝ·gŜ)) / ‖x‖, or gŜ / eps where the clamp is active.
     const T r = rnorm[i];
     for (int a = 0; a < m; ++a)
       gF[i * ld + a] = r > eps ? d * (gF[i * ld + a] - Un[i * ld + a] * gd) / r : d * gF[i * ld + a] / eps;
   }
   par.sync();
-  const T* p = raw + off_p;
+  const IO* p = raw + off_p;
   if (q.symmetric) {  // S = L Lᵀ: gL = (gS + gSᵀ) L on the upper triangle
     for (int idx = par.tid(); idx < m * m; idx += par.nt()) {
       const int i = idx / m, j = idx % m;
-      L[i * ld + j] = i <= j ? act_fwd(q.act, p[triu_index(i, j, m)]) : T(0);
+      L[i * ld + j] = i <= j ? act_fwd(q.act, static_cast<T>(p[triu_index(i, j, m)])) : T(0);
     }
     par.sync();
     for (int idx = par.tid(); idx < m * m; idx += par.nt()) {
@@ -262,26 +289,26 @@ FPRNN_HD void factor_backward(const P& par, const Params& q, const T* raw, int f
       T s = 0;
       for (int k = 0; k <= j; ++k) s += (gF[i * ld + k] + gF[k * ld + i]) * L[k * ld + j];
       const int t = triu_index(i, j, m);
-      graw[off_p + t] = s * act_grad(q.act, p[t]);
+      graw[off_p + t] = static_cast<IO>(s * act_grad(q.act, static_cast<T>(p[t])));
     }
   } else {
     for (int idx = par.tid(); idx < m * m; idx += par.nt())
-      graw[off_p + idx] = gF[(idx / m) * ld + idx % m] * act_grad(q.act, p[idx]);
+      graw[off_p + idx] = static_cast<IO>(gF[(idx / m) * ld + idx % m] * act_grad(q.act, static_cast<T>(p[idx])));
   }
   par.sync();
 }
 
 // (graw (R), gv (n)) for one token and upstream gradient g (n). Column-wise normalisation only.
-template <typename T, typename P>
-FPRNN_HD void backward_token(const P& par, const Params& q, const Layout& l, const T* raw, const T* v, const T* g,
-                             T* graw, T* gv, T* w) {
+template <typename T, typename P, typename IO>
+FPRNN_HD void backward_token(const P& par, const Params& q, const Layout& l, const IO* raw, const IO* v, const IO* g,
+                             IO* graw, IO* gv, T* w) {
   const int m1 = q.m1, m2 = q.m2, ld1 = m1 + 1, ld2 = m2 + 1;
   T *U = w + l.U, *V = w + l.V, *Un1 = w + l.Un1, *Un2 = w + l.Un2, *M = w + l.M, *G = w + l.G;
   T *A = w + l.A, *B = w + l.B, *C = w + l.C, *gU = w + l.gU, *gV = w + l.gV;
   build_factors(par, q, l, raw, Un1, w + l.r1, U, Un2, w + l.r2, V, w);
   for (int idx = par.tid(); idx < m1 * m2; idx += par.nt()) {
-    M[(idx / m2) * ld2 + idx % m2] = v[idx];
-    G[(idx / m2) * ld2 + idx % m2] = g[idx];
+    M[(idx / m2) * ld2 + idx % m2] = static_cast<T>(v[idx]);
+    G[(idx / m2) * ld2 + idx % m2] = static_cast<T>(g[idx]);
   }
   par.sync();
   for (int idx = par.tid(); idx < m1 * m2; idx += par.nt()) {
@@ -301,7 +328,7 @@ FPRNN_HD void backward_token(const P& par, const Params& q, const Layout& l, con
     const int a = idx / m2, b = idx % m2;
     T s = 0;
     for (int j = 0; j < m2; ++j) s += C[a * ld2 + j] * V[j * ld2 + b];
-    gv[idx] = G[a * ld2 + b] - T(2) * s;
+    gv[idx] = static_cast<IO>(G[a * ld2 + b] - T(2) * s);
   }
   for (int idx = par.tid(); idx < m1 * m1; idx += par.nt()) {  // gU = −2 A Gᵀ
     const int i = idx / m1, a = idx % m1;

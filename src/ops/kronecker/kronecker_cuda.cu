@@ -7,7 +7,6 @@
 
 #include "ops/kronecker/kronecker_common.h"
 
-#include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -40,22 +39,36 @@ struct Block {
   }
 };
 
-template <typename T>
-__global__ void kron_fwd_kernel(kron::Params q, kron::Layout l, const T* __restrict__ raw, const T* __restrict__ v,
-                                T* __restrict__ out) {
+// T: arithmetic and shared memory; IO: the tensors in global memory (T, or bfloat16/half with T = float).
+template <typename T, typename IO>
+__global__ void __launch_bounds__(kThreads) kron_fwd_kernel(kron::Params q, kron::Layout l, const IO* __restrict__ raw,
+                                                             const IO* __restrict__ v, IO* __restrict__ out) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* w = reinterpret_cast<T*>(smem_raw);
   const int64_t t = blockIdx.x;
   kron::forward_token(Block{}, q, l, raw + t * q.R, v + t * q.n, out + t * q.n, w);
 }
 
-template <typename T>
-__global__ void kron_bwd_kernel(kron::Params q, kron::Layout l, const T* __restrict__ raw, const T* __restrict__ v,
-                                const T* __restrict__ g, T* __restrict__ graw, T* __restrict__ gv) {
+template <typename T, typename IO>
+__global__ void __launch_bounds__(kThreads)
+    kron_bwd_kernel(kron::Params q, kron::Layout l, const IO* __restrict__ raw, const IO* __restrict__ v,
+                    const IO* __restrict__ g, IO* __restrict__ graw, IO* __restrict__ gv) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* w = reinterpret_cast<T*>(smem_raw);
   const int64_t t = blockIdx.x;
   kron::backward_token(Block{}, q, l, raw + t * q.R, v + t * q.n, g + t * q.n, graw + t * q.R, gv + t * q.n, w);
+}
+
+// Calls f(T{}, IO{}) for raw's dtype: float and double as themselves, bfloat16 and half computed in float.
+template <typename F>
+void dispatch_io(const torch::Tensor& raw, const char* op, F&& f) {
+  switch (raw.scalar_type()) {
+    case torch::kFloat32: return f(float{}, float{});
+    case torch::kFloat64: return f(double{}, double{});
+    case torch::kBFloat16: return f(float{}, c10::BFloat16{});
+    case torch::kFloat16: return f(float{}, c10::Half{});
+    default: TORCH_CHECK(false, op, ": no kernel for dtype ", raw.scalar_type());
+  }
 }
 
 // Dynamic shared memory for `kernel`: checked against the device's opt-in limit and granted.
@@ -91,11 +104,13 @@ torch::Tensor kronecker_fwd_cuda(const torch::Tensor& raw, const torch::Tensor& 
   torch::Tensor out = torch::empty_like(v);
   const int64_t N = raw.size(0);
   if (N == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES(raw.scalar_type(), "kronecker_fwd_cuda", [&] {
-    const size_t bytes = static_cast<size_t>(l.total) * sizeof(scalar_t);
-    request_shared(kron_fwd_kernel<scalar_t>, bytes, "kronecker_fwd_cuda");
-    kron_fwd_kernel<scalar_t><<<N, kThreads, bytes, c10::cuda::getCurrentCUDAStream()>>>(
-        q, l, raw.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), out.data_ptr<scalar_t>());
+  dispatch_io(raw, "kronecker_fwd_cuda", [&](auto t_tag, auto io_tag) {
+    using T = decltype(t_tag);
+    using IO = decltype(io_tag);
+    const size_t bytes = static_cast<size_t>(l.total) * sizeof(T);
+    request_shared(kron_fwd_kernel<T, IO>, bytes, "kronecker_fwd_cuda");
+    kron_fwd_kernel<T, IO><<<N, kThreads, bytes, c10::cuda::getCurrentCUDAStream()>>>(
+        q, l, raw.const_data_ptr<IO>(), v.const_data_ptr<IO>(), out.mutable_data_ptr<IO>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
@@ -112,12 +127,14 @@ std::pair<torch::Tensor, torch::Tensor> kronecker_bwd_cuda(const torch::Tensor& 
   torch::Tensor graw = torch::empty_like(raw), gv = torch::empty_like(v);
   const int64_t N = raw.size(0);
   if (N == 0) return {graw, gv};
-  AT_DISPATCH_FLOATING_TYPES(raw.scalar_type(), "kronecker_bwd_cuda", [&] {
-    const size_t bytes = static_cast<size_t>(l.total) * sizeof(scalar_t);
-    request_shared(kron_bwd_kernel<scalar_t>, bytes, "kronecker_bwd_cuda");
-    kron_bwd_kernel<scalar_t><<<N, kThreads, bytes, c10::cuda::getCurrentCUDAStream()>>>(
-        q, l, raw.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), graw.data_ptr<scalar_t>(),
-        gv.data_ptr<scalar_t>());
+  dispatch_io(raw, "kronecker_bwd_cuda", [&](auto t_tag, auto io_tag) {
+    using T = decltype(t_tag);
+    using IO = decltype(io_tag);
+    const size_t bytes = static_cast<size_t>(l.total) * sizeof(T);
+    request_shared(kron_bwd_kernel<T, IO>, bytes, "kronecker_bwd_cuda");
+    kron_bwd_kernel<T, IO><<<N, kThreads, bytes, c10::cuda::getCurrentCUDAStream()>>>(
+        q, l, raw.const_data_ptr<IO>(), v.const_data_ptr<IO>(), g.const_data_ptr<IO>(), graw.mutable_data_ptr<IO>(),
+        gv.mutable_data_ptr<IO>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {graw, gv};
