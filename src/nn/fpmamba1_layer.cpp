@@ -125,9 +125,13 @@ Tensor FPMamba1LayerImpl::mixer_param(const Inputs& in, const Tensor& y) const {
 Tensor FPMamba1LayerImpl::step(const Inputs& in, const Tensor& y) {
   Tensor x_tilde = in.x, Bp = in.B_x, Cp = in.C_x;
   if (!one_pass_) {
+    const Tensor s = shift(y, 1, 1);
+    // The no-grad iterations of a solve use the split projection (see solve_with); autograd steps the whole.
+    const bool split = in.raw_fixed.defined() && !torch::GradMode::is_enabled();
+    const Tensor raw = split ? MixerImpl::split_raw(in.raw_fixed, in.raw_w, s) : mixer->project(mixer_param(in, y));
     // x̃ = Q (x − y) + y: the mixer interpolates between the input and the iterate (no b gate, spec §5.2).
-    x_tilde = mixer->forward(mixer_param(in, y), in.x - y) + y;
-    const Tensor bc = bc_y_proj->forward(shift(y, 1, 1));
+    x_tilde = mixer->apply(raw, in.x - y) + y;
+    const Tensor bc = bc_y_proj->forward(s);
     Bp = Bp + bc.narrow(2, 0, N);
     Cp = Cp + bc.narrow(2, N, N);
   }
@@ -152,7 +156,17 @@ Tensor FPMamba1LayerImpl::output(const Inputs& in, const Tensor& y) {
 
 // The solve/finish/forward glue is shared with the other FP-Mamba layer (src/nn/fixed_point_glue.h).
 Tensor FPMamba1LayerImpl::solve_with(const Inputs& in, const solver::SolverOptions& opt) {
-  return detail::solve_from_zero([&](const Tensor& y) { return step(in, y); }, in.x, opt, stats_);
+  Inputs hoisted = in;
+  if (!one_pass_ && hoist_projection) {
+    // param = [x, shift(y)] | x + shift(y) | x: the x part of the projection is the same in every iteration, so
+    // it is computed once here (for a fixed param, all of it); each iteration adds shift(y) W_yᵀ in one GEMM.
+    torch::NoGradGuard no_grad;
+    const auto form = !cfg.mixer_h_dep ? MixerImpl::ParamForm::kFixed
+                      : cfg.symm_mixer ? MixerImpl::ParamForm::kSum
+                                       : MixerImpl::ParamForm::kCat;
+    mixer->split_projection(in.x, form, hoisted.raw_fixed, hoisted.raw_w);
+  }
+  return detail::solve_from_zero([&](const Tensor& y) { return step(hoisted, y); }, in.x, opt, stats_);
 }
 
 Tensor FPMamba1LayerImpl::solve(const Inputs& in) {

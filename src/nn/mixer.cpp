@@ -25,6 +25,35 @@ Tensor MixerImpl::matrix(const Tensor& raw) {
   return cols.transpose(-1, -2).reshape(shape);
 }
 
+bool MixerImpl::split_projection(const Tensor& a, ParamForm form, Tensor& fixed, Tensor& w) {
+  fixed = Tensor();
+  w = Tensor();
+  std::vector<Tensor> weights, biases;
+  for (auto& p : projections()) {
+    if (p->stages.size() != 1) return false;
+    Linear& lin = p->stages[0];
+    weights.push_back(lin->weight());
+    biases.push_back(lin->bias.defined() ? lin->bias : torch::zeros({lin->out_features}, weights.back().options()));
+  }
+  const Tensor W = torch::cat(weights, 0).to(a.scalar_type()), bias = torch::cat(biases, 0).to(a.scalar_type());
+  TORCH_CHECK(W.size(0) == raw_size(), "split_projection: the projections stack to ", W.size(0), " rows, not ",
+              raw_size());
+  const int64_t P = W.size(1), Pa = a.size(-1);
+  TORCH_CHECK(form == ParamForm::kCat ? Pa < P : Pa == P, "split_projection: a has ", Pa,
+              " features for a parameter of width ", P);
+  fixed = torch::nn::functional::linear(a, form == ParamForm::kCat ? W.narrow(1, 0, Pa) : W, bias);
+  if (form == ParamForm::kCat) w = W.narrow(1, Pa, P - Pa).contiguous();
+  if (form == ParamForm::kSum) w = W;
+  return true;
+}
+
+Tensor MixerImpl::split_raw(const Tensor& fixed, const Tensor& w, const Tensor& b) {
+  if (!w.defined()) return fixed;
+  const int64_t R = fixed.size(-1);
+  return torch::addmm(fixed.reshape({-1, R}), b.reshape({-1, w.size(1)}).to(w.scalar_type()), w.t())
+      .view(fixed.sizes());
+}
+
 std::shared_ptr<MixerImpl> make_mixer(const LayerConfig& cfg, int64_t in_features, int64_t n) {
   const std::string& type = cfg.mixer_type;
   if (type == "householderproduct" || type == "dplr") {

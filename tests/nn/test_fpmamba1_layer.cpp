@@ -41,6 +41,48 @@ TEST_P(FPMamba1Test, Float32MatchesFloat64) {
   check_float32_step(layer, GetParam().name);
 }
 
+// Solves hoist the x part of the mixer's projection out of their loop (raw = fixed + shift(y) W_yᵀ, or all of
+// it for a fixed param): the same iterates as projecting [x, shift(y)] | x + shift(y) | x whole every iteration,
+// and so the same forward value and gradients, for every mixer and parameter form.
+TEST_P(FPMamba1Test, HoistedProjectionSolvesLikeTheWholeProjection) {
+  auto layer = make_mamba(GetParam());
+  if (layer->one_pass()) GTEST_SKIP() << "no mixer";
+  const Tensor u = randn({2, 7, 4}, 61);
+  solver::SolverOptions opt;
+  opt.max_iter = 9;
+  opt.threshold = -1.0;  // always the nine iterations
+  opt.stepsize = 0.99;
+  Tensor ys[2];
+  for (const bool hoist : {true, false}) {
+    torch::NoGradGuard no_grad;
+    layer->hoist_projection = hoist;
+    const auto in = layer->prepare(u);
+    ys[hoist ? 0 : 1] = layer->solve_with(in, opt);
+    if (hoist) {
+      // The split is in effect (every mixer here has single-stage projections).
+      auto split = in;
+      const auto form = !GetParam().h_dep ? nn::MixerImpl::ParamForm::kFixed
+                        : GetParam().symm ? nn::MixerImpl::ParamForm::kSum
+                                          : nn::MixerImpl::ParamForm::kCat;
+      ASSERT_TRUE(layer->mixer->split_projection(in.x, form, split.raw_fixed, split.raw_w));
+      const Tensor y = randn({2, 7, layer->d_inner()}, 62);
+      expect_close(layer->step(split, y), layer->step(in, y), 1e-13, GetParam().name + ": split step");
+    }
+  }
+  expect_close(ys[0], ys[1], 1e-12, GetParam().name + ": solve");
+  // Gradients at the fixed point: autograd steps project whole either way.
+  layer->train();
+  Tensor grads[2];
+  for (const bool hoist : {true, false}) {
+    layer->hoist_projection = hoist;
+    layer->zero_grad();
+    Tensor x = u.clone().requires_grad_(true);
+    layer->forward(x).pow(2).sum().backward();
+    grads[hoist ? 0 : 1] = x.grad();
+  }
+  expect_close(grads[0], grads[1], 1e-10, GetParam().name + ": input gradient");
+}
+
 // The layer on a GPU (float64) against the same layer on the CPU (the CUDA scan kernels, the damped solver's
 // step sizes on the device). Skipped without a GPU.
 TEST_P(FPMamba1Test, CudaMatchesCpu) {

@@ -42,8 +42,11 @@ class FPMamba1LayerImpl : public SequenceLayerImpl {
 
   // Input-only quantities of one forward call: x, z, dt (B, T, D); B_x, C_x (B, T, N); and the scan's
   // parameters in the compute dtype: A (D, N), D_skip, dt_bias (D).
+  // raw_fixed, raw_w: the mixer's projection split for the no-grad iterations (MixerImpl::split_projection;
+  // undefined outside a solve, or where it does not apply): raw = raw_fixed + shift(y) raw_wᵀ.
   struct Inputs {
     Tensor x, z, dt, B_x, C_x, A, D_skip, dt_bias;
+    Tensor raw_fixed, raw_w;
   };
 
   Tensor forward(const Tensor& u, Tensor* y_star = nullptr) override;
@@ -71,6 +74,9 @@ class FPMamba1LayerImpl : public SequenceLayerImpl {
   // Re-draws dt_proj (weight and the inverse-softplus bias) as the reference's __init__ does.
   void reset_dt_proj();
   bool one_pass() const { return one_pass_; }
+  // Whether solves hoist the x part of the mixer's projection out of their loop (on by default; off, every
+  // iteration projects [x, shift(y)] whole: the tests compare the two).
+  bool hoist_projection = true;
   int64_t d_inner() const { return D; }
 
   LayerConfig cfg;

@@ -38,6 +38,18 @@ class MixerImpl : public torch::nn::Module {
 
   Tensor forward(const Tensor& param, const Tensor& v) { return apply(project(param), v); }
 
+  // For the no-grad iterations of a solve, `project` split into a part computed once and one GEMM per
+  // iteration (it is affine in param). `a` (…, P_a) is the fixed part of param, b (…, b_width) the part that
+  // changes every iteration:
+  //   form kCat: param = [a, b] (P_a + b_width = P);  kSum: param = a + b (b_width = P);  kFixed: param = a.
+  // Then project(param) = fixed + b wᵀ with fixed (…, raw_size()) and w (raw_size(), b_width), in a's dtype
+  // (w undefined for kFixed). Returns false, leaving both undefined, when a projection is low-rank (two
+  // stages: nothing to gain). Not differentiable: for solves under NoGradGuard.
+  enum class ParamForm { kCat, kSum, kFixed };
+  bool split_projection(const Tensor& a, ParamForm form, Tensor& fixed, Tensor& w);
+  // fixed + b wᵀ (or fixed alone when w is undefined), the raw of `split_projection`.
+  static Tensor split_raw(const Tensor& fixed, const Tensor& w, const Tensor& b);
+
   // Explicit per-token matrix Q: raw (B, T, raw_size()) → (B, T, n, n), built by applying Q to the
   // identity's columns (Q[..., :, j] = apply(raw, e_j)).
   Tensor matrix(const Tensor& raw);
