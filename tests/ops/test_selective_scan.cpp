@@ -9,6 +9,7 @@
 
 #include <ATen/Parallel.h>
 
+#include <cstdint>
 #include <functional>
 #include <ostream>
 #include <string>
@@ -196,6 +197,30 @@ TEST(SelectiveScanCudaTest, ChunkBoundariesAndStateSizes) {
     const auto ours = grad_list(selective_scan_bwd_cuda(g.cuda(), c[0], c[1], c[2], c[3], c[4], c[5], c[6]));
     const auto ref = grad_list(selective_scan_bwd_ref(g, in.u, in.dt, in.A, in.B, in.C, in.D_skip, in.dt_bias));
     for (size_t i = 0; i < ours.size(); ++i) expect_close(ours[i].cpu(), ref[i], 1e-12, kGradNames[i]);
+  }
+}
+
+// The float32 forward reads B_t and C_t as float4s when N is a compiled size and the rows are 16-byte aligned,
+// element by element otherwise: both give the reference's values (a misaligned copy forces the second).
+TEST(SelectiveScanCudaTest, Float32VectorAndScalarLoadsAgree) {
+  if (!has_cuda()) GTEST_SKIP() << "no CUDA device";
+  for (const Shape& s : {Shape{2, 19, 40, 16}, Shape{2, 9, 33, 8}, Shape{1, 5, 7, 12}}) {
+    SCOPED_TRACE(shape_name(s));
+    const Inputs in = make_inputs(s, 83, torch::kFloat32, true);
+    const auto c = to_cuda(in.list());
+    auto misaligned = [](const torch::Tensor& t) {  // same values, storage starting 4 bytes past 16-byte alignment
+      torch::Tensor buf = torch::empty({t.numel() + 1}, t.options());
+      torch::Tensor view = buf.narrow(0, 1, t.numel()).view(t.sizes());
+      view.copy_(t);
+      return view;
+    };
+    const torch::Tensor Bm = misaligned(c[3]), Cm = misaligned(c[4]);
+    ASSERT_TRUE(Bm.is_contiguous());
+    ASSERT_NE(reinterpret_cast<uintptr_t>(Bm.const_data_ptr()) % 16, 0u);
+    const torch::Tensor y_vec = selective_scan_fwd_cuda(c[0], c[1], c[2], c[3], c[4], c[5], c[6]).cpu();
+    const torch::Tensor y_scalar = selective_scan_fwd_cuda(c[0], c[1], c[2], Bm, Cm, c[5], c[6]).cpu();
+    expect_close(y_vec.to(torch::kFloat64), run_ref(in).to(torch::kFloat64), tolerance(torch::kFloat32), "y (vec4)");
+    EXPECT_TRUE(torch::equal(y_vec, y_scalar)) << "the two load paths must give identical values";
   }
 }
 

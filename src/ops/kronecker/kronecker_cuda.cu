@@ -11,6 +11,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include <type_traits>
+
 namespace fprnn::ops {
 namespace {
 
@@ -58,6 +60,135 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t t = blockIdx.x;
   kron::backward_token(Block{}, q, l, raw + t * q.R, v + t * q.n, g + t * q.n, graw + t * q.R, gv + t * q.n, w);
 }
+
+// ---- The forward's fast path: one warp per token (float arithmetic, factors of at most 32, column-wise) ----
+// The block kernel above spends most of its time waiting at its nine block-wide barriers with one warp busy
+// (the row norms) or in a thread-per-entry schedule that reloads both operands of every multiply-add. Here a
+// warp does a token alone, with no barrier but __syncwarp:
+//   lane r builds row r of a factor in registers (S = L Lᵀ from the L rows in shared memory when symmetric),
+//   takes its norm and scales it (x / max(‖x‖, eps) · σ(d_r)) without any cross-lane reduction;
+//   A = Uᵀ M: lane j accumulates column j of A (32 registers) from M's column j and U's rows, which it reads as
+//   broadcast float4s; out = M − 2 A Vᵀ: lane b holds row b of V and reads A's rows as broadcast float4s.
+// Shared memory per warp: two 32×32 float matrices (X: L, then U, then L of the second factor; Y: A), rows
+// swizzled by 16-byte chunk (chunk c of row r at c ^ (r mod 8)) so that a lane writing its own row, and a lane
+// writing its own column, hit distinct banks while row reads stay aligned float4 broadcasts. Entries beyond
+// m1, m2 are zeros, so every loop runs to 32. Per token: ~2·32³ + 2·32³/3 multiply-adds, 0.25 shared loads
+// per multiply-add, raw and v read from global memory once (v's column twice, the second time from cache).
+constexpr int kWarpTokens = 4;  // warps (tokens) per block
+constexpr int kMax = 32;
+
+__device__ __forceinline__ int swz(int r, int k) { return r * kMax + ((((k >> 2) ^ (r & 7))) << 2) + (k & 3); }
+
+// Row r of matrix X (swizzled) as 8 float4 chunks, chunk c holding entries 4c..4c+3.
+__device__ __forceinline__ float4 row_chunk(const float* X, int r, int c) {
+  return reinterpret_cast<const float4*>(X + r * kMax)[c ^ (r & 7)];
+}
+
+__device__ __forceinline__ void store_row(float* X, int r, const float (&row)[kMax]) {
+#pragma unroll
+  for (int c = 0; c < kMax / 4; ++c)
+    reinterpret_cast<float4*>(X + r * kMax)[c ^ (r & 7)] =
+        make_float4(row[4 * c], row[4 * c + 1], row[4 * c + 2], row[4 * c + 3]);
+}
+
+// Lane r (< m) gets row r of factor f: diag(σ(d)) times the row-normalised S (zeros beyond m, and for lanes ≥ m).
+// X is scratch (the symmetric case's L); the caller has synchronised the warp since X was last read.
+template <typename IO>
+__device__ __forceinline__ void warp_factor_row(const kron::Params& q, const IO* raw, int f, float* X,
+                                                float (&row)[kMax]) {
+  const int lane = threadIdx.x & 31;
+  const int m = f == 0 ? q.m1 : q.m2;
+  const IO* p = raw + (f == 0 ? 0 : q.k1);
+  const bool own = lane < m;
+  if (q.symmetric) {
+    float l[kMax];  // row `lane` of L (upper triangular)
+#pragma unroll
+    for (int k = 0; k < kMax; ++k)
+      l[k] = (own && k < m && k >= lane) ? kron::act_fwd(q.act, static_cast<float>(p[kron::triu_index(lane, k, m)]))
+                                         : 0.f;
+    store_row(X, lane, l);
+    __syncwarp();
+#pragma unroll
+    for (int i = 0; i < kMax; ++i) {  // S[lane][i] = Σ_k L[lane][k] L[i][k], k ascending
+      float s = 0.f;
+#pragma unroll
+      for (int c = 0; c < kMax / 4; ++c) {
+        const float4 x = row_chunk(X, i, c);
+        s += l[4 * c] * x.x;
+        s += l[4 * c + 1] * x.y;
+        s += l[4 * c + 2] * x.z;
+        s += l[4 * c + 3] * x.w;
+      }
+      row[i] = s;
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < kMax; ++k)
+      row[k] = (own && k < m) ? kron::act_fwd(q.act, static_cast<float>(p[lane * m + k])) : 0.f;
+  }
+  float ss = 0.f;
+#pragma unroll
+  for (int k = 0; k < kMax; ++k) ss += row[k] * row[k];
+  const float r = sqrtf(ss), eps = static_cast<float>(q.eps);
+  const float inv = 1.f / (r > eps ? r : eps);
+  const float d = own ? kron::k_sigmoid(static_cast<float>(raw[q.k1 + q.k2 + (f == 0 ? 0 : q.m1) + lane])) : 0.f;
+#pragma unroll
+  for (int k = 0; k < kMax; ++k) row[k] = d * (row[k] * inv);
+}
+
+template <typename IO>
+__global__ void __launch_bounds__(kWarpTokens * 32)
+    kron_fwd_warp_kernel(kron::Params q, int64_t N, const IO* __restrict__ raw, const IO* __restrict__ v,
+                         IO* __restrict__ out) {
+  __shared__ __align__(16) float smem[kWarpTokens][2][kMax * kMax];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t t = static_cast<int64_t>(blockIdx.x) * kWarpTokens + warp;
+  if (t >= N) return;  // whole warps only
+  float* X = smem[warp][0];
+  float* Y = smem[warp][1];
+  const IO* rt = raw + t * q.R;
+  const IO* vt = v + t * q.n;
+  const int m1 = q.m1, m2 = q.m2;
+  float row[kMax];
+  warp_factor_row(q, rt, 0, X, row);  // U's row `lane`
+  __syncwarp();                       // the symmetric build's reads of X are done
+  store_row(X, lane, row);
+  __syncwarp();
+  // A = Uᵀ M: A[a][lane] = Σ_i U[i][a] M[i][lane], i ascending.
+  float acc[kMax];
+#pragma unroll
+  for (int a = 0; a < kMax; ++a) acc[a] = 0.f;
+  for (int i = 0; i < m1; ++i) {
+    const float mij = lane < m2 ? static_cast<float>(vt[i * m2 + lane]) : 0.f;
+#pragma unroll
+    for (int c = 0; c < kMax / 4; ++c) {
+      const float4 u = row_chunk(X, i, c);
+      acc[4 * c] += u.x * mij;
+      acc[4 * c + 1] += u.y * mij;
+      acc[4 * c + 2] += u.z * mij;
+      acc[4 * c + 3] += u.w * mij;
+    }
+  }
+#pragma unroll
+  for (int a = 0; a < kMax; ++a) Y[swz(a, lane)] = acc[a];
+  __syncwarp();  // A is complete, and nobody reads U any more
+  warp_factor_row(q, rt, 1, X, row);  // V's row `lane`
+  // out[a][lane] = M[a][lane] − 2 Σ_j A[a][j] V[lane][j], j ascending.
+  for (int a = 0; a < m1; ++a) {
+    float s = 0.f;
+#pragma unroll
+    for (int c = 0; c < kMax / 4; ++c) {
+      const float4 x = row_chunk(Y, a, c);
+      s += x.x * row[4 * c];
+      s += x.y * row[4 * c + 1];
+      s += x.z * row[4 * c + 2];
+      s += x.w * row[4 * c + 3];
+    }
+    if (lane < m2) out[t * q.n + a * m2 + lane] = static_cast<IO>(static_cast<float>(vt[a * m2 + lane]) - 2.f * s);
+  }
+}
+
+bool warp_path_fits(const kron::Params& q) { return !q.spectral && q.m1 <= kMax && q.m2 <= kMax; }
 
 // Calls f(T{}, IO{}) for raw's dtype: float and double as themselves, bfloat16 and half computed in float.
 template <typename F>
@@ -107,6 +238,15 @@ torch::Tensor kronecker_fwd_cuda(const torch::Tensor& raw, const torch::Tensor& 
   dispatch_io(raw, "kronecker_fwd_cuda", [&](auto t_tag, auto io_tag) {
     using T = decltype(t_tag);
     using IO = decltype(io_tag);
+    if constexpr (std::is_same_v<T, float>) {
+      if (warp_path_fits(q)) {
+        const int64_t blocks = (N + kWarpTokens - 1) / kWarpTokens;
+        kron_fwd_warp_kernel<IO><<<blocks, kWarpTokens * 32, 0, c10::cuda::getCurrentCUDAStream()>>>(
+            q, N, raw.const_data_ptr<IO>(), v.const_data_ptr<IO>(), out.mutable_data_ptr<IO>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        return;
+      }
+    }
     const size_t bytes = static_cast<size_t>(l.total) * sizeof(T);
     request_shared(kron_fwd_kernel<T, IO>, bytes, "kronecker_fwd_cuda");
     kron_fwd_kernel<T, IO><<<N, kThreads, bytes, c10::cuda::getCurrentCUDAStream()>>>(
