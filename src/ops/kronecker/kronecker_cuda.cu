@@ -73,7 +73,7 @@ __global__ void __launch_bounds__(kThreads)
 // swizzled by 16-byte chunk (chunk c of row r at c ^ (r mod 8)) so that a lane writing its own row, and a lane
 // writing its own column, hit distinct banks while row reads stay aligned float4 broadcasts. Entries beyond
 // m1, m2 are zeros, so every loop runs to 32. Per token: ~2·32³ + 2·32³/3 multiply-adds, 0.25 shared loads
-// per multiply-add, raw and v read from global memory once (v's column twice, the second time from cache).
+// per multiply-add, raw and v read from global memory once (M's column into registers first).
 constexpr int kWarpTokens = 4;  // warps (tokens) per block
 constexpr int kMax = 32;
 
@@ -137,7 +137,7 @@ __device__ __forceinline__ void warp_factor_row(const kron::Params& q, const IO*
 }
 
 template <typename IO>
-__global__ void __launch_bounds__(kWarpTokens * 32)
+__global__ void __launch_bounds__(kWarpTokens * 32, 4)
     kron_fwd_warp_kernel(kron::Params q, int64_t N, const IO* __restrict__ raw, const IO* __restrict__ v,
                          IO* __restrict__ out) {
   __shared__ __align__(16) float smem[kWarpTokens][2][kMax * kMax];
@@ -149,24 +149,29 @@ __global__ void __launch_bounds__(kWarpTokens * 32)
   const IO* rt = raw + t * q.R;
   const IO* vt = v + t * q.n;
   const int m1 = q.m1, m2 = q.m2;
+  // Column `lane` of M, loaded first: 32 independent loads whose latency the factor build below covers (read
+  // inside the products' loops instead, each iteration waited for its load).
+  float mcol[kMax];
+#pragma unroll
+  for (int i = 0; i < kMax; ++i) mcol[i] = (i < m1 && lane < m2) ? static_cast<float>(vt[i * m2 + lane]) : 0.f;
   float row[kMax];
   warp_factor_row(q, rt, 0, X, row);  // U's row `lane`
   __syncwarp();                       // the symmetric build's reads of X are done
   store_row(X, lane, row);
   __syncwarp();
-  // A = Uᵀ M: A[a][lane] = Σ_i U[i][a] M[i][lane], i ascending.
+  // A = Uᵀ M: A[a][lane] = Σ_i U[i][a] M[i][lane], i ascending (rows of U past m1 and of M are zeros).
   float acc[kMax];
 #pragma unroll
   for (int a = 0; a < kMax; ++a) acc[a] = 0.f;
-  for (int i = 0; i < m1; ++i) {
-    const float mij = lane < m2 ? static_cast<float>(vt[i * m2 + lane]) : 0.f;
+#pragma unroll
+  for (int i = 0; i < kMax; ++i) {
 #pragma unroll
     for (int c = 0; c < kMax / 4; ++c) {
       const float4 u = row_chunk(X, i, c);
-      acc[4 * c] += u.x * mij;
-      acc[4 * c + 1] += u.y * mij;
-      acc[4 * c + 2] += u.z * mij;
-      acc[4 * c + 3] += u.w * mij;
+      acc[4 * c] += u.x * mcol[i];
+      acc[4 * c + 1] += u.y * mcol[i];
+      acc[4 * c + 2] += u.z * mcol[i];
+      acc[4 * c + 3] += u.w * mcol[i];
     }
   }
 #pragma unroll
@@ -174,7 +179,9 @@ __global__ void __launch_bounds__(kWarpTokens * 32)
   __syncwarp();  // A is complete, and nobody reads U any more
   warp_factor_row(q, rt, 1, X, row);  // V's row `lane`
   // out[a][lane] = M[a][lane] − 2 Σ_j A[a][j] V[lane][j], j ascending.
-  for (int a = 0; a < m1; ++a) {
+  IO* ot = out + t * q.n;
+#pragma unroll
+  for (int a = 0; a < kMax; ++a) {
     float s = 0.f;
 #pragma unroll
     for (int c = 0; c < kMax / 4; ++c) {
@@ -184,7 +191,7 @@ __global__ void __launch_bounds__(kWarpTokens * 32)
       s += x.z * row[4 * c + 2];
       s += x.w * row[4 * c + 3];
     }
-    if (lane < m2) out[t * q.n + a * m2 + lane] = static_cast<IO>(static_cast<float>(vt[a * m2 + lane]) - 2.f * s);
+    if (a < m1 && lane < m2) ot[a * m2 + lane] = static_cast<IO>(mcol[a] - 2.f * s);
   }
 }
 
