@@ -16,8 +16,10 @@
 
 #ifdef __CUDACC__
 #define FPRNN_HD __host__ __device__ __forceinline__
+#define FPRNN_UNROLL _Pragma("unroll")
 #else
 #define FPRNN_HD inline
+#define FPRNN_UNROLL  // the host compilers' own unrolling decides
 #endif
 
 namespace fprnn::ops::kron {
@@ -230,11 +232,11 @@ FPRNN_HD void forward_token(const P& par, const Params& q, const Layout& l, cons
     T s[kRowTile] = {};
     for (int i = 0; i < m1; ++i) {
       const T mij = M[i * ld2 + j];
-#pragma unroll
+FPRNN_UNROLL
       for (int k = 0; k < kRowTile; ++k)
         if (a0 + k * G < m1) s[k] += U[i * ld1 + a0 + k * G] * mij;
     }
-#pragma unroll
+FPRNN_UNROLL
     for (int k = 0; k < kRowTile; ++k)
       if (a0 + k * G < m1) A[(a0 + k * G) * ld2 + j] = s[k];
   }
@@ -244,11 +246,11 @@ FPRNN_HD void forward_token(const P& par, const Params& q, const Layout& l, cons
     T s[kRowTile] = {};
     for (int j = 0; j < m2; ++j) {
       const T vbj = V[b * ld2 + j];
-#pragma unroll
+FPRNN_UNROLL
       for (int k = 0; k < kRowTile; ++k)
         if (a0 + k * G < m1) s[k] += A[(a0 + k * G) * ld2 + j] * vbj;
     }
-#pragma unroll
+FPRNN_UNROLL
     for (int k = 0; k < kRowTile; ++k) {
       const int a = a0 + k * G;
       if (a < m1) out[a * m2 + b] = static_cast<IO>(M[a * ld2 + b] - T(2) * s[k]);
