@@ -125,6 +125,18 @@ FPRNN_HD void matvec(const P& par, const T* S, int m, const T* x, T* y) {
   par.sync();
 }
 
+// L (m×m, stride m + 1) = the upper-triangular factor act(p) filled row-major (triu_indices order), zeros
+// below the diagonal; the threads meet afterwards.
+template <typename T, typename P, typename IO>
+FPRNN_HD void fill_upper(const P& par, const Params& q, const IO* p, int m, T* L) {
+  const int ld = m + 1;
+  for (int idx = par.tid(); idx < m * m; idx += par.nt()) {
+    const int i = idx / m, j = idx % m;
+    L[i * ld + j] = i <= j ? act_fwd(q.act, static_cast<T>(p[triu_index(i, j, m)])) : T(0);
+  }
+  par.sync();
+}
+
 // Factor f (0: U, m1; 1: V, m2) before the diagonal: S = act(p) filled (and L Lᵀ when symmetric), rows scaled
 // to unit norm (x / max(‖x‖, eps)), divided by (σ̂ + eps) when spectral. Writes S (stride m + 1) and, when
 // rnorm is given, the rows' norms before the clamp. L and vec are scratch.
@@ -134,11 +146,7 @@ FPRNN_HD void build_normalized(const P& par, const Params& q, const IO* raw, int
   const IO* p = raw + (f == 0 ? 0 : q.k1);
   const T eps = T(q.eps);
   if (q.symmetric) {
-    for (int idx = par.tid(); idx < m * m; idx += par.nt()) {
-      const int i = idx / m, j = idx % m;
-      L[i * ld + j] = i <= j ? act_fwd(q.act, static_cast<T>(p[triu_index(i, j, m)])) : T(0);
-    }
-    par.sync();
+    fill_upper(par, q, p, m, L);
     for (int idx = par.tid(); idx < m * m; idx += par.nt()) {
       const int i = idx / m, j = idx % m;
       T s = 0;
@@ -280,11 +288,7 @@ FPRNN_HD void factor_backward(const P& par, const Params& q, const IO* raw, int 
   par.sync();
   const IO* p = raw + off_p;
   if (q.symmetric) {  // S = L Lᵀ: gL = (gS + gSᵀ) L on the upper triangle
-    for (int idx = par.tid(); idx < m * m; idx += par.nt()) {
-      const int i = idx / m, j = idx % m;
-      L[i * ld + j] = i <= j ? act_fwd(q.act, static_cast<T>(p[triu_index(i, j, m)])) : T(0);
-    }
-    par.sync();
+    fill_upper(par, q, p, m, L);
     for (int idx = par.tid(); idx < m * m; idx += par.nt()) {
       const int i = idx / m, j = idx % m;
       if (i > j) continue;
