@@ -8,6 +8,7 @@
 #include "fprnn/nn/fprnn_layer.h"
 #include "fprnn/ops/kronecker.h"
 #include "fprnn/ops/linrec.h"
+#include "fprnn/ops/residual.h"
 #include "fprnn/ops/selective_scan.h"
 #include "fprnn/ops/ssd.h"
 
@@ -102,7 +103,8 @@ std::vector<Row> bench_selective_scan(const Options& opts) {
     shapes = {{"tiny", 2, 16, 32, 16}};
   else if (cuda)
     shapes = {{"A5 at length 128, FP-Mamba1 d_model 128", 128, 128, 256, 16},
-              {"arith_brackets_fpmamba1 layer", 256, 256, 256, 16}};
+              {"arith_brackets_fpmamba1 layer", 256, 256, 256, 16},
+              {"a5_len128_fpmamba1_kron layer", 512, 128, 1024, 16}};
   else
     shapes = {{"parity_fpmamba1_cpu layer", 128, 20, 128, 16}, {"length 256", 8, 256, 128, 16}};
   const std::string dev = cuda ? "cuda" : "cpu";
@@ -166,6 +168,50 @@ std::vector<Row> bench_selective_scan(const Options& opts) {
     b.check_ok = err_b < 2e-5;
     b.check = check;
     rows.push_back(b);
+  }
+  return rows;
+}
+
+// ---- residual (the solver's per-iteration residual) --------------------------------------------------------
+// ops::relative_residual (on a GPU: the one-pass kernel) against the ATen composite, same inputs, same run;
+// GB/s counts the two (B, T, D) inputs read once.
+std::vector<Row> bench_residual(const Options& opts) {
+  std::vector<Row> rows;
+  const bool cuda = opts.device.is_cuda();
+  struct Shape {
+    std::string label;
+    int64_t B, T, D;
+    torch::Dtype dtype;
+  };
+  std::vector<Shape> shapes;
+  if (opts.quick)
+    shapes = {{"tiny", 2, 16, 32, torch::kFloat32}};
+  else if (cuda)
+    shapes = {{"a5_len128_fpmamba1_kron iterate", 512, 128, 1024, torch::kBFloat16},
+              {"a5_len128_fpmamba1_kron iterate", 512, 128, 1024, torch::kFloat32},
+              {"A5 shape (BASELINES.md)", 512, 17, 512, torch::kBFloat16}};
+  else
+    shapes = {{"A5/4", 128, 17, 128, torch::kFloat32}};
+  for (const auto& s : shapes) {
+    const std::string dt = s.dtype == torch::kBFloat16 ? "bfloat16" : "float32";
+    const std::string name = "residual " + s.label + " (B, T, D) = " + shape_str({s.B, s.T, s.D}) + " " + dt + " " +
+                             (cuda ? "cuda" : "cpu");
+    if (!opts.selected(name)) continue;
+    torch::manual_seed(0);
+    const auto o = torch::TensorOptions().dtype(s.dtype).device(opts.device);
+    const torch::Tensor y = torch::randn({s.B, s.T, s.D}, o);
+    const torch::Tensor y_new = y + 0.01 * torch::randn({s.B, s.T, s.D}, o);
+    torch::Tensor r = ops::relative_residual(y, y_new, 1e-8), r_aten = ops::relative_residual_aten(y, y_new, 1e-8);
+    const bool same = torch::equal(r.cpu(), r_aten.cpu());
+    const double ms = time_ms([&] { r = ops::relative_residual(y, y_new, 1e-8); }, opts);
+    const double aten_ms = time_ms([&] { r_aten = ops::relative_residual_aten(y, y_new, 1e-8); }, opts);
+    const double gb = 2.0 * static_cast<double>(y.numel()) * static_cast<double>(y.element_size()) / 1e9;
+    Row row = make_row(name, ms, "GB/s", gb / (ms / 1e3), "relative_residual_aten (same run)", aten_ms,
+                       gb / (aten_ms / 1e3));
+    row.ratio = ms / aten_ms;
+    row.check_ok = same;
+    row.check = same ? "equal to the composite, bit for bit" : "differs from the composite";
+    rows.push_back(row);
   }
   return rows;
 }
@@ -567,6 +613,7 @@ std::vector<Case> all_cases() {
       {"selective_scan", "Mamba-1 selective scan forward/backward (the device's kernel) against the same recurrence as ATen ops",
        bench_selective_scan},
       {"kronecker", "the fused Kronecker mixer op forward (and backward) against the ATen composite", bench_kronecker},
+      {"residual", "the fixed-point solver's residual (one pass on a GPU) against the ATen composite", bench_residual},
       {"ssd", "Mamba-2 SSD scan forward/backward (CPU kernel) against the same recurrence as ATen ops", bench_ssd},
       {"iteration", "one fixed-point iteration (no grad) against its projection GEMM alone", bench_iteration},
       {"train_step", "a full training step (forward, one-step backward, AdamW) against the 1-iteration model",

@@ -1,6 +1,7 @@
 // The fixed-point solver of spec §8: per-sample controller, residual, driver loop, randomised cap.
 #include "fprnn/solver/fixed_point.h"
 
+#include "fprnn/ops/residual.h"
 #include "fprnn/random.h"
 
 #include <algorithm>
@@ -92,11 +93,16 @@ void FixedPointController::record(const std::vector<double>& residual) {
 std::vector<double> relative_residual(const Tensor& y, const Tensor& y_new, double eps) {
   TORCH_CHECK(y.dim() == 3 && y.sizes() == y_new.sizes(), "relative_residual: expected two equal (B, T, D) tensors, got ",
               y.sizes(), " and ", y_new.sizes());
-  const auto acc = y_new.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
-  const Tensor y_new_acc = y_new.to(acc);  // once: a bfloat16 iterate's widening is a full pass
-  const Tensor diff = (y.to(acc) - y_new_acc).abs().amax(-1);
-  const Tensor scale = y_new_acc.abs().amax(-1) + eps;
-  const Tensor r = (diff / scale).amax(-1).to(torch::kFloat64).cpu().contiguous();
+  // One pass over both on the GPU (src/ops/residual), the ATen composite elsewhere; the same bits either way.
+  // Two dtypes (not what the layers hand in): both widened to y_new's arithmetic first.
+  Tensor r;
+  if (y.scalar_type() == y_new.scalar_type()) {
+    r = ops::relative_residual(y, y_new, eps);
+  } else {
+    const auto acc = y_new.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+    r = ops::relative_residual(y.to(acc), y_new.to(acc), eps);
+  }
+  r = r.cpu().contiguous();
   const double* p = r.data_ptr<double>();
   return std::vector<double>(p, p + r.numel());
 }

@@ -200,27 +200,38 @@ TEST(SelectiveScanCudaTest, ChunkBoundariesAndStateSizes) {
   }
 }
 
-// The float32 forward reads B_t and C_t as float4s when N is a compiled size and the rows are 16-byte aligned,
-// element by element otherwise: both give the reference's values (a misaligned copy forces the second).
-TEST(SelectiveScanCudaTest, Float32VectorAndScalarLoadsAgree) {
+// The forward stages B_t and C_t in shared memory 32 steps at a time and a block holds 128 channels of one
+// batch element; the backward reduces dB and dC per warp by a reduce-scatter. Shapes across those
+// boundaries (T = 31, 32, 33, 70; D = 127, 129, 150, 260: partial blocks and partial warps; N = 5, 16, 20, 32
+// and 64: every reduce-scatter width), in float32 and float64, and B and C stored 4 bytes past 16-byte
+// alignment (the staging reads them element by element, whatever their alignment).
+TEST(SelectiveScanCudaTest, TilesBlocksAndReductionsAtLargerShapes) {
   if (!has_cuda()) GTEST_SKIP() << "no CUDA device";
-  for (const Shape& s : {Shape{2, 19, 40, 16}, Shape{2, 9, 33, 8}, Shape{1, 5, 7, 12}}) {
-    SCOPED_TRACE(shape_name(s));
-    const Inputs in = make_inputs(s, 83, torch::kFloat32, true);
-    const auto c = to_cuda(in.list());
-    auto misaligned = [](const torch::Tensor& t) {  // same values, storage starting 4 bytes past 16-byte alignment
-      torch::Tensor buf = torch::empty({t.numel() + 1}, t.options());
-      torch::Tensor view = buf.narrow(0, 1, t.numel()).view(t.sizes());
-      view.copy_(t);
-      return view;
-    };
-    const torch::Tensor Bm = misaligned(c[3]), Cm = misaligned(c[4]);
-    ASSERT_TRUE(Bm.is_contiguous());
-    ASSERT_NE(reinterpret_cast<uintptr_t>(Bm.const_data_ptr()) % 16, 0u);
-    const torch::Tensor y_vec = selective_scan_fwd_cuda(c[0], c[1], c[2], c[3], c[4], c[5], c[6]).cpu();
-    const torch::Tensor y_scalar = selective_scan_fwd_cuda(c[0], c[1], c[2], Bm, Cm, c[5], c[6]).cpu();
-    expect_close(y_vec.to(torch::kFloat64), run_ref(in).to(torch::kFloat64), tolerance(torch::kFloat32), "y (vec4)");
-    EXPECT_TRUE(torch::equal(y_vec, y_scalar)) << "the two load paths must give identical values";
+  const std::vector<Shape> shapes = {{2, 70, 150, 16}, {1, 33, 129, 8},  {3, 32, 260, 32},
+                                     {2, 31, 127, 5},  {1, 40, 130, 64}, {2, 65, 40, 20}};
+  auto misaligned = [](const torch::Tensor& t) {  // same values, storage starting 4 bytes past 16-byte alignment
+    torch::Tensor buf = torch::empty({t.numel() + 1}, t.options());
+    torch::Tensor view = buf.narrow(0, 1, t.numel()).view(t.sizes());
+    view.copy_(t);
+    return view;
+  };
+  for (const torch::Dtype dtype : {torch::kFloat32, torch::kFloat64}) {
+    for (const Shape& s : shapes) {
+      SCOPED_TRACE(shape_name(s) + "_" + dtype_name(dtype));
+      const Inputs in = make_inputs(s, 83, dtype, true);
+      auto c = to_cuda(in.list());
+      const torch::Tensor g = randn(in.u.sizes(), 87, dtype);
+      const auto ref = grad_list(selective_scan_bwd_ref(g, in.u, in.dt, in.A, in.B, in.C, in.D_skip, in.dt_bias));
+      const torch::Tensor y = selective_scan_fwd_cuda(c[0], c[1], c[2], c[3], c[4], c[5], c[6]).cpu();
+      expect_close(y, run_ref(in), tolerance(dtype), "y");
+      const auto ours = grad_list(selective_scan_bwd_cuda(g.cuda(), c[0], c[1], c[2], c[3], c[4], c[5], c[6]));
+      for (size_t i = 0; i < ours.size(); ++i) expect_close(ours[i].cpu(), ref[i], tolerance(dtype), kGradNames[i]);
+      c[3] = misaligned(c[3]);
+      c[4] = misaligned(c[4]);
+      ASSERT_NE(reinterpret_cast<uintptr_t>(c[3].const_data_ptr()) % 16, 0u);
+      const torch::Tensor y_mis = selective_scan_fwd_cuda(c[0], c[1], c[2], c[3], c[4], c[5], c[6]).cpu();
+      EXPECT_TRUE(torch::equal(y, y_mis)) << "the alignment of B and C must not change the values";
+    }
   }
 }
 

@@ -4,18 +4,21 @@
 // dtype (float32 or float64), one CUDA device; N ≤ 64.
 //
 // Parallelisation: one thread per channel (b, d), its N states in registers (N rounded up to a compiled
-// size kN ∈ {4, 8, 16, 32, 64}, the extra states idle). Threads of a block share b (blocks span channels
-// only), so B_t, C_t (N values per step) are one broadcast load per warp and the loads of u, dt, y are
-// coalesced across d.
-// Napkin math (H200): the forward moves 12 bytes per (b, t, d) in float32 and does N exps and 4N flops — at
-// the A5-at-128 shape (256, 128, 256), N = 16: 100 MB and 134 M exps, ~30 µs of traffic; with 65 k threads the
-// chip is not full, so the loop over T is latency-bound, ~T × 0.3 µs.
+// size kN ∈ {4, 8, 16, 32, 64}, the extra states idle). A block holds kThreads channels of one b (a batch
+// element spans ⌈D / kThreads⌉ blocks), so B_t, C_t are shared by the whole block and u, dt, y are coalesced
+// across d.
+// Forward: the block stages kTile steps of B_t and C_t in shared memory at a time (one coalesced load of a
+// contiguous (kTile, N) slab each, instead of 2N loads per thread and step), each thread loads the next step's
+// u and dt before the current step's arithmetic, and in float32 the decays are exp2f(Δ log2(e) · A): the
+// hardware 2^x (2 ulp) instead of expf's range reduction. The loop is then bound by its N exps and 4N flops
+// per (b, t, d): at the length-128 FP-Mamba1 shape (512, 128, 1024, 16), 1.07 G exps per call.
 //
 // Backward: each thread re-runs its forward, keeping only the state at the start of every chunk of kChunk
 // steps (a (B, T/kChunk, N, D) buffer), then walks the chunks from last to first: re-runs the chunk's
 // forward into a per-thread (kChunk, kN) array (local memory, cached), and scans back through it. Sums over
-// channels (dB, dC) are reduced within a warp by shuffles and written as one partial per warp (deterministic:
-// no atomics), summed over warps afterwards; sums over the batch (dA, dD_skip, ddt_bias) are written per b and
+// channels (dB, dC) are reduced within a warp by a butterfly reduce-scatter (the 2·16 sums of a step in 31
+// shuffles, where one sum after another takes 5 each) and written as one partial per warp (deterministic: no
+// atomics), summed over warps afterwards; sums over the batch (dA, dD_skip, ddt_bias) are written per b and
 // summed afterwards.
 #include "fprnn/ops/selective_scan.h"
 
@@ -27,13 +30,13 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include <cstdint>
-#include <type_traits>
 
 namespace fprnn::ops {
 namespace {
 
 constexpr int kThreads = 128;
-constexpr int kChunk = 16;
+constexpr int kChunk = 16;  // backward: steps between saved states
+constexpr int kTile = 32;   // forward: steps of B_t, C_t staged in shared memory at a time
 
 template <typename T>
 __device__ __forceinline__ T softplus_thresh(T z) {
@@ -45,22 +48,87 @@ __device__ __forceinline__ T softplus_grad(T z) {
   return z <= T(20) ? T(1) / (T(1) + exp(-z)) : T(1);
 }
 
+// The decays exp(Δ A[d, n]) of one step. float32: exp2f(Δ log2(e) · A), one multiplication by log2(e) per step
+// and the hardware 2^x per state instead of expf's range reduction (the argument moves by ≤ 2 ulp, the
+// result by a few ulp, which the recurrence does not amplify: |exp(ΔA)| < 1); float64: exp.
 template <typename T>
-__device__ __forceinline__ T warp_sum(T v) {
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
+struct StepDecay;
+
+template <>
+struct StepDecay<float> {
+  float scaled;
+  __device__ __forceinline__ explicit StepDecay(float delta) : scaled(delta * 1.4426950408889634f) {}
+  __device__ __forceinline__ float operator()(float a) const { return exp2f(scaled * a); }
+};
+
+template <>
+struct StepDecay<double> {
+  double delta;
+  __device__ __forceinline__ explicit StepDecay(double d) : delta(d) {}
+  __device__ __forceinline__ double operator()(double a) const { return exp(delta * a); }
+};
+
+// One round after another of a butterfly reduce-scatter over the warp: at offset O the lanes with bit O set
+// keep the upper half of their M values and the others the lower half, each adding its partner's copy of the
+// half it keeps; once one value is left the rounds just add. Afterwards v[0] of lane l is the warp's sum of
+// value l / (32 / V) (V ≤ 32 values in, V − 1 + log2(32 / V) shuffles instead of 5 V).
+template <int M, int O, typename T, int V>
+__device__ __forceinline__ void reduce_scatter_round(T (&v)[V], int lane) {
+  if constexpr (O > 0) {
+    if constexpr (M > 1) {
+      constexpr int H = M / 2;
+      const bool upper = (lane & O) != 0;
+#pragma unroll
+      for (int i = 0; i < H; ++i) {
+        const T send = upper ? v[i] : v[i + H];
+        const T keep = upper ? v[i + H] : v[i];
+        v[i] = keep + __shfl_xor_sync(0xffffffffu, send, O);
+      }
+      reduce_scatter_round<H, O / 2>(v, lane);
+    } else {
+      v[0] += __shfl_xor_sync(0xffffffffu, v[0], O);
+      reduce_scatter_round<1, O / 2>(v, lane);
+    }
+  }
+}
+
+template <typename T, int V>
+__device__ __forceinline__ void warp_reduce_scatter(T (&v)[V], int lane) {
+  static_assert(V >= 1 && V <= 32 && (V & (V - 1)) == 0, "warp_reduce_scatter: V must be a power of two ≤ 32");
+  reduce_scatter_round<V, 16>(v, lane);
 }
 
 struct Dims {
-  int64_t B, T, D, N, Dpad;  // Dpad: D rounded up to a multiple of 32 (one warp never spans two b)
-  bool vec4 = false;         // the forward may read B_t, C_t as float4s (set per call)
+  int64_t B, T, D, N;
+  int64_t dblocks;  // blocks per batch element: ⌈D / kThreads⌉ (a block never spans two b)
 };
 
-// Thread → (b, d); d ≥ D marks an idle lane (it still takes part in warp reductions, with zeros).
+// Block → (b, first channel); thread → (b, d). d ≥ D marks an idle lane (it still takes part in block barriers
+// and warp reductions, with zeros).
 __device__ __forceinline__ void channel_of(const Dims& g, int64_t& b, int64_t& d) {
-  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  b = idx / g.Dpad;
-  d = idx % g.Dpad;
+  b = blockIdx.x / g.dblocks;
+  d = (blockIdx.x % g.dblocks) * kThreads + threadIdx.x;
+}
+
+// out[n] = row[n], n < kN, from a 16-byte-aligned shared-memory row: float4 / double2 reads.
+template <int kN>
+__device__ __forceinline__ void load_row(const float* row, float (&out)[kN]) {
+  static_assert(kN % 4 == 0, "load_row: kN must be a multiple of 4");
+#pragma unroll
+  for (int c = 0; c < kN / 4; ++c) {
+    const float4 v = reinterpret_cast<const float4*>(row)[c];
+    out[4 * c] = v.x, out[4 * c + 1] = v.y, out[4 * c + 2] = v.z, out[4 * c + 3] = v.w;
+  }
+}
+
+template <int kN>
+__device__ __forceinline__ void load_row(const double* row, double (&out)[kN]) {
+  static_assert(kN % 2 == 0, "load_row: kN must be even");
+#pragma unroll
+  for (int c = 0; c < kN / 2; ++c) {
+    const double2 v = reinterpret_cast<const double2*>(row)[c];
+    out[2 * c] = v.x, out[2 * c + 1] = v.y;
+  }
 }
 
 template <typename T, int kN>
@@ -68,52 +136,58 @@ __global__ void __launch_bounds__(kThreads) fwd_kernel(const T* __restrict__ u, 
                                                         const T* __restrict__ A, const T* __restrict__ Bm,
                                                         const T* __restrict__ Cm, const T* __restrict__ Ds,
                                                         const T* __restrict__ bias, T* __restrict__ y, Dims g) {
+  // kTile steps of B_t and C_t, rows padded to kN with zeros.
+  __shared__ __align__(16) T sB[kTile * kN];
+  __shared__ __align__(16) T sC[kTile * kN];
   int64_t b, d;
   channel_of(g, b, d);
-  if (b >= g.B || d >= g.D) return;
+  const bool live = d < g.D;
+  const int64_t dc = live ? d : 0;
   T a_row[kN], s[kN];
 #pragma unroll
   for (int n = 0; n < kN; ++n) {
-    a_row[n] = n < g.N ? A[d * g.N + n] : T(0);
+    a_row[n] = (live && n < g.N) ? A[dc * g.N + n] : T(0);
     s[n] = T(0);
   }
-  const T dskip = Ds[d], db = bias[d];
-  for (int64_t t = 0; t < g.T; ++t) {
-    const int64_t i = (b * g.T + t) * g.D + d;
-    const T* Bt = Bm + (b * g.T + t) * g.N;
-    const T* Ct = Cm + (b * g.T + t) * g.N;
-    // B_t and C_t (the same for every thread of the block): as float4s where the layout allows (float32, N the
-    // compiled size, 16-byte aligned rows): a quarter of the load instructions, the same values.
-    T bt[kN], ct[kN];
-    if constexpr (std::is_same_v<T, float> && kN % 4 == 0) {
-      if (g.vec4) {
-#pragma unroll
-        for (int c = 0; c < kN / 4; ++c) {
-          const float4 xb = reinterpret_cast<const float4*>(Bt)[c], xc = reinterpret_cast<const float4*>(Ct)[c];
-          bt[4 * c] = xb.x, bt[4 * c + 1] = xb.y, bt[4 * c + 2] = xb.z, bt[4 * c + 3] = xb.w;
-          ct[4 * c] = xc.x, ct[4 * c + 1] = xc.y, ct[4 * c + 2] = xc.z, ct[4 * c + 3] = xc.w;
-        }
-      }
+  const T dskip = live ? Ds[dc] : T(0), db = live ? bias[dc] : T(0);
+  const int64_t first = b * g.T * g.D + dc;  // (b, 0, d)
+  // The next step's u and dt are loaded before the current step's arithmetic.
+  T u_next = live ? u[first] : T(0), dt_next = live ? dt[first] : T(0);
+  for (int64_t t0 = 0; t0 < g.T; t0 += kTile) {
+    const int steps = static_cast<int>(min(static_cast<int64_t>(kTile), g.T - t0));
+    __syncthreads();  // every thread is done with the previous tile
+    const T* Bsrc = Bm + (b * g.T + t0) * g.N;
+    const T* Csrc = Cm + (b * g.T + t0) * g.N;
+    for (int k = threadIdx.x; k < steps * kN; k += kThreads) {
+      const int j = k / kN, n = k % kN;
+      sB[k] = n < g.N ? Bsrc[j * g.N + n] : T(0);
+      sC[k] = n < g.N ? Csrc[j * g.N + n] : T(0);
     }
-    if (!g.vec4) {
+    __syncthreads();
+    if (!live) continue;
+    for (int j = 0; j < steps; ++j) {
+      const int64_t t = t0 + j;
+      const T uu = u_next, dtt = dt_next;
+      if (t + 1 < g.T) {
+        u_next = u[first + (t + 1) * g.D];
+        dt_next = dt[first + (t + 1) * g.D];
+      }
+      const T delta = softplus_thresh(dtt + db);
+      const T du = delta * uu;
+      const StepDecay<T> decay(delta);
+      T bt[kN], ct[kN];
+      load_row<kN>(sB + j * kN, bt);
+      load_row<kN>(sC + j * kN, ct);
+      T acc = dskip * uu;
 #pragma unroll
       for (int n = 0; n < kN; ++n) {
-        bt[n] = n < g.N ? Bt[n] : T(0);
-        ct[n] = n < g.N ? Ct[n] : T(0);
+        if (n < g.N) {
+          s[n] = decay(a_row[n]) * s[n] + du * bt[n];
+          acc += ct[n] * s[n];
+        }
       }
+      y[first + t * g.D] = acc;
     }
-    const T delta = softplus_thresh(dt[i] + db);
-    const T uu = u[i];
-    const T du = delta * uu;
-    T acc = dskip * uu;
-#pragma unroll
-    for (int n = 0; n < kN; ++n) {
-      if (n < g.N) {
-        s[n] = exp(delta * a_row[n]) * s[n] + du * bt[n];
-        acc += ct[n] * s[n];
-      }
-    }
-    y[i] = acc;
   }
 }
 
@@ -126,11 +200,10 @@ __global__ void __launch_bounds__(kThreads)
                T* __restrict__ dbias_part, Dims g) {
   int64_t b, d;
   channel_of(g, b, d);
-  if (b >= g.B) return;  // whole warps only (Dpad is a multiple of 32): warp shuffles stay full
-  const bool live = d < g.D;
+  const bool live = d < g.D;  // idle lanes run along with zeros: the warp's shuffles stay full
   const int64_t dc = live ? d : 0;  // a valid address for idle lanes, whose values are zeroed
   const int64_t n_chunks = (g.T + kChunk - 1) / kChunk;
-  const int64_t warps_per_b = g.Dpad / 32, warp = d / 32;
+  const int64_t warps_per_b = g.dblocks * (kThreads / 32), warp = d / 32;
   const int lane = threadIdx.x % 32;
   T a_row[kN], s[kN];
 #pragma unroll
@@ -151,9 +224,10 @@ __global__ void __launch_bounds__(kThreads)
     const T* Bt = Bm + (b * g.T + t) * g.N;
     const T delta = softplus_thresh(load(dt, t) + db);
     const T du = delta * load(u, t);
+    const StepDecay<T> decay(delta);
 #pragma unroll
     for (int n = 0; n < kN; ++n)
-      if (n < g.N) s[n] = exp(delta * a_row[n]) * s[n] + du * Bt[n];
+      if (n < g.N) s[n] = decay(a_row[n]) * s[n] + du * Bt[n];
   }
   // Pass 2: chunks from last to first.
   T carry[kN], dA_acc[kN];
@@ -172,9 +246,10 @@ __global__ void __launch_bounds__(kThreads)
       const T* Bt = Bm + (b * g.T + t0 + k) * g.N;
       const T delta = softplus_thresh(load(dt, t0 + k) + db);
       const T du = delta * load(u, t0 + k);
+      const StepDecay<T> decay(delta);
 #pragma unroll
       for (int n = 0; n < kN; ++n) {
-        if (n < g.N) s[n] = exp(delta * a_row[n]) * s[n] + du * Bt[n];
+        if (n < g.N) s[n] = decay(a_row[n]) * s[n] + du * Bt[n];
         states[k][n] = s[n];
       }
     }
@@ -189,23 +264,35 @@ __global__ void __launch_bounds__(kThreads)
       dD_acc += gt * ut;
       T* dB_row = dB_part + ((b * warps_per_b + warp) * g.T + t) * g.N;
       T* dC_row = dC_part + ((b * warps_per_b + warp) * g.T + t) * g.N;
+      const StepDecay<T> decay(delta);
+      // The step's sums over the warp's channels, kG states at a time: vals[i] = the dC term of state i,
+      // vals[kG + i] the dB term; after the reduce-scatter lane l holds value l / (32 / 2kG).
+      constexpr int kG = kN < 16 ? kN : 16;
 #pragma unroll
-      for (int n = 0; n < kN; ++n) {
-        if (n < g.N) {
-          const T a = exp(delta * a_row[n]);
-          const T prev = k > 0 ? states[k - 1][n] : s0[n];
-          const T ds = gt * Ct[n] + carry[n];
-          const T da_a = ds * prev * a;
-          d_delta += da_a * a_row[n] + ds * Bt[n] * ut;
-          dA_acc[n] += da_a * delta;
-          d_u += ds * delta * Bt[n];
-          carry[n] = a * ds;
-          const T dc_sum = warp_sum(gt * states[k][n]);
-          const T db_sum = warp_sum(ds * delta * ut);
-          if (lane == 0) {
-            dC_row[n] = dc_sum;
-            dB_row[n] = db_sum;
+      for (int n0 = 0; n0 < kN; n0 += kG) {
+        T vals[2 * kG];
+#pragma unroll
+        for (int i = 0; i < kG; ++i) {
+          const int n = n0 + i;
+          vals[i] = vals[kG + i] = T(0);
+          if (n < g.N) {
+            const T a = decay(a_row[n]);
+            const T prev = k > 0 ? states[k - 1][n] : s0[n];
+            const T ds = gt * Ct[n] + carry[n];
+            const T da_a = ds * prev * a;
+            d_delta += da_a * a_row[n] + ds * Bt[n] * ut;
+            dA_acc[n] += da_a * delta;
+            d_u += ds * delta * Bt[n];
+            carry[n] = a * ds;
+            vals[i] = gt * states[k][n];
+            vals[kG + i] = ds * delta * ut;
           }
+        }
+        warp_reduce_scatter(vals, lane);
+        constexpr int kGroup = 32 / (2 * kG);  // lanes holding the same sum
+        if (lane % kGroup == 0) {
+          const int v = lane / kGroup, n = n0 + v % kG;
+          if (n < g.N) (v < kG ? dC_row : dB_row)[n] = vals[0];
         }
       }
       const T ddt = d_delta * softplus_grad(z);
@@ -250,7 +337,7 @@ Dims dims_of(const torch::Tensor& u, const torch::Tensor& A) {
   g.T = u.size(1);
   g.D = u.size(2);
   g.N = A.size(1);
-  g.Dpad = (g.D + 31) / 32 * 32;
+  g.dblocks = (g.D + kThreads - 1) / kThreads;
   return g;
 }
 
@@ -276,12 +363,9 @@ torch::Tensor selective_scan_fwd_cuda(const torch::Tensor& u, const torch::Tenso
   check_cuda_args("selective_scan_fwd_cuda", u, dt, A, Bm, Cm, D_skip, dt_bias, torch::Tensor());
   const c10::cuda::CUDAGuard guard(u.device());
   torch::Tensor y = torch::empty_like(u);
-  Dims g = dims_of(u, A);
+  const Dims g = dims_of(u, A);
   if (y.numel() == 0) return y;
-  auto aligned16 = [](const torch::Tensor& t) { return reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0; };
-  g.vec4 = u.scalar_type() == torch::kFloat32 && compiled_states(g.N) == g.N && g.N % 4 == 0 && aligned16(Bm) &&
-           aligned16(Cm);
-  const int64_t blocks = (g.B * g.Dpad + kThreads - 1) / kThreads;
+  const int64_t blocks = g.B * g.dblocks;
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_fwd_cuda", [&] {
     with_kn(g.N, [&](auto kn) {
@@ -301,18 +385,20 @@ SelectiveScanGrads selective_scan_bwd_cuda(const torch::Tensor& grad, const torc
   check_cuda_args("selective_scan_bwd_cuda", u, dt, A, Bm, Cm, D_skip, dt_bias, grad);
   const c10::cuda::CUDAGuard guard(u.device());
   const Dims g = dims_of(u, A);
-  const int64_t warps_per_b = g.Dpad / 32, n_chunks = (g.T + kChunk - 1) / kChunk;
+  const int64_t warps_per_b = g.dblocks * (kThreads / 32), n_chunks = (g.T + kChunk - 1) / kChunk;
   SelectiveScanGrads out;
   out.du = torch::empty_like(u);
   out.ddt = torch::empty_like(u);
-  torch::Tensor dB_part = torch::zeros({g.B, warps_per_b, g.T, g.N}, u.options());
-  torch::Tensor dC_part = torch::zeros({g.B, warps_per_b, g.T, g.N}, u.options());
-  torch::Tensor dA_part = torch::zeros({g.B, g.D, g.N}, u.options());
-  torch::Tensor dD_part = torch::zeros({g.B, g.D}, u.options());
-  torch::Tensor dbias_part = torch::zeros({g.B, g.D}, u.options());
+  // Every entry of the partials is written by the kernel (each warp its (T, N) rows, each live thread its
+  // (b, d) entries): no zero fill needed.
+  torch::Tensor dB_part = torch::empty({g.B, warps_per_b, g.T, g.N}, u.options());
+  torch::Tensor dC_part = torch::empty({g.B, warps_per_b, g.T, g.N}, u.options());
+  torch::Tensor dA_part = torch::empty({g.B, g.D, g.N}, u.options());
+  torch::Tensor dD_part = torch::empty({g.B, g.D}, u.options());
+  torch::Tensor dbias_part = torch::empty({g.B, g.D}, u.options());
   if (u.numel() > 0) {
     torch::Tensor ckpt = torch::empty({g.B, n_chunks, g.N, g.D}, u.options());
-    const int64_t blocks = (g.B * g.Dpad + kThreads - 1) / kThreads;
+    const int64_t blocks = g.B * g.dblocks;
     auto stream = c10::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_bwd_cuda", [&] {
       with_kn(g.N, [&](auto kn) {
