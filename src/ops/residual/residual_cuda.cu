@@ -78,9 +78,9 @@ torch::Tensor relative_residual_cuda(const torch::Tensor& y, const torch::Tensor
               y.scalar_type(), " and ", y_new.scalar_type());
   const c10::cuda::CUDAGuard guard(y.device());
   const int64_t B = y.size(0), T = y.size(1), D = y.size(2), rows = B * T;
+  TORCH_CHECK(rows > 0 && D > 0, "relative_residual_cuda: empty tensors ", y.sizes());
   const auto acc = y.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
   torch::Tensor r = torch::empty({B, T}, y.options().dtype(acc));
-  TORCH_CHECK(rows > 0 && D > 0, "relative_residual_cuda: empty tensors ", y.sizes());
   auto aligned16 = [](const torch::Tensor& t) { return reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0; };
   const bool vec16 = (D * static_cast<int64_t>(y.element_size())) % 16 == 0 && aligned16(y) && aligned16(y_new);
   const int64_t blocks = (rows + kRowsPerBlock - 1) / kRowsPerBlock;
