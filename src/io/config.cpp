@@ -31,7 +31,7 @@ namespace {
 #define FPRNN_FIELDS_TRAIN(X) \
   X(steps) X(batch_size) X(lr) X(weight_decay) X(beta1) X(beta2) X(adam_eps) X(warmup_steps) X(min_lr_ratio) \
   X(grad_clip) X(seed) X(dtype) X(device) X(threads) X(log_every) X(eval_every) X(checkpoint_every) \
-  X(eval_batch_size)
+  X(eval_batch_size) X(cuda_graph)
 
 #define FPRNN_TO_JSON(field) j[#field] = s.field;
 #define FPRNN_FROM_JSON(field) get_field(j, #field, s.field, section);
@@ -310,6 +310,18 @@ void validate(const RunConfig& cfg) {
   TORCH_CHECK(r.eval_every >= 0 && r.checkpoint_every >= 0, "config: eval_every/checkpoint_every must be ≥ 0");
   check_one_of("train.dtype", r.dtype, {"float32", "float64", "bfloat16"});
   check_one_of("train.device", r.device, {"cpu", "cuda"});
+  if (r.cuda_graph) {
+    TORCH_CHECK(r.device == "cuda", "config: train.cuda_graph needs train.device = cuda");
+    TORCH_CHECK(l.layer == "fprnn", "config: train.cuda_graph records FPRNN layers only (model.layer = fprnn); the ",
+                l.layer, " solve reads its residual on the host every iteration");
+    TORCH_CHECK((l.mixer_type == "householderproduct" || l.mixer_type == "dplr") && l.mixer_h_dep &&
+                    l.mixer_proj_rank <= 0 && r.dtype != "float64",
+                "config: train.cuda_graph needs the FPRNN device loop: model.mixer_type householderproduct or dplr, "
+                "mixer_h_dep, no mixer_proj_rank, float32 or bfloat16 (got ", l.mixer_type, ", mixer_h_dep ",
+                l.mixer_h_dep, ", mixer_proj_rank ", l.mixer_proj_rank, ", ", r.dtype, ")");
+    TORCH_CHECK(s.max_iter > 0, "config: train.cuda_graph needs a fixed training cap (solver.max_iter > 0): the "
+                "randomised cap changes the recorded loop every step");
+  }
 }
 
 namespace config {

@@ -75,6 +75,10 @@ std::vector<solver::SolveStats> FPLMImpl::last_stats() const {
   return out;
 }
 
+void FPLMImpl::graph_replayed() {
+  for (auto& l : layers) l->graph_replayed();
+}
+
 void FPLMImpl::set_max_iter(int64_t max_iter) {
   for (auto& l : layers) l->set_max_iter(max_iter);
 }

@@ -6,9 +6,6 @@
 #include "fprnn/ops/linrec.h"
 #include "fprnn/solver/sequential.h"
 
-#ifdef FPRNN_WITH_CUDA
-#include "fprnn/ops/fp_step_cuda.h"
-#endif
 
 namespace fprnn::nn {
 
@@ -90,19 +87,37 @@ Tensor FPRNNLayerImpl::output(const Inputs& in, const Tensor& h) {
 Tensor FPRNNLayerImpl::solve_with(const Inputs& in, const solver::SolverOptions& opt) {
   torch::NoGradGuard no_grad;
   FastStep F(*this, in);
+  // Under a CUDA graph capture the host cannot read the stop flag: every iteration up to the cap is
+  // queued (those after the stop are no-ops) and the statistics are read when asked for, after a replay.
+#ifdef FPRNN_WITH_CUDA
+  const bool capturing = ops::cuda_stream_capturing(in.x.device());
+#else
+  const bool capturing = false;
+#endif
   if (F.device_loop()) {
-    auto [h, stats] = F.solve_device(opt, solver_cfg.device_check_every);
-    stats_ = stats;
+    Tensor h = F.solve_device(opt, capturing ? 0 : solver_cfg.device_check_every);
+    pending_ = PendingStats{F.device_state(), opt.quantile, opt.threshold};
+    if (capturing) recorded_ = pending_;
     return h;
   }
+  TORCH_CHECK(!capturing, "FPRNN: only the GPU device loop (Householder/DPLR mixers with single-stage "
+              "projections, mixer_h_dep, float32 or bfloat16) can be recorded as a CUDA graph; this layer's solve (",
+              cfg.mixer_type, ", ", in.x.scalar_type(), ") reads its residual on the host every iteration");
+  pending_.reset();
   auto [h, stats] = solver::solve_with_residual([&](const Tensor& y) { return F.step_with_residual(y, opt.eps); },
                                                 torch::zeros_like(in.x), opt);
   stats_ = stats;
   return h;
 }
 
+const solver::SolveStats& FPRNNLayerImpl::last_stats() const {
+  if (pending_) stats_ = device_solve_stats(pending_->state, pending_->quantile, pending_->threshold);
+  return stats_;
+}
+
 Tensor FPRNNLayerImpl::solve(const Inputs& in) {
   if (!is_training() && solver_cfg.eval_method == "sequential") {
+    pending_.reset();
     torch::NoGradGuard no_grad;
     Tensor h = solver::solve_sequential(*this, in);
     stats_ = solver::SolveStats{};
@@ -126,6 +141,18 @@ Tensor FPRNNLayerImpl::forward(const Tensor& u, Tensor* h_star) {
   const Tensor h = solve(in).detach();
   if (h_star != nullptr) *h_star = h;
   return finish(in, h);
+}
+
+solver::SolveStats device_solve_stats(const ops::DeviceSolverState& state, double quantile, double threshold) {
+  const Tensor counters = state.counters.cpu(), best = state.best.cpu(), last = state.last.cpu();
+  solver::SolveStats stats;
+  stats.iterations = counters[0].item<int64_t>();
+  stats.last_residual_max = last.max().item<double>();
+  stats.best_residual_max = best.max().item<double>();
+  std::vector<double> bv(best.data_ptr<double>(), best.data_ptr<double>() + best.numel());
+  stats.best_residual_quantile = solver::quantile(bv, quantile);
+  stats.converged = stats.best_residual_quantile < threshold;
+  return stats;
 }
 
 // ---- FastStep --------------------------------------------------------------------------------------
@@ -269,9 +296,8 @@ Tensor FastStep::operator()(const Tensor& h) {
   return ops::linrec(in_.one_minus_lambda * (mixed + h), in_.lambda);
 }
 
-std::pair<Tensor, solver::SolveStats> FastStep::solve_device(const solver::SolverOptions& opt, int64_t check_every) {
+Tensor FastStep::solve_device(const solver::SolverOptions& opt, int64_t check_every) {
   TORCH_CHECK(device_loop_, "FastStep::solve_device: this layer's solve cannot run on the device loop");
-  TORCH_CHECK(check_every > 0, "FastStep::solve_device: check_every must be positive, got ", check_every);
 #ifdef FPRNN_WITH_CUDA
   torch::NoGradGuard no_grad;
   const int64_t B = in_.x.size(0), T = in_.x.size(1), D = layer_.D;
@@ -301,9 +327,13 @@ std::pair<Tensor, solver::SolveStats> FastStep::solve_device(const solver::Solve
   const std::string ac = fp_cfg_.ac == ops::MixerAc::kIdentity ? "identity"
                          : fp_cfg_.ac == ops::MixerAc::kRelu   ? "relu"
                                                                : "silu";
-  int64_t queued = 0, done = 0;
+  // check_every ≤ 0: queue every iteration up to the cap without reading the stop flag (a CUDA graph
+  // capture, where host reads are illegal): the iterations after the stop are no-ops, and the result
+  // buffer is chosen on the device.
+  const int64_t every = check_every > 0 ? check_every : opt.max_iter;
+  int64_t queued = 0;
   while (queued < opt.max_iter) {
-    const int64_t n = std::min(check_every, opt.max_iter - queued);
+    const int64_t n = std::min(every, opt.max_iter - queued);
     for (int64_t k = 0; k < n; ++k, ++queued) {
       const Tensor& h = buf[queued % 2];
       Tensor& y = buf[(queued + 1) % 2];
@@ -312,21 +342,17 @@ std::pair<Tensor, solver::SolveStats> FastStep::solve_device(const solver::Solve
       ops::fp_scan_cuda(v, lambda, h, y, state, cast ? &h_c : nullptr);
       ops::fp_controller_cuda(state, dopt);
     }
+    if (check_every <= 0) break;
     const Tensor c = state.counters.cpu();  // the one synchronisation per `check_every` iterations
-    done = c[0].item<int64_t>();
     if (c[1].item<int64_t>() == 0) break;
   }
-  const Tensor best = state.best.cpu(), last = state.last.cpu();
-  solver::SolveStats stats;
-  stats.iterations = done;
-  stats.last_residual_max = last.max().item<double>();
-  stats.best_residual_max = best.max().item<double>();
-  std::vector<double> bv(best.data_ptr<double>(), best.data_ptr<double>() + B);
-  stats.best_residual_quantile = solver::quantile(bv, opt.quantile);
-  stats.converged = stats.best_residual_quantile < opt.threshold;
-  return {buf[done % 2].to(in_.x.scalar_type()), stats};
+  state_ = state;
+  Tensor h = torch::empty({B, T, D}, in_.x.options());
+  ops::fp_select_cuda(state, buf[0], buf[1], h);
+  return h;
 #else
   (void)opt;
+  (void)check_every;
   TORCH_CHECK(false, "FastStep::solve_device: this build has no CUDA kernels");
 #endif
 }

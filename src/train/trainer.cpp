@@ -5,6 +5,7 @@
 
 #include "fprnn/common.h"
 #include "fprnn/io/safetensors.h"
+#include "fprnn/ops/cuda_graph.h"
 #include "fprnn/solver/fixed_point.h"
 #include "fprnn/train/checkpoint.h"
 #include "fprnn/train/distributed.h"
@@ -335,6 +336,25 @@ TrainSummary run_training(const RunConfig& cfg, const TrainOptions& opts) {
   const bool count_skipped = data.count_skipped();
   const int64_t n_layers = cfg.model.n_layers;
 
+  TORCH_CHECK(!(cfg.train.cuda_graph && dist.active()),
+              "train: train.cuda_graph is not available with data parallelism (fprnn launch)");
+  // train.cuda_graph: the first step's forward, loss and backward recorded once, replayed for every batch of
+  // the same shape. The recorded work reads the batch from `ids`/`labels` and writes `logits`, `loss` and the
+  // gradient tensors `grads` (which stay the parameters' .grad: never reset to None, zeroed in place for an
+  // eager step of another shape).
+  struct RecordedStep {
+    ops::CudaGraph graph;
+    torch::Tensor ids, labels, logits, loss;
+    std::vector<torch::Tensor> grads;
+  };
+  std::unique_ptr<RecordedStep> recorded;
+  bool warned_shape = false;
+  const auto shape_string = [](c10::IntArrayRef sizes) {
+    std::ostringstream os;
+    os << sizes;
+    return os.str();
+  };
+
   TrainSummary summary;
   BatchScore window;
   std::vector<double> window_iters(static_cast<size_t>(n_layers), 0.0);
@@ -404,17 +424,60 @@ TrainSummary run_training(const RunConfig& cfg, const TrainOptions& opts) {
       const double lr = learning_rate(cfg.train, step);
       for (auto& g : optimizer.param_groups()) g.options().set_lr(lr);
 
-      optimizer.zero_grad();
-      const torch::Tensor logits = model->forward(batch.input_ids);
-      const int64_t V = logits.size(-1);
       auto ce = torch::nn::functional::CrossEntropyFuncOptions();
       // The masked loss: mean over the positions the reference trains on.
       if (!count_skipped) ce.ignore_index(skip_label);
       if (dist.active()) ce.reduction(torch::kSum);
-      const torch::Tensor labels = batch.labels.to(logits.device());
-      torch::Tensor loss = torch::nn::functional::cross_entropy(logits.reshape({-1, V}), labels.reshape({-1}), ce);
-      if (dist.active()) loss = loss / std::max(counted, 1.0);
-      loss.backward();
+      const auto forward_backward = [&](const torch::Tensor& ids, const torch::Tensor& labels_in,
+                                        torch::Tensor& logits_out, torch::Tensor& loss_out) {
+        logits_out = model->forward(ids);
+        const torch::Tensor labels_dev = labels_in.to(logits_out.device());
+        loss_out = torch::nn::functional::cross_entropy(logits_out.reshape({-1, logits_out.size(-1)}),
+                                                        labels_dev.reshape({-1}), ce);
+        if (dist.active()) loss_out = loss_out / std::max(counted, 1.0);
+        loss_out.backward();
+      };
+      torch::Tensor logits, loss, labels;
+      if (cfg.train.cuda_graph && !recorded) {
+        recorded = std::make_unique<RecordedStep>();
+        const torch::Device device = model->parameters().front().device();
+        recorded->ids = batch.input_ids.to(device).clone();
+        recorded->labels = batch.labels.to(device).clone();
+        RecordedStep& rs = *recorded;
+        rs.graph.capture([&] { forward_backward(rs.ids, rs.labels, rs.logits, rs.loss); }, 2,
+                         [&] { optimizer.zero_grad(); });
+        for (auto& p : model->parameters()) {
+          if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);  // unused by the loss
+          rs.grads.push_back(p.grad());
+        }
+        progress.message("train.cuda_graph: recorded the training step for batches of shape " +
+                         shape_string(rs.ids.sizes()));
+      }
+      if (recorded && batch.input_ids.sizes() == recorded->ids.sizes()) {
+        recorded->ids.copy_(batch.input_ids);
+        recorded->labels.copy_(batch.labels);
+        recorded->graph.replay();
+        model->graph_replayed();
+        // An eager step (another shape) may have replaced .grad by a new tensor: point it back.
+        auto ps = model->parameters();
+        for (size_t i = 0; i < ps.size(); ++i) ps[i].mutable_grad() = recorded->grads[i];
+        logits = recorded->logits;
+        loss = recorded->loss;
+        labels = recorded->labels;
+      } else {
+        if (recorded) {
+          if (!warned_shape)
+            progress.message("train.cuda_graph: a batch of shape " + shape_string(batch.input_ids.sizes()) +
+                             " differs from the recorded " + shape_string(recorded->ids.sizes()) +
+                             "; such steps run eagerly");
+          warned_shape = true;
+          for (auto& g : recorded->grads) g.zero_();  // keep the recorded gradient tensors as .grad
+        } else {
+          optimizer.zero_grad();
+        }
+        forward_backward(batch.input_ids, batch.labels, logits, loss);
+        labels = batch.labels.to(logits.device());
+      }
       BatchScore score = score_batch(logits.detach(), labels, skip_label, count_skipped);
       double loss_value = 0;
       if (dist.active()) {

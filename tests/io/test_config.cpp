@@ -83,6 +83,26 @@ TEST(ConfigTest, ValidationNamesTheKey) {
   EXPECT_NE(msg([](RunConfig& c) { c.train.lr = std::nan(""); }).find("train.lr"), std::string::npos);
 }
 
+TEST(ConfigTest, CudaGraphNeedsTheDeviceLoop) {
+  auto msg = [](const std::function<void(RunConfig&)>& edit) {
+    RunConfig c;
+    c.train.cuda_graph = true;
+    c.train.device = "cuda";
+    edit(c);
+    return error_of([&] { validate(c); });
+  };
+  EXPECT_EQ(msg([](RunConfig&) {}), "");  // FPRNN, Householder, fixed cap, float32: fine
+  EXPECT_EQ(msg([](RunConfig& c) { c.model.layer.mixer_type = "dplr"; }), "");
+  EXPECT_NE(msg([](RunConfig& c) { c.train.device = "cpu"; }).find("train.cuda_graph needs train.device = cuda"),
+            std::string::npos);
+  EXPECT_NE(msg([](RunConfig& c) { c = default_run_config("fpmamba1"), c.train.cuda_graph = true, c.train.device = "cuda"; })
+                .find("FPRNN layers only"),
+            std::string::npos);
+  EXPECT_NE(msg([](RunConfig& c) { c.model.layer.mixer_type = "kronecker"; }).find("device loop"), std::string::npos);
+  EXPECT_NE(msg([](RunConfig& c) { c.train.dtype = "float64"; }).find("device loop"), std::string::npos);
+  EXPECT_NE(msg([](RunConfig& c) { c.solver.max_iter = -1; }).find("fixed training cap"), std::string::npos);
+}
+
 TEST(ConfigTest, FilesLoadOrFailClearly) {
   const std::string dir = temp_dir("cfg");
   io::write_file_atomic(dir + "/ok.json", R"({"task": {"group": "A4"}} // comments are allowed)");

@@ -3,11 +3,18 @@
 // gradients. Skipped without a GPU; run on the GPU machine (scripts/gpu.sh) before a CUDA change lands.
 #include "layer_testing.h"
 
+#include "fprnn/ops/cuda_graph.h"
+
+#include <set>
+
 namespace fprnn::testing {
 namespace {
 
 #define FPRNN_REQUIRE_GPU() \
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device"
+
+// The statistics a layer reports after a graph replay (read from its device solver state).
+solver::SolveStats device_solve_stats_of(const nn::FPRNNLayer& layer) { return layer->last_stats(); }
 
 struct DevicePair {
   nn::FPRNNLayer cpu, gpu;
@@ -177,6 +184,110 @@ TEST(DeviceLoop, BFloat16StaysCloseToFloat32) {
   pair.gpu->forward(u.to(torch::kBFloat16), &h16);
   EXPECT_EQ(h16.scalar_type(), torch::kBFloat16);
   expect_close(h16.to(torch::kFloat32).cpu(), h32.cpu(), 3e-2, "bf16 fixed point");
+}
+
+
+// The solve recorded as a CUDA graph queues every iteration up to the cap without reading the stop flag; the
+// iterations after the stop do nothing and the result buffer is picked on the device: replays with new inputs
+// give the eager solve's fixed point and statistics. Inputs of several lengths of convergence, so that both
+// parities of the final count occur.
+TEST(CudaGraph, RecordedSolveMatchesTheEagerSolve) {
+  FPRNN_REQUIRE_GPU();
+  SolverConfig sc;
+  sc.eval_max_iter = 60;
+  sc.threshold = 1e-4;
+  auto pair = make_pair("householderproduct", 2, sc);
+  nn::FPRNNLayer gpu = pair.gpu;
+  gpu->eval();
+  torch::NoGradGuard no_grad;
+  Tensor u = randn({5, 19, 16}, 1, torch::kFloat32).cuda();
+  Tensor h_graph;
+  ops::CudaGraph graph;
+  graph.capture([&] { gpu->forward(u, &h_graph); });
+  ASSERT_TRUE(graph.captured());
+  std::set<int64_t> parities;
+  for (uint64_t seed : {2, 3, 4, 5, 6, 7}) {
+    const Tensor input = randn({5, 19, 16}, seed, torch::kFloat32).mul(0.25 * static_cast<double>(seed)).cuda();
+    Tensor h_eager;
+    gpu->forward(input, &h_eager);
+    const solver::SolveStats eager = gpu->last_stats();
+    u.copy_(input);
+    graph.replay();
+    torch::cuda::synchronize();
+    const solver::SolveStats replayed = device_solve_stats_of(gpu);
+    EXPECT_EQ(replayed.iterations, eager.iterations) << "seed " << seed;
+    EXPECT_EQ(replayed.converged, eager.converged) << "seed " << seed;
+    EXPECT_LT(replayed.iterations, sc.eval_max_iter) << "seed " << seed << ": the test wants a stop before the cap";
+    EXPECT_DOUBLE_EQ(replayed.best_residual_quantile, eager.best_residual_quantile) << "seed " << seed;
+    expect_close(h_graph.cpu(), h_eager.cpu(), 1e-6, "graph fixed point, seed " + std::to_string(seed));
+    parities.insert(replayed.iterations % 2);
+  }
+  EXPECT_EQ(parities.size(), 2u) << "every input stopped after a count of the same parity";
+}
+
+// Forward and one-step backward recorded together: every replay overwrites the output and the gradients
+// with those of an eager step on the same input (gradients set to None before recording, as documented).
+TEST(CudaGraph, RecordedTrainingStepMatchesEagerSteps) {
+  FPRNN_REQUIRE_GPU();
+  SolverConfig sc;
+  sc.max_iter = 8;
+  auto pair = make_pair("householderproduct", 1, sc);
+  nn::FPRNNLayer graphed = pair.gpu;
+  torch::manual_seed(5);
+  LayerConfig lc;
+  lc.d_model = 16;
+  lc.mixer_type = "householderproduct";
+  lc.mixer_rank = 1;
+  nn::FPRNNLayer eager(lc, sc);
+  eager->to(torch::kCUDA);
+  graphed->train();
+  eager->train();
+  Tensor u = randn({4, 17, 16}, 11, torch::kFloat32).cuda();
+  Tensor y;
+  ops::CudaGraph graph;
+  graph.capture(
+      [&] {
+        y = graphed->forward(u);
+        y.pow(2).mean().backward();
+      },
+      2, [&] { graphed->zero_grad(); });
+  for (uint64_t seed : {12, 13}) {
+    const Tensor input = randn({4, 17, 16}, seed, torch::kFloat32).cuda();
+    u.copy_(input);
+    graph.replay();
+    eager->zero_grad();
+    const Tensor y_eager = eager->forward(input);
+    y_eager.pow(2).mean().backward();
+    torch::cuda::synchronize();
+    expect_close(y.detach().cpu(), y_eager.detach().cpu(), 1e-5, "graph output, seed " + std::to_string(seed));
+    EXPECT_EQ(graphed->last_stats().iterations, eager->last_stats().iterations);
+    const auto pe = eager->named_parameters();
+    for (const auto& item : graphed->named_parameters()) {
+      const Tensor gg = item.value().grad();
+      ASSERT_TRUE(gg.defined()) << item.key();
+      expect_close(gg.cpu(), pe[item.key()].grad().cpu(), 1e-5, "graph grad " + item.key());
+    }
+  }
+}
+
+// A solve that reads its residual on the host (here the Kronecker mixer's) says so instead of failing inside
+// the capture; the device stays usable.
+TEST(CudaGraph, HostReadingSolveRefusesToBeRecorded) {
+  FPRNN_REQUIRE_GPU();
+  SolverConfig sc;
+  auto pair = make_pair("kronecker", 1, sc);
+  pair.gpu->eval();
+  torch::NoGradGuard no_grad;
+  const Tensor u = randn({2, 9, 16}, 1, torch::kFloat32).cuda();
+  ops::CudaGraph graph;
+  try {
+    graph.capture([&] { pair.gpu->forward(u); }, 1);
+    FAIL() << "the capture did not throw";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("CUDA graph"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(graph.captured());
+  EXPECT_TRUE(torch::isfinite(pair.gpu->forward(u)).all().item<bool>());
 }
 
 }  // namespace

@@ -130,6 +130,11 @@ struct TrainConfig {
   int64_t eval_every = 250;           // validation (length k) every this many steps; 0 = only at the end
   int64_t checkpoint_every = 500;     // 0 = only at the end
   int64_t eval_batch_size = 512;
+  // GPU: record the first training step's forward and backward as a CUDA graph and replay it for every
+  // batch of the same shape (the optimiser step stays eager). FPRNN layers on the device loop only
+  // (Householder/DPLR mixers, a fixed solver.max_iter); every solve then runs to its cap's iteration count
+  // in launches (those after the stop do nothing).
+  bool cuda_graph = false;
 };
 
 struct RunConfig {

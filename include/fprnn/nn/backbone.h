@@ -36,6 +36,8 @@ class FPLMImpl : public torch::nn::Module {
   std::vector<solver::SolveStats> last_stats() const;
   void set_max_iter(int64_t max_iter);           // every layer's training cap override
   void set_max_iter(size_t layer, int64_t max_iter);
+  // After replaying a CUDA graph that recorded forward: every layer's last_stats() describes the replay.
+  void graph_replayed();
 
   // Dtype of the layers' computation (float32 | float64 | bfloat16); the residual stream stays fp32+.
   torch::Dtype compute_dtype = torch::kFloat32;

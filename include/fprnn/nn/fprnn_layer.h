@@ -15,11 +15,13 @@
 #include "fprnn/nn/layer.h"
 #include "fprnn/nn/mixer.h"
 #include "fprnn/ops/fp_step.h"
+#include "fprnn/ops/fp_step_cuda.h"
 #include "fprnn/solver/fixed_point.h"
 
 #include <torch/torch.h>
 
 #include <memory>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -55,7 +57,12 @@ class FPRNNLayerImpl : public SequenceLayerImpl {
 
   // Training-time cap override (the randomised cap); ≤ 0 restores the configured cap.
   void set_max_iter(int64_t max_iter) override { max_iter_override_ = max_iter; }
-  const solver::SolveStats& last_stats() const override { return stats_; }
+  // After a device-loop solve the statistics are read from the GPU here, on each call (after a CUDA graph
+  // replay they describe the replayed solve).
+  const solver::SolveStats& last_stats() const override;
+  void graph_replayed() override {
+    if (recorded_) pending_ = recorded_;
+  }
   // Parameters of F and of the output, for tests: the fixture loader maps reference names onto these.
   int64_t d_inner() const { return D; }
 
@@ -70,8 +77,17 @@ class FPRNNLayerImpl : public SequenceLayerImpl {
 
  private:
   int64_t max_iter_override_ = 0;
-  solver::SolveStats stats_;
+  struct PendingStats {  // a device-loop solve's state, read on demand
+    ops::DeviceSolverState state;
+    double quantile, threshold;
+  };
+  std::optional<PendingStats> pending_;
+  std::optional<PendingStats> recorded_;  // the solve of the last CUDA graph capture
+  mutable solver::SolveStats stats_;
 };
+
+// The statistics of a device-loop solve (reads its state from the GPU).
+solver::SolveStats device_solve_stats(const ops::DeviceSolverState& state, double quantile, double threshold);
 TORCH_MODULE(FPRNNLayer);
 
 // The no-grad map F with the mixer projection split into a part computed once per solve (from x_mix)
@@ -98,8 +114,11 @@ class FastStep {
   // Householder/DPLR mixer with single-stage h-dependent projections, float32 or bfloat16 compute).
   bool device_loop() const { return device_loop_; }
   // The solve on the GPU (ops/fp_step_cuda.h): the host queues `check_every` iterations between reads of
-  // the device's stop flag; the result and the statistics are those of solver::solve on the same map.
-  std::pair<Tensor, solver::SolveStats> solve_device(const solver::SolverOptions& opt, int64_t check_every);
+  // the device's stop flag (≤ 0: all up to the cap, never reading it, as a CUDA graph capture needs); the
+  // result is that of solver::solve on the same map, in the compute dtype, and device_state() then holds
+  // the solve's counters and residuals (device_solve_stats turns them into solver::SolveStats).
+  Tensor solve_device(const solver::SolverOptions& opt, int64_t check_every);
+  const ops::DeviceSolverState& device_state() const { return state_; }
 
  private:
   // Applies the second stages of low-rank projections to the stacked first-stage output z (N, rows0).
@@ -131,6 +150,7 @@ class FastStep {
   Tensor stats_;             // (B, T, 2) residual maxima, reused
   Tensor out_[2];            // the iterate buffers, used in turn
   int next_out_ = 0;
+  ops::DeviceSolverState state_;  // of the last solve_device
 };
 
 }  // namespace fprnn::nn

@@ -30,6 +30,9 @@ class SequenceLayerImpl : public torch::nn::Module {
   // of the reference's _init_weights that are layer-specific (FP-Mamba1: dt_proj.bias is `_no_reinit`,
   // out_proj.weight is re-drawn and divided by √n_layers).
   virtual void after_backbone_init(int64_t n_layers) {}
+  // Called after a CUDA graph that recorded this layer's forward has been replayed: last_stats() should
+  // describe the replayed solve again (an eager forward since the recording may have replaced it).
+  virtual void graph_replayed() {}
 };
 
 // Builds the layer named by cfg.layer (layer_names(): "fprnn" | "fpmamba1" | "mamba1" | "fpmamba2" | "mamba2");

@@ -52,6 +52,15 @@ void fp_scan_cuda(const torch::Tensor& v, const torch::Tensor& lambda, const tor
 
 // Records the residual of the step just taken and evaluates the continue test for the next one.
 void fp_controller_cuda(DeviceSolverState& state, const DeviceSolverOptions& opt);
+// out ← the iterate after the last iteration the controller counted: `even` (the buffer the loop writes
+// after an even number of iterations, the initial iterate included) when counters[0] is even, else `odd`;
+// float32 in, out float32, bfloat16 or float16. The choice is made on the device, so a solve that queues
+// iterations past its stop without reading the flag (a CUDA graph capture) still returns the right buffer.
+void fp_select_cuda(const DeviceSolverState& state, const torch::Tensor& even, const torch::Tensor& odd,
+                    torch::Tensor& out);
+// Whether the current CUDA stream of `device` is being captured into a CUDA graph (host reads of device
+// memory are illegal then). False for non-CUDA devices.
+bool cuda_stream_capturing(const torch::Device& device);
 // Whether the device controller takes a batch of B samples (its sort lives in one block's shared memory:
 // B ≤ 8192).
 bool fp_controller_fits(int64_t B);

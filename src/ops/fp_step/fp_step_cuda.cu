@@ -278,7 +278,10 @@ DeviceSolverState make_device_solver_state(int64_t B, int64_t T, const DeviceSol
   s.last = torch::full({B}, std::numeric_limits<double>::infinity(), f64);
   s.stepsize = torch::full({B}, opt.stepsize, f64);
   s.patience = torch::full({B}, opt.decay_patience, f64.dtype(torch::kInt64));
-  s.counters = torch::tensor({int64_t{0}, int64_t{1}}, f64.dtype(torch::kInt64));
+  // [iterations, active] = [0, 1], filled on the device: a host-to-device copy would be illegal while the
+  // stream is being captured into a CUDA graph.
+  s.counters = torch::zeros({2}, f64.dtype(torch::kInt64));
+  s.counters.narrow(0, 1, 1).fill_(1);
   s.diff = torch::zeros({B, T}, f64.dtype(torch::kFloat32));
   s.ymax = torch::zeros({B, T}, f64.dtype(torch::kFloat32));
   return s;
@@ -375,6 +378,55 @@ void fp_scan_cuda(const torch::Tensor& v, const torch::Tensor& lambda, const tor
     run(lambda.data_ptr<float>());
   else
     run(lambda.data_ptr<at::BFloat16>());
+}
+
+namespace {
+
+// out[i] = (counters[0] even ? even : odd)[i], converted to out's dtype.
+template <typename out_t>
+__global__ void fp_select_kernel(const float* __restrict__ even, const float* __restrict__ odd, out_t* __restrict__ out,
+                                 int64_t n, const int64_t* __restrict__ counters) {
+  const float* src = (counters[0] & 1) == 0 ? even : odd;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    out[i] = static_cast<out_t>(src[i]);
+}
+
+}  // namespace
+
+void fp_select_cuda(const DeviceSolverState& state, const torch::Tensor& even, const torch::Tensor& odd,
+                    torch::Tensor& out) {
+  check_f32(even, "even", even.sizes());
+  check_f32(odd, "odd", even.sizes());
+  TORCH_CHECK(out.is_cuda() && out.is_contiguous() && out.sizes() == even.sizes() &&
+                  (out.scalar_type() == torch::kFloat32 || out.scalar_type() == torch::kBFloat16 ||
+                   out.scalar_type() == torch::kHalf),
+              "fp_select_cuda: out must be a contiguous float32/bfloat16/float16 CUDA tensor of sizes ", even.sizes(),
+              ", got ", out.sizes(), " ", out.scalar_type());
+  TORCH_CHECK(state.counters.is_cuda() && state.counters.numel() == 2, "fp_select_cuda: bad solver state");
+  const int64_t n = even.numel();
+  if (n == 0) return;
+  const c10::cuda::CUDAGuard guard(even.device());
+  const int64_t blocks = std::min<int64_t>((n + kThreads - 1) / kThreads, 65535);
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  const int64_t* counters = state.counters.data_ptr<int64_t>();
+  if (out.scalar_type() == torch::kFloat32)
+    fp_select_kernel<<<blocks, kThreads, 0, stream>>>(even.data_ptr<float>(), odd.data_ptr<float>(),
+                                                      out.data_ptr<float>(), n, counters);
+  else if (out.scalar_type() == torch::kBFloat16)
+    fp_select_kernel<<<blocks, kThreads, 0, stream>>>(even.data_ptr<float>(), odd.data_ptr<float>(),
+                                                      out.data_ptr<at::BFloat16>(), n, counters);
+  else
+    fp_select_kernel<<<blocks, kThreads, 0, stream>>>(even.data_ptr<float>(), odd.data_ptr<float>(),
+                                                      out.data_ptr<at::Half>(), n, counters);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+bool cuda_stream_capturing(const torch::Device& device) {
+  if (!device.is_cuda()) return false;
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  C10_CUDA_CHECK(cudaStreamIsCapturing(c10::cuda::getCurrentCUDAStream(device.index()), &status));
+  return status != cudaStreamCaptureStatusNone;
 }
 
 int64_t controller_sort_slots(int64_t B) {
