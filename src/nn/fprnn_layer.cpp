@@ -319,7 +319,9 @@ Tensor FastStep::solve_device(const solver::SolverOptions& opt, int64_t check_ev
   const bool cast = base.scalar_type() != torch::kFloat32;
   // buf[n % 2] holds the iterate after n iterations; a queued iteration after the stop writes nothing.
   Tensor buf[2] = {torch::zeros({B, T, D}, f32), torch::empty({B, T, D}, f32)};
-  Tensor v = torch::empty({B, T, D}, f32);
+  // Where the batch's channels fill the chip, the mix and the scan run as one kernel (one block per sample).
+  const bool mixscan = ops::fp_mixscan_fits(B, T, D, in_.x.device());
+  Tensor v = mixscan ? Tensor() : torch::empty({B, T, D}, f32);
   Tensor z = torch::empty({B * T, w_h_t_.size(1)}, base.options());
   // In bfloat16 the scan also writes the new iterate rounded to bfloat16 into h_c, which the next
   // iteration's GEMM reads (the GEMM of iteration n runs before the scan of iteration n overwrites it).
@@ -338,8 +340,13 @@ Tensor FastStep::solve_device(const solver::SolverOptions& opt, int64_t check_ev
       const Tensor& h = buf[queued % 2];
       Tensor& y = buf[(queued + 1) % 2];
       at::mm_out(z, cast ? h_c : h.view({B * T, D}), w_h_t_);
-      ops::fp_mix_cuda(z, base, bx, h, lambda, v, fp_cfg_.rank, ac, fp_cfg_.norm_eps, fp_cfg_.sum_form, state);
-      ops::fp_scan_cuda(v, lambda, h, y, state, cast ? &h_c : nullptr);
+      if (mixscan) {
+        ops::fp_mixscan_cuda(z, base, bx, h, lambda, y, fp_cfg_.rank, ac, fp_cfg_.norm_eps, fp_cfg_.sum_form, state,
+                             cast ? &h_c : nullptr);
+      } else {
+        ops::fp_mix_cuda(z, base, bx, h, lambda, v, fp_cfg_.rank, ac, fp_cfg_.norm_eps, fp_cfg_.sum_form, state);
+        ops::fp_scan_cuda(v, lambda, h, y, state, cast ? &h_c : nullptr);
+      }
       ops::fp_controller_cuda(state, dopt);
     }
     if (check_every <= 0) break;

@@ -126,6 +126,30 @@ TEST(DeviceLoop, PlainMapOnTheGpuMatchesTheCpu) {
   }
 }
 
+#ifdef FPRNN_WITH_CUDA
+// A batch whose channels fill the chip (B·D ≥ the SMs' thread slots): the device loop runs the mix and the
+// scan as one kernel per sample; fixed point and iteration count as the plain map on the CPU.
+TEST(DeviceLoop, OneBlockPerSampleMatchesTheCpu) {
+  FPRNN_REQUIRE_GPU();
+  SolverConfig sc;
+  sc.eval_max_iter = 30;
+  sc.threshold = 1e-6;
+  auto [cpu, gpu] = make_pair("householderproduct", 1, sc, 512);
+  cpu->eval();
+  gpu->eval();
+  int64_t B = 8;
+  while (!ops::fp_mixscan_fits(B, 5, 1024, torch::Device(torch::kCUDA))) B += 8;
+  ASSERT_LE(B, 4096) << "no batch size takes the one-block-per-sample kernel";
+  torch::NoGradGuard no_grad;
+  const Tensor u = randn({B, 5, 512}, 21, torch::kFloat32);
+  Tensor h_cpu, h_gpu;
+  cpu->forward(u, &h_cpu);
+  gpu->forward(u.cuda(), &h_gpu);
+  EXPECT_EQ(gpu->last_stats().iterations, cpu->last_stats().iterations);
+  expect_close(h_gpu.cpu(), h_cpu, 2e-4, "fixed point, B " + std::to_string(B));
+}
+#endif
+
 TEST(DeviceLoop, CheckIntervalDoesNotChangeTheResult) {
   FPRNN_REQUIRE_GPU();
   SolverConfig sc;

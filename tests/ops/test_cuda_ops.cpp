@@ -3,6 +3,7 @@
 // the GPU machine before a CUDA change lands.
 #include "testing.h"
 
+#include "fprnn/common.h"
 #include "fprnn/ops/conv1d.h"
 #include "fprnn/ops/householder.h"
 #include "fprnn/ops/kronecker.h"
@@ -215,6 +216,65 @@ TEST(FpStepCuda, PaddedRowsAndRoundedIterate) {
   Tensor v = torch::empty({B, T, D}, f32);
   auto s = ops::make_device_solver_state(B, T, opt, torch::kCUDA);
   EXPECT_THROW(ops::fp_mix_cuda(too_narrow, too_narrow, bx, h, lambda, v, r, "silu", 1e-6, false, s), c10::Error);
+}
+
+// The one-block-per-sample kernel against fp_mix_cuda + fp_scan_cuda: iterate, rounded copy and residual
+// maxima, for widths below, across and at several multiples of the block (1, 2 and 4 channels per thread),
+// both mixer forms, float32 and bfloat16 inputs, damped and undamped; and nothing written after the stop.
+TEST(FpStepCuda, MixScanKernelMatchesTheTwoKernels) {
+  FPRNN_REQUIRE_GPU();
+  const auto f32 = torch::TensorOptions().dtype(torch::kFloat32).device(torch::kCUDA);
+  for (int64_t D : {24, 300, 1024}) {
+    for (int64_t r : {1, 2}) {
+      const int64_t B = 3, T = 19, rows = r * D + r, ld = (rows + 7) / 8 * 8 + 8;
+      const Tensor z = randn({B * T, ld}, 40, torch::kFloat32).cuda(), base = randn({B * T, ld}, 41, torch::kFloat32).cuda();
+      z.narrow(1, rows, ld - rows).fill_(std::numeric_limits<float>::quiet_NaN());  // the pad must not be read
+      base.narrow(1, rows, ld - rows).fill_(std::numeric_limits<float>::quiet_NaN());
+      const Tensor bx = randn({B, T, D}, 42, torch::kFloat32).cuda(), h = randn({B, T, D}, 43, torch::kFloat32).cuda();
+      const Tensor lambda = torch::sigmoid(randn({B, T, D}, 44, torch::kFloat32)).cuda();
+      for (bool sum_form : {false, true}) {
+        for (auto dtype : {torch::kFloat32, torch::kBFloat16}) {
+          for (double step : {1.0, 0.7}) {
+            const std::string what = "D " + std::to_string(D) + " r " + std::to_string(r) + " sum_form " +
+                                     std::to_string(sum_form) + " " + dtype_name(dtype) + " step " + std::to_string(step);
+            ops::DeviceSolverOptions opt;
+            opt.stepsize = step;
+            auto s1 = ops::make_device_solver_state(B, T, opt, torch::kCUDA);
+            auto s2 = ops::make_device_solver_state(B, T, opt, torch::kCUDA);
+            const Tensor zc = z.to(dtype), bc = base.to(dtype), bxc = bx.to(dtype), lc = lambda.to(dtype);
+            Tensor v = torch::empty({B, T, D}, f32), y1 = torch::empty({B, T, D}, f32), y2 = torch::empty({B, T, D}, f32);
+            Tensor low1 = torch::empty({B * T, D}, f32.dtype(torch::kBFloat16)), low2 = torch::empty_like(low1);
+            ops::fp_mix_cuda(zc, bc, bxc, h, lc, v, r, "silu", 1e-6, sum_form, s1);
+            ops::fp_scan_cuda(v, lc, h, y1, s1, &low1);
+            ops::fp_mixscan_cuda(zc, bc, bxc, h, lc, y2, r, "silu", 1e-6, sum_form, s2, &low2);
+            expect_close(y2.cpu(), y1.cpu(), 1e-6, "iterate, " + what);
+            EXPECT_TRUE(torch::equal(low2, y2.to(torch::kBFloat16).view({B * T, D}))) << "rounded copy, " << what;
+            expect_close(s2.diff.cpu(), s1.diff.cpu(), 1e-6, "max |ŷ − h|, " + what);
+            expect_close(s2.ymax.cpu(), s1.ymax.cpu(), 1e-6, "max |ŷ|, " + what);
+            EXPECT_TRUE(torch::isfinite(y2).all().item<bool>()) << "the pad was read, " << what;
+          }
+        }
+      }
+      // After the stop (counters[1] = 0) the kernel writes nothing.
+      ops::DeviceSolverOptions opt;
+      auto stopped = ops::make_device_solver_state(B, T, opt, torch::kCUDA);
+      stopped.counters.narrow(0, 1, 1).fill_(0);
+      Tensor y = torch::full({B, T, D}, 123.0, f32);
+      ops::fp_mixscan_cuda(z, base, bx, h, lambda, y, r, "silu", 1e-6, false, stopped);
+      EXPECT_TRUE(torch::equal(y, torch::full({B, T, D}, 123.0, f32))) << "wrote after the stop, D " << D;
+    }
+  }
+  // Argument checks: a leading dimension below r·D + r, and a width beyond 8 channels per thread.
+  const Tensor h = torch::zeros({2, 3, 8}, f32), y = torch::zeros({2, 3, 8}, f32);
+  const Tensor narrow = torch::zeros({6, 8}, f32);
+  ops::DeviceSolverOptions opt;
+  auto st = ops::make_device_solver_state(2, 3, opt, torch::kCUDA);
+  Tensor yy = y.clone();
+  EXPECT_THROW(ops::fp_mixscan_cuda(narrow, narrow, h, h, h, yy, 1, "silu", 1e-6, false, st), c10::Error);
+  const Tensor wide = torch::zeros({1, 1, 2049}, f32), zw = torch::zeros({1, 2 * 2049 + 2}, f32);
+  auto sw = ops::make_device_solver_state(1, 1, opt, torch::kCUDA);
+  Tensor yw = wide.clone();
+  EXPECT_THROW(ops::fp_mixscan_cuda(zw, zw, wide, wide, wide, yw, 1, "silu", 1e-6, false, sw), c10::Error);
 }
 #endif
 

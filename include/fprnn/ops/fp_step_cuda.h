@@ -50,6 +50,14 @@ void fp_mix_cuda(const torch::Tensor& z, const torch::Tensor& base, const torch:
 void fp_scan_cuda(const torch::Tensor& v, const torch::Tensor& lambda, const torch::Tensor& h, torch::Tensor& y,
                   const DeviceSolverState& state, torch::Tensor* y_lowp = nullptr);
 
+// fp_mix_cuda and then fp_scan_cuda in one kernel (one block per sample, the scan input kept in registers),
+// with the same arithmetic: y, y_lowp and the residual maxima as the two calls give them, where
+// fp_mixscan_fits(B, T, D, device) (the scan would not be chunked, D ≤ 2048).
+void fp_mixscan_cuda(const torch::Tensor& z, const torch::Tensor& base, const torch::Tensor& bx, const torch::Tensor& h,
+                     const torch::Tensor& lambda, torch::Tensor& y, int64_t rank, const std::string& mixer_ac, double eps,
+                     bool sum_form, const DeviceSolverState& state, torch::Tensor* y_lowp = nullptr);
+bool fp_mixscan_fits(int64_t B, int64_t T, int64_t D, const torch::Device& device);
+
 // Records the residual of the step just taken and evaluates the continue test for the next one.
 void fp_controller_cuda(DeviceSolverState& state, const DeviceSolverOptions& opt);
 // out ← the iterate after the last iteration the controller counted: `even` (the buffer the loop writes

@@ -10,6 +10,7 @@
 
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
@@ -176,6 +177,103 @@ __global__ void fp_scan_output_kernel(const float* __restrict__ v, const lam_t* 
   }
 }
 
+// Block-wide NaN-keeping maxima of two values; every thread receives both. `scratch` holds 64 floats.
+__device__ __forceinline__ float2 block_max2(float a, float b, float* scratch) {
+  for (int o = 16; o > 0; o >>= 1) {
+    a = nan_max(a, __shfl_xor_sync(0xffffffffu, a, o));
+    b = nan_max(b, __shfl_xor_sync(0xffffffffu, b, o));
+  }
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
+  __syncthreads();
+  if (lane == 0) {
+    scratch[warp] = a;
+    scratch[32 + warp] = b;
+  }
+  __syncthreads();
+  float ma = 0.0f, mb = 0.0f;
+  for (int w = 0; w < warps; ++w) {
+    ma = nan_max(ma, scratch[w]);
+    mb = nan_max(mb, scratch[32 + w]);
+  }
+  return make_float2(ma, mb);
+}
+
+// fp_mix_kernel and the unchunked fp_scan_output_kernel in one: one block of kThreads threads per sample b
+// walks its T tokens in order; thread k holds channels d = k + j·kThreads (j < CPT) of the mix in registers
+// and carries their scan state from token to token, so the float32 scan input never goes through memory.
+// The arithmetic is that of the two kernels, operation for operation (the same per-thread channel order and
+// block sums for the mix, v = (1 − λ)(w + h) rounded before the scan's λ·s + v), and the block owns its
+// tokens' residual maxima, so it writes them instead of taking atomic maxima.
+template <typename zt, typename lt, int CPT>
+__global__ void __launch_bounds__(kThreads) fp_mixscan_kernel(
+    const zt* __restrict__ z, const zt* __restrict__ base, const zt* __restrict__ bx, const float* __restrict__ h,
+    const zt* __restrict__ lambda, float* __restrict__ y, lt* __restrict__ y_lowp, const double* __restrict__ stepsize,
+    float* __restrict__ diff, float* __restrict__ ymax, int64_t T, int64_t D, int64_t ld, int r, int ac, float eps,
+    bool sum_form, const int64_t* __restrict__ counters) {
+  if (counters[1] == 0) return;
+  __shared__ float scratch[64];
+  const int64_t b = blockIdx.x;
+  const float s_b = static_cast<float>(stepsize[b]);
+  float state[CPT];
+#pragma unroll
+  for (int j = 0; j < CPT; ++j) state[j] = 0.0f;
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t n = b * T + t;
+    const zt* bn = base + n * ld;
+    const zt* zp = t > 0 ? z + (n - 1) * ld : nullptr;  // raw[b, t] = base[b, t] + z[b, t − 1]
+    auto raw = [&](int64_t j) { return static_cast<float>(bn[j]) + (zp != nullptr ? static_cast<float>(zp[j]) : 0.0f); };
+    float w[CPT], delta[CPT], hv[CPT];
+#pragma unroll
+    for (int j = 0; j < CPT; ++j) {
+      const int64_t d = threadIdx.x + static_cast<int64_t>(j) * kThreads;
+      hv[j] = d < D ? h[n * D + d] : 0.0f;
+      w[j] = d < D ? static_cast<float>(bx[n * D + d]) - hv[j] : 0.0f;
+      delta[j] = w[j];
+    }
+    for (int i = 0; i < r; ++i) {
+      float a[CPT];
+      float uu = 0.0f, uw = 0.0f;
+#pragma unroll
+      for (int j = 0; j < CPT; ++j) {
+        const int64_t d = threadIdx.x + static_cast<int64_t>(j) * kThreads;
+        a[j] = 0.0f;
+        if (d < D) {
+          a[j] = activate(raw(i * D + d), ac);
+          uu += a[j] * a[j];
+          uw += a[j] * (sum_form ? delta[j] : w[j]);  // DPLR: every dot product against the input δ
+        }
+      }
+      const float2 sums = block_sum2(uu, uw, scratch);
+      const float inv = 1.0f / fmaxf(sqrtf(sums.x), eps);  // u = a / max(‖a‖, eps)
+      const float alpha = 1.0f / (1.0f + __expf(-raw(r * D + i)));
+      const float c = -2.0f * alpha * sums.y * inv * inv;  // −2 α (uᵀw) u = c · a
+#pragma unroll
+      for (int j = 0; j < CPT; ++j) w[j] += c * a[j];
+    }
+    float dev = 0.0f, mag = 0.0f;
+#pragma unroll
+    for (int j = 0; j < CPT; ++j) {
+      const int64_t d = threadIdx.x + static_cast<int64_t>(j) * kThreads;
+      if (d < D) {
+        const float l = static_cast<float>(lambda[n * D + d]);
+        const float v = __fmul_rn(1.0f - l, w[j] + hv[j]);  // the mix kernel's stored scan input
+        state[j] = fmaf(l, state[j], v);
+        const float old = hv[j];
+        const float out = s_b == 1.0f ? state[j] : s_b * state[j] + (1.0f - s_b) * old;
+        y[n * D + d] = out;
+        if (y_lowp != nullptr) y_lowp[n * D + d] = static_cast<lt>(out);
+        dev = nan_max(dev, fabsf(state[j] - old));
+        mag = nan_max(mag, fabsf(state[j]));
+      }
+    }
+    const float2 m = block_max2(dev, mag, scratch);
+    if (threadIdx.x == 0) {
+      diff[b * T + t] = fabsf(m.x);
+      ymax[b * T + t] = fabsf(m.y);
+    }
+  }
+}
+
 // a > b in the order that puts NaN after every number (NaNs compare equal among themselves).
 __device__ __forceinline__ bool nan_last_greater(double a, double b) { return isnan(a) ? !isnan(b) : (!isnan(b) && a > b); }
 
@@ -260,8 +358,9 @@ void check_f32(const torch::Tensor& t, const char* name, c10::IntArrayRef sizes)
 
 int64_t target_threads(const torch::Device& device) {
   int sms = 0, per_sm = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device.index()));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxThreadsPerMultiProcessor, device.index()));
+  const int index = device.has_index() ? device.index() : c10::cuda::current_device();  // "cuda" = the current one
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, index));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxThreadsPerMultiProcessor, index));
   return static_cast<int64_t>(sms) * per_sm;
 }
 
@@ -427,6 +526,68 @@ bool cuda_stream_capturing(const torch::Device& device) {
   cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
   C10_CUDA_CHECK(cudaStreamIsCapturing(c10::cuda::getCurrentCUDAStream(device.index()), &status));
   return status != cudaStreamCaptureStatusNone;
+}
+
+bool fp_mixscan_fits(int64_t B, int64_t T, int64_t D, const torch::Device& device) {
+  // One block per sample is enough blocks, and the separate scan would not split T into chunks, when the
+  // batch's channels alone fill the chip.
+  return device.is_cuda() && B > 0 && T > 0 && D > 0 && D <= 8 * kThreads && B * D >= target_threads(device);
+}
+
+void fp_mixscan_cuda(const torch::Tensor& z, const torch::Tensor& base, const torch::Tensor& bx, const torch::Tensor& h,
+                     const torch::Tensor& lambda, torch::Tensor& y, int64_t rank, const std::string& mixer_ac, double eps,
+                     bool sum_form, const DeviceSolverState& state, torch::Tensor* y_lowp) {
+  TORCH_CHECK(h.dim() == 3, "fp_mixscan_cuda: h must be (B, T, D), got ", h.sizes());
+  const int64_t B = h.size(0), T = h.size(1), D = h.size(2), N = B * T, rows = rank * D + rank;
+  for (const auto& [t, name] : {std::pair<const torch::Tensor&, const char*>{h, "h"}, {y, "y"}})
+    check_f32(t, name, h.sizes());
+  for (const auto& [t, name] : {std::pair<const torch::Tensor&, const char*>{bx, "bx"}, {lambda, "lambda"}})
+    TORCH_CHECK(t.is_cuda() && t.is_contiguous() && t.scalar_type() == z.scalar_type() && t.sizes() == h.sizes(),
+                "fp_mixscan_cuda: ", name, " must be a contiguous CUDA tensor of sizes ", h.sizes(), " in z's dtype ",
+                z.scalar_type(), ", got ", t.sizes(), " ", t.scalar_type());
+  TORCH_CHECK(rank >= 1, "fp_mixscan_cuda: rank must be ≥ 1");
+  TORCH_CHECK(z.is_cuda() && base.is_cuda() && z.is_contiguous() && base.is_contiguous() &&
+                  z.scalar_type() == base.scalar_type() && z.dim() == 2 && z.sizes() == base.sizes() &&
+                  z.size(0) == N && z.size(1) >= rows,
+              "fp_mixscan_cuda: z and base must be contiguous (B·T, ld) CUDA tensors of one dtype with B·T = ", N,
+              " and ld ≥ r·D + r = ", rows, ", got ", z.sizes(), " and ", base.sizes());
+  TORCH_CHECK(D <= 8 * kThreads, "fp_mixscan_cuda: D = ", D, " is wider than ", 8 * kThreads, " channels");
+  TORCH_CHECK(state.diff.size(0) == B && state.diff.size(1) == T, "fp_mixscan_cuda: solver state is for another shape");
+  const bool lowp = y_lowp != nullptr && y_lowp->defined();
+  TORCH_CHECK(!lowp || (y_lowp->is_cuda() && y_lowp->is_contiguous() && y_lowp->numel() == h.numel() &&
+                        (y_lowp->scalar_type() == torch::kBFloat16 || y_lowp->scalar_type() == torch::kHalf)),
+              "fp_mixscan_cuda: y_lowp must be a contiguous bfloat16/float16 CUDA tensor of ", h.numel(), " elements");
+  const int64_t ld = z.size(1);
+  const c10::cuda::CUDAGuard guard(h.device());
+  const int ac = parse_activation(mixer_ac);
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  const int cpt = D <= kThreads ? 1 : D <= 2 * kThreads ? 2 : D <= 4 * kThreads ? 4 : 8;
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, z.scalar_type(), "fp_mixscan_cuda", [&] {
+    auto launch = [&](auto* lowp_ptr, auto cpt_tag) {
+      using lt_ = std::remove_pointer_t<decltype(lowp_ptr)>;
+      constexpr int kCpt = decltype(cpt_tag)::value;
+      fp_mixscan_kernel<scalar_t, lt_, kCpt><<<static_cast<unsigned>(B), kThreads, 0, stream>>>(
+          z.data_ptr<scalar_t>(), base.data_ptr<scalar_t>(), bx.data_ptr<scalar_t>(), h.data_ptr<float>(),
+          lambda.data_ptr<scalar_t>(), y.data_ptr<float>(), lowp_ptr, state.stepsize.data_ptr<double>(),
+          state.diff.data_ptr<float>(), state.ymax.data_ptr<float>(), T, D, ld, static_cast<int>(rank), ac,
+          static_cast<float>(eps), sum_form, state.counters.data_ptr<int64_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    auto with_cpt = [&](auto* lowp_ptr) {
+      switch (cpt) {
+        case 1: launch(lowp_ptr, std::integral_constant<int, 1>{}); break;
+        case 2: launch(lowp_ptr, std::integral_constant<int, 2>{}); break;
+        case 4: launch(lowp_ptr, std::integral_constant<int, 4>{}); break;
+        default: launch(lowp_ptr, std::integral_constant<int, 8>{}); break;
+      }
+    };
+    if (!lowp)
+      with_cpt(static_cast<at::BFloat16*>(nullptr));
+    else if (y_lowp->scalar_type() == torch::kBFloat16)
+      with_cpt(y_lowp->data_ptr<at::BFloat16>());
+    else
+      with_cpt(y_lowp->data_ptr<at::Half>());
+  });
 }
 
 int64_t controller_sort_slots(int64_t B) {
