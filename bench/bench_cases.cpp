@@ -561,7 +561,9 @@ std::vector<Row> bench_layer(const Options& opts) {
     const std::string name = s.mixer + " r=" + std::to_string(s.rank) + " " + shape_str({s.B, s.T, s.d}) + " " +
                              std::to_string(s.iters) + " it " + dtype_name(s.dtype);
     if (!opts.selected(name)) continue;
-    auto run = [&](int64_t iters, bool fused, torch::Tensor* y_out) {
+    // The layer at `iters` iterations (counting the differentiable one, so iters − 1 no-grad steps; threshold
+    // −1: never converged) and its input, the same weights and input for every variant.
+    auto build = [&](int64_t iters, bool fused) {
       torch::manual_seed(0);
       LayerConfig lc;
       lc.d_model = s.d;
@@ -569,13 +571,17 @@ std::vector<Row> bench_layer(const Options& opts) {
       lc.mixer_rank = s.rank;
       SolverConfig sc;
       sc.max_iter = std::max<int64_t>(1, iters - 1);
-      sc.threshold = -1.0;  // never converged: exactly iters − 1 no-grad steps
+      sc.threshold = -1.0;
       sc.fused = fused;
       nn::FPRNNLayer layer(lc, sc);
       layer->to(opts.device);
       layer->train();
       torch::manual_seed(1);
       const torch::Tensor u = torch::randn({s.B, s.T, s.d}, torch::TensorOptions().device(opts.device)).to(s.dtype);
+      return std::make_pair(layer, u);
+    };
+    auto run = [&](int64_t iters, bool fused, torch::Tensor* y_out) {
+      auto [layer, u] = build(iters, fused);
       auto step = [&] {
         layer->zero_grad();
         const torch::Tensor y = layer->forward(u);
@@ -585,22 +591,9 @@ std::vector<Row> bench_layer(const Options& opts) {
       return time_ms(step, opts);
     };
     // The same step recorded once as a CUDA graph and replayed (ops/cuda_graph.h): the GPU no longer
-    // waits on the host's launches. The solve queues all its iterations (threshold −1: it runs to the cap
-    // anyway).
+    // waits on the host's launches. The solve queues all its iterations (it runs to the cap anyway).
     auto run_graph = [&](int64_t iters, torch::Tensor* y_out) {
-      torch::manual_seed(0);
-      LayerConfig lc;
-      lc.d_model = s.d;
-      lc.mixer_type = s.mixer;
-      lc.mixer_rank = s.rank;
-      SolverConfig sc;
-      sc.max_iter = std::max<int64_t>(1, iters - 1);
-      sc.threshold = -1.0;
-      nn::FPRNNLayer layer(lc, sc);
-      layer->to(opts.device);
-      layer->train();
-      torch::manual_seed(1);
-      const torch::Tensor u = torch::randn({s.B, s.T, s.d}, torch::TensorOptions().device(opts.device)).to(s.dtype);
+      auto [layer, u] = build(iters, true);
       torch::Tensor y;
       ops::CudaGraph graph;
       graph.capture(

@@ -356,6 +356,26 @@ void check_f32(const torch::Tensor& t, const char* name, c10::IntArrayRef sizes)
               t.sizes(), " ", t.scalar_type());
 }
 
+// The mixer step's arguments (fp_mix_cuda: out = v; fp_mixscan_cuda: out = y): h and out float32 (B, T, D);
+// bx and λ in z's dtype; z and base (B·T, ld ≥ r·D + r) of one dtype; all contiguous CUDA tensors.
+void check_mix_args(const char* fn, const torch::Tensor& z, const torch::Tensor& base, const torch::Tensor& bx,
+                    const torch::Tensor& h, const torch::Tensor& lambda, const torch::Tensor& out, int64_t rank) {
+  TORCH_CHECK(h.dim() == 3, fn, ": h must be (B, T, D), got ", h.sizes());
+  const int64_t N = h.size(0) * h.size(1), rows = rank * h.size(2) + rank;
+  check_f32(h, "h", h.sizes());
+  check_f32(out, "the output", h.sizes());
+  for (const auto& [t, name] : {std::pair<const torch::Tensor&, const char*>{bx, "bx"}, {lambda, "lambda"}})
+    TORCH_CHECK(t.is_cuda() && t.is_contiguous() && t.scalar_type() == z.scalar_type() && t.sizes() == h.sizes(),
+                fn, ": ", name, " must be a contiguous CUDA tensor of sizes ", h.sizes(), " in z's dtype ",
+                z.scalar_type(), ", got ", t.sizes(), " ", t.scalar_type());
+  TORCH_CHECK(rank >= 1, fn, ": rank must be ≥ 1");
+  TORCH_CHECK(z.is_cuda() && base.is_cuda() && z.is_contiguous() && base.is_contiguous() &&
+                  z.scalar_type() == base.scalar_type() && z.dim() == 2 && z.sizes() == base.sizes() &&
+                  z.size(0) == N && z.size(1) >= rows,
+              fn, ": z and base must be contiguous (B·T, ld) CUDA tensors of one dtype with B·T = ", N,
+              " and ld ≥ r·D + r = ", rows, ", got ", z.sizes(), " and ", base.sizes());
+}
+
 int64_t target_threads(const torch::Device& device) {
   int sms = 0, per_sm = 0;
   const int index = device.has_index() ? device.index() : c10::cuda::current_device();  // "cuda" = the current one
@@ -389,20 +409,8 @@ DeviceSolverState make_device_solver_state(int64_t B, int64_t T, const DeviceSol
 void fp_mix_cuda(const torch::Tensor& z, const torch::Tensor& base, const torch::Tensor& bx, const torch::Tensor& h,
                  const torch::Tensor& lambda, torch::Tensor& v, int64_t rank, const std::string& mixer_ac, double eps,
                  bool sum_form, const DeviceSolverState& state) {
-  TORCH_CHECK(h.dim() == 3, "fp_mix_cuda: h must be (B, T, D), got ", h.sizes());
-  const int64_t B = h.size(0), T = h.size(1), D = h.size(2), N = B * T, rows = rank * D + rank;
-  for (const auto& [t, name] : {std::pair<const torch::Tensor&, const char*>{h, "h"}, {v, "v"}})
-    check_f32(t, name, h.sizes());
-  for (const auto& [t, name] : {std::pair<const torch::Tensor&, const char*>{bx, "bx"}, {lambda, "lambda"}})
-    TORCH_CHECK(t.is_cuda() && t.is_contiguous() && t.scalar_type() == z.scalar_type() && t.sizes() == h.sizes(),
-                "fp_mix_cuda: ", name, " must be a contiguous CUDA tensor of sizes ", h.sizes(), " in z's dtype ",
-                z.scalar_type(), ", got ", t.sizes(), " ", t.scalar_type());
-  TORCH_CHECK(rank >= 1, "fp_mix_cuda: rank must be ≥ 1");
-  TORCH_CHECK(z.is_cuda() && base.is_cuda() && z.is_contiguous() && base.is_contiguous() &&
-                  z.scalar_type() == base.scalar_type() && z.dim() == 2 && z.sizes() == base.sizes() &&
-                  z.size(0) == N && z.size(1) >= rows,
-              "fp_mix_cuda: z and base must be contiguous (B·T, ld) CUDA tensors of one dtype with B·T = ", N,
-              " and ld ≥ r·D + r = ", rows, ", got ", z.sizes(), " and ", base.sizes());
+  check_mix_args("fp_mix_cuda", z, base, bx, h, lambda, v, rank);
+  const int64_t B = h.size(0), T = h.size(1), D = h.size(2), N = B * T;
   const int64_t ld = z.size(1);  // rows padded (e.g. to a multiple of 8 for aligned GEMMs); the pad is unread
   const c10::cuda::CUDAGuard guard(h.device());
   const int ac = parse_activation(mixer_ac);
@@ -537,20 +545,8 @@ bool fp_mixscan_fits(int64_t B, int64_t T, int64_t D, const torch::Device& devic
 void fp_mixscan_cuda(const torch::Tensor& z, const torch::Tensor& base, const torch::Tensor& bx, const torch::Tensor& h,
                      const torch::Tensor& lambda, torch::Tensor& y, int64_t rank, const std::string& mixer_ac, double eps,
                      bool sum_form, const DeviceSolverState& state, torch::Tensor* y_lowp) {
-  TORCH_CHECK(h.dim() == 3, "fp_mixscan_cuda: h must be (B, T, D), got ", h.sizes());
-  const int64_t B = h.size(0), T = h.size(1), D = h.size(2), N = B * T, rows = rank * D + rank;
-  for (const auto& [t, name] : {std::pair<const torch::Tensor&, const char*>{h, "h"}, {y, "y"}})
-    check_f32(t, name, h.sizes());
-  for (const auto& [t, name] : {std::pair<const torch::Tensor&, const char*>{bx, "bx"}, {lambda, "lambda"}})
-    TORCH_CHECK(t.is_cuda() && t.is_contiguous() && t.scalar_type() == z.scalar_type() && t.sizes() == h.sizes(),
-                "fp_mixscan_cuda: ", name, " must be a contiguous CUDA tensor of sizes ", h.sizes(), " in z's dtype ",
-                z.scalar_type(), ", got ", t.sizes(), " ", t.scalar_type());
-  TORCH_CHECK(rank >= 1, "fp_mixscan_cuda: rank must be ≥ 1");
-  TORCH_CHECK(z.is_cuda() && base.is_cuda() && z.is_contiguous() && base.is_contiguous() &&
-                  z.scalar_type() == base.scalar_type() && z.dim() == 2 && z.sizes() == base.sizes() &&
-                  z.size(0) == N && z.size(1) >= rows,
-              "fp_mixscan_cuda: z and base must be contiguous (B·T, ld) CUDA tensors of one dtype with B·T = ", N,
-              " and ld ≥ r·D + r = ", rows, ", got ", z.sizes(), " and ", base.sizes());
+  check_mix_args("fp_mixscan_cuda", z, base, bx, h, lambda, y, rank);
+  const int64_t B = h.size(0), T = h.size(1), D = h.size(2);
   TORCH_CHECK(D <= 8 * kThreads, "fp_mixscan_cuda: D = ", D, " is wider than ", 8 * kThreads, " channels");
   TORCH_CHECK(state.diff.size(0) == B && state.diff.size(1) == T, "fp_mixscan_cuda: solver state is for another shape");
   const bool lowp = y_lowp != nullptr && y_lowp->defined();
