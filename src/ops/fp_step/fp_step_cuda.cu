@@ -37,11 +37,23 @@ __device__ __forceinline__ float activate(float x, int ac) {
   return x;
 }
 
-// Block-wide sum of two values; every thread receives both. `scratch` holds 64 floats.
-__device__ __forceinline__ float2 block_sum2(float a, float b, float* scratch) {
+// max that keeps a NaN (fmaxf drops it), so a NaN iterate reaches the residual and stops the solver.
+__device__ __forceinline__ float nan_max(float a, float b) { return (a != a) ? a : ((b != b) ? b : fmaxf(a, b)); }
+
+struct SumOp {
+  __device__ __forceinline__ float operator()(float a, float b) const { return a + b; }
+};
+struct NanMaxOp {
+  __device__ __forceinline__ float operator()(float a, float b) const { return nan_max(a, b); }
+};
+
+// Block-wide reduction of two values by `op` (a sum, or a NaN-keeping maximum of values ≥ 0: 0 is the identity
+// of both); every thread receives both results. `scratch` holds 64 floats.
+template <typename Op>
+__device__ __forceinline__ float2 block_reduce2(float a, float b, float* scratch, Op op) {
   for (int o = 16; o > 0; o >>= 1) {
-    a += __shfl_xor_sync(0xffffffffu, a, o);
-    b += __shfl_xor_sync(0xffffffffu, b, o);
+    a = op(a, __shfl_xor_sync(0xffffffffu, a, o));
+    b = op(b, __shfl_xor_sync(0xffffffffu, b, o));
   }
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
   __syncthreads();
@@ -50,16 +62,17 @@ __device__ __forceinline__ float2 block_sum2(float a, float b, float* scratch) {
     scratch[32 + warp] = b;
   }
   __syncthreads();
-  float sa = 0.0f, sb = 0.0f;
+  float ra = 0.0f, rb = 0.0f;
   for (int w = 0; w < warps; ++w) {
-    sa += scratch[w];
-    sb += scratch[32 + w];
+    ra = op(ra, scratch[w]);
+    rb = op(rb, scratch[32 + w]);
   }
-  return make_float2(sa, sb);
+  return make_float2(ra, rb);
 }
 
-// max that keeps a NaN (fmaxf drops it), so a NaN iterate reaches the residual and stops the solver.
-__device__ __forceinline__ float nan_max(float a, float b) { return (a != a) ? a : ((b != b) ? b : fmaxf(a, b)); }
+__device__ __forceinline__ float2 block_sum2(float a, float b, float* scratch) {
+  return block_reduce2(a, b, scratch, SumOp{});
+}
 
 // One block per token n = b·T + t. Shared memory: w (D), and for the sum form the input δ (D).
 template <typename zt>
@@ -177,27 +190,6 @@ __global__ void fp_scan_output_kernel(const float* __restrict__ v, const lam_t* 
   }
 }
 
-// Block-wide NaN-keeping maxima of two values; every thread receives both. `scratch` holds 64 floats.
-__device__ __forceinline__ float2 block_max2(float a, float b, float* scratch) {
-  for (int o = 16; o > 0; o >>= 1) {
-    a = nan_max(a, __shfl_xor_sync(0xffffffffu, a, o));
-    b = nan_max(b, __shfl_xor_sync(0xffffffffu, b, o));
-  }
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
-  __syncthreads();
-  if (lane == 0) {
-    scratch[warp] = a;
-    scratch[32 + warp] = b;
-  }
-  __syncthreads();
-  float ma = 0.0f, mb = 0.0f;
-  for (int w = 0; w < warps; ++w) {
-    ma = nan_max(ma, scratch[w]);
-    mb = nan_max(mb, scratch[32 + w]);
-  }
-  return make_float2(ma, mb);
-}
-
 // fp_mix_kernel and the unchunked fp_scan_output_kernel in one: one block of kThreads threads per sample b
 // walks its T tokens in order; thread k holds channels d = k + j·kThreads (j < CPT) of the mix in registers
 // and carries their scan state from token to token, so the float32 scan input never goes through memory.
@@ -266,7 +258,7 @@ __global__ void __launch_bounds__(kThreads) fp_mixscan_kernel(
         mag = nan_max(mag, fabsf(state[j]));
       }
     }
-    const float2 m = block_max2(dev, mag, scratch);
+    const float2 m = block_reduce2(dev, mag, scratch, NanMaxOp{});
     if (threadIdx.x == 0) {
       diff[b * T + t] = fabsf(m.x);
       ymax[b * T + t] = fabsf(m.y);
