@@ -601,7 +601,7 @@ std::vector<Row> bench_layer(const Options& opts) {
             y = layer->forward(u);
             y.to(torch::kFloat32).pow(2).mean().backward();
           },
-          2, [&] { layer->zero_grad(); });
+          2, [&] { layer->zero_grad(/*set_to_none=*/true); });
       const double t = time_ms([&] { graph.replay(); }, opts);
       if (y_out != nullptr) *y_out = y.detach().to(torch::kFloat32);
       return t;

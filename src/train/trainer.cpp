@@ -445,7 +445,7 @@ TrainSummary run_training(const RunConfig& cfg, const TrainOptions& opts) {
         recorded->labels = batch.labels.to(device).clone();
         RecordedStep& rs = *recorded;
         rs.graph.capture([&] { forward_backward(rs.ids, rs.labels, rs.logits, rs.loss); }, 2,
-                         [&] { optimizer.zero_grad(); });
+                         [&] { optimizer.zero_grad(/*set_to_none=*/true); });
         for (auto& p : model->parameters()) {
           if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);  // unused by the loss
           rs.grads.push_back(p.grad());

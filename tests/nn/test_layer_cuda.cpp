@@ -274,7 +274,7 @@ TEST(CudaGraph, RecordedTrainingStepMatchesEagerSteps) {
         y = graphed->forward(u);
         y.pow(2).mean().backward();
       },
-      2, [&] { graphed->zero_grad(); });
+      2, [&] { graphed->zero_grad(/*set_to_none=*/true); });
   for (uint64_t seed : {12, 13}) {
     const Tensor input = randn({4, 17, 16}, seed, torch::kFloat32).cuda();
     u.copy_(input);
