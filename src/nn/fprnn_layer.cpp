@@ -6,7 +6,6 @@
 #include "fprnn/ops/linrec.h"
 #include "fprnn/solver/sequential.h"
 
-
 namespace fprnn::nn {
 
 FPRNNLayerImpl::FPRNNLayerImpl(const LayerConfig& cfg_, const SolverConfig& solver)

@@ -340,8 +340,8 @@ TrainSummary run_training(const RunConfig& cfg, const TrainOptions& opts) {
               "train: train.cuda_graph is not available with data parallelism (fprnn launch)");
   // train.cuda_graph: the first step's forward, loss and backward recorded once, replayed for every batch of
   // the same shape. The recorded work reads the batch from `ids`/`labels` and writes `logits`, `loss` and the
-  // gradient tensors `grads` (which stay the parameters' .grad: never reset to None, zeroed in place for an
-  // eager step of another shape).
+  // gradient tensors `grads`, which every replay makes the parameters' .grad again (an eager step of another
+  // shape gets fresh ones).
   struct RecordedStep {
     ops::CudaGraph graph;
     torch::Tensor ids, labels, logits, loss;
@@ -428,19 +428,19 @@ TrainSummary run_training(const RunConfig& cfg, const TrainOptions& opts) {
       // The masked loss: mean over the positions the reference trains on.
       if (!count_skipped) ce.ignore_index(skip_label);
       if (dist.active()) ce.reduction(torch::kSum);
-      const auto forward_backward = [&](const torch::Tensor& ids, const torch::Tensor& labels_in,
+      // labels_dev: on the model's device.
+      const auto forward_backward = [&](const torch::Tensor& ids, const torch::Tensor& labels_dev,
                                         torch::Tensor& logits_out, torch::Tensor& loss_out) {
         logits_out = model->forward(ids);
-        const torch::Tensor labels_dev = labels_in.to(logits_out.device());
         loss_out = torch::nn::functional::cross_entropy(logits_out.reshape({-1, logits_out.size(-1)}),
                                                         labels_dev.reshape({-1}), ce);
         if (dist.active()) loss_out = loss_out / std::max(counted, 1.0);
         loss_out.backward();
       };
+      const torch::Device device = model->parameters().front().device();
       torch::Tensor logits, loss, labels;
       if (cfg.train.cuda_graph && !recorded) {
         recorded = std::make_unique<RecordedStep>();
-        const torch::Device device = model->parameters().front().device();
         recorded->ids = batch.input_ids.to(device).clone();
         recorded->labels = batch.labels.to(device).clone();
         RecordedStep& rs = *recorded;
@@ -471,12 +471,10 @@ TrainSummary run_training(const RunConfig& cfg, const TrainOptions& opts) {
                              " differs from the recorded " + shape_string(recorded->ids.sizes()) +
                              "; such steps run eagerly");
           warned_shape = true;
-          for (auto& g : recorded->grads) g.zero_();  // keep the recorded gradient tensors as .grad
-        } else {
-          optimizer.zero_grad();
         }
-        forward_backward(batch.input_ids, batch.labels, logits, loss);
-        labels = batch.labels.to(logits.device());
+        optimizer.zero_grad();  // fresh .grad tensors; a later replay points .grad back to the recorded ones
+        labels = batch.labels.to(device);
+        forward_backward(batch.input_ids, labels, logits, loss);
       }
       BatchScore score = score_batch(logits.detach(), labels, skip_label, count_skipped);
       double loss_value = 0;
