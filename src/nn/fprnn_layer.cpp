@@ -43,7 +43,9 @@ FPRNNLayerImpl::Inputs FPRNNLayerImpl::prepare(const Tensor& u) {
   in.z = xz.narrow(2, D, D);
   Tensor x_b, x_lambda;
   if (cfg.use_short_conv) {
-    // All four convolutions read the same pre-conv x.
+    // All four convolutions read the same pre-conv x; x is a slice of the input projection's output, and
+    // each convolution would otherwise make its own contiguous copy of it.
+    x = x.contiguous();
     in.x_mix = conv1d_mixer->forward_silu(x);
     x_b = conv1d_b->forward_silu(x);
     x_lambda = conv1d_lambda->forward_silu(x);
@@ -192,8 +194,7 @@ FastStep::FastStep(FPRNNLayerImpl& layer, const FPRNNLayerImpl::Inputs& in)
   const auto* hh = dynamic_cast<const HouseholderMixerImpl*>(layer.mixer.get());
   const bool fusable = layer.solver_cfg.fused && hh != nullptr && single_stage_;
 #ifdef FPRNN_WITH_CUDA
-  device_loop_ = fusable && h_dep_ && in.x.is_cuda() && (dtype == torch::kFloat32 || dtype == torch::kBFloat16) &&
-                 ops::fp_controller_fits(in.x.size(0));
+  device_loop_ = fusable && h_dep_ && in.x.is_cuda() && (dtype == torch::kFloat32 || dtype == torch::kBFloat16);
 #endif
   fused_ = fusable && in.x.is_cpu() && (dtype == torch::kFloat32 || dtype == torch::kFloat64);
   if (device_loop_) {

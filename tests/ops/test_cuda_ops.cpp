@@ -14,6 +14,8 @@
 
 #include <cmath>
 #include <limits>
+#include <string>
+#include <tuple>
 
 namespace fprnn::testing {
 namespace {
@@ -263,6 +265,38 @@ TEST(FpStepCuda, MixScanKernelMatchesTheTwoKernels) {
       ops::fp_mixscan_cuda(z, base, bx, h, lambda, y, r, "silu", 1e-6, false, stopped);
       EXPECT_TRUE(torch::equal(y, torch::full({B, T, D}, 123.0, f32))) << "wrote after the stop, D " << D;
     }
+  }
+  // Rows that are not 16-byte aligned take the kernel that reads global memory directly (aligned ones are
+  // staged through shared memory): the same numbers, also for a batch of more blocks than fit on the GPU at once.
+  for (const auto& [B, T, r] : {std::tuple<int64_t, int64_t, int64_t>{4, 9, 1}, {600, 5, 2}}) {
+    const int64_t D = 1024, ld = (r * D + r + 7) / 8 * 8;
+    const auto bf = torch::kBFloat16;
+    const auto misaligned = [](const Tensor& t) {  // same values, data pointer one element past a 16-byte boundary
+      Tensor buf = torch::empty({t.numel() + 8}, t.options());
+      Tensor view = buf.narrow(0, 1, t.numel()).view(t.sizes());
+      view.copy_(t);
+      return view;
+    };
+    const Tensor z = randn({B * T, ld}, 45, torch::kFloat32).cuda().to(bf), base = randn({B * T, ld}, 46, torch::kFloat32).cuda().to(bf);
+    const Tensor bx = randn({B, T, D}, 47, torch::kFloat32).cuda().to(bf), h = randn({B, T, D}, 48, torch::kFloat32).cuda();
+    const Tensor lambda = torch::sigmoid(randn({B, T, D}, 49, torch::kFloat32)).cuda().to(bf);
+    ops::DeviceSolverOptions opt;
+    auto s1 = ops::make_device_solver_state(B, T, opt, torch::kCUDA);
+    auto s2 = ops::make_device_solver_state(B, T, opt, torch::kCUDA);
+    auto s3 = ops::make_device_solver_state(B, T, opt, torch::kCUDA);
+    Tensor v = torch::empty({B, T, D}, f32), y1 = torch::empty({B, T, D}, f32), y2 = torch::empty({B, T, D}, f32),
+           y3 = torch::empty({B, T, D}, f32);
+    ops::fp_mix_cuda(z, base, bx, h, lambda, v, r, "silu", 1e-6, false, s1);
+    ops::fp_scan_cuda(v, lambda, h, y1, s1);
+    ops::fp_mixscan_cuda(z, base, bx, h, lambda, y2, r, "silu", 1e-6, false, s2);
+    ops::fp_mixscan_cuda(misaligned(z), misaligned(base), misaligned(bx), misaligned(h), misaligned(lambda), y3, r,
+                         "silu", 1e-6, false, s3);
+    const std::string what = "B " + std::to_string(B) + " r " + std::to_string(r);
+    expect_close(y2.cpu(), y1.cpu(), 1e-6, "iterate, aligned (staged), " + what);
+    expect_close(s2.diff.cpu(), s1.diff.cpu(), 1e-6, "max |ŷ − h|, aligned (staged), " + what);
+    expect_close(y3.cpu(), y1.cpu(), 1e-6, "iterate, misaligned (direct), " + what);
+    expect_close(s3.diff.cpu(), s1.diff.cpu(), 1e-6, "max |ŷ − h|, misaligned (direct), " + what);
+    expect_close(s3.ymax.cpu(), s1.ymax.cpu(), 1e-6, "max |ŷ|, misaligned (direct), " + what);
   }
   // Argument checks: a leading dimension below r·D + r, and a width beyond 8 channels per thread.
   const Tensor h = torch::zeros({2, 3, 8}, f32), y = torch::zeros({2, 3, 8}, f32);

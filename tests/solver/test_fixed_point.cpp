@@ -2,8 +2,16 @@
 #include "testing.h"
 
 #include "fprnn/solver/fixed_point.h"
+#ifdef FPRNN_WITH_CUDA
+#include "fprnn/ops/fp_step_cuda.h"
+#endif
 
+#include <algorithm>
+#include <cmath>
 #include <limits>
+#include <random>
+#include <string>
+#include <vector>
 
 namespace fprnn::testing {
 namespace {
@@ -186,6 +194,105 @@ TEST(FixedPointTest, RandomCapIsKeyedAndHasTheGammaMean) {
   // E⌈X⌉ for X ~ Gamma(4, 2) (k = 16 ⇒ scale 2): mean 8, the ceiling adds about 0.5.
   EXPECT_NEAR(sum / n, 8.5, 0.15);
 }
+
+#ifdef FPRNN_WITH_CUDA
+// The device controller against the host's FixedPointController, fed the same residuals: every decision of the
+// continue test (the quantile test is decided without a sort, from counts and extremes: see
+// quantile_at_least), best, last and step sizes, and the scratch zeroed. The residuals come from a small set
+// around the threshold (values equal to it, +inf and NaN included) or uniform below and above it, so that
+// ties, a quantile falling exactly between a value below and one above the threshold, ∞ − ∞ in the
+// interpolation and NaN-poisoned samples all occur; batches from 1 sample to more than the block's threads.
+TEST(FpStepCuda, ControllerDecidesAsTheHostController) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  const double threshold = 0.125;  // exactly a float: residuals can equal it
+  const std::vector<float> discrete = {0.0f, 0.0625f, 0.1f, 0.125f, 0.125f, 0.15f, 0.25f, 1.0f, 3.0f, inf};
+  std::mt19937_64 rng(77);
+  std::uniform_real_distribution<float> unit(0.0f, 1.0f);
+  int64_t trials = 0, stops = 0, ambiguous = 0;
+  for (int64_t B : {1, 2, 3, 4, 5, 7, 64, 513, 1500, 10000}) {
+    for (double quantile : {0.0, 1.0 / 3.0, 0.5, 0.75, 0.9, 1.0}) {
+      for (int mode = 0; mode < 3; ++mode) {  // 0: discrete set, 1: uniform in [0, 2·threshold), 2: mixed, NaN
+        const int64_t T = 1 + trials % 5;
+        ++trials;
+        solver::SolverOptions host_opt;
+        host_opt.max_iter = 1000;
+        host_opt.quantile = quantile;
+        host_opt.threshold = threshold;
+        host_opt.stepsize = 1.0;
+        host_opt.stepsize_decay = 0.5;
+        host_opt.decay_patience = 2;
+        host_opt.stepsize_thresh = 0.3;
+        host_opt.eps = 1.0;  // with ymax = 0 the device's r_b = max_t diff / (0 + 1) is the residual itself
+        ops::DeviceSolverOptions dev_opt;
+        dev_opt.max_iter = host_opt.max_iter;
+        dev_opt.quantile = quantile;
+        dev_opt.threshold = threshold;
+        dev_opt.stepsize = host_opt.stepsize;
+        dev_opt.stepsize_decay = host_opt.stepsize_decay;
+        dev_opt.decay_patience = host_opt.decay_patience;
+        dev_opt.stepsize_thresh = host_opt.stepsize_thresh;
+        dev_opt.eps = host_opt.eps;
+        solver::FixedPointController host(B, host_opt);
+        auto state = ops::make_device_solver_state(B, T, dev_opt, torch::kCUDA);
+        for (int it = 0; it < 6; ++it) {
+          std::vector<double> residual(static_cast<size_t>(B));
+          Tensor diff = torch::zeros({B, T}, torch::kFloat32);
+          float* dp = diff.data_ptr<float>();
+          for (int64_t b = 0; b < B; ++b) {
+            float r;
+            const bool use_discrete = mode == 0 || (mode == 2 && unit(rng) < 0.5f);
+            if (mode == 2 && unit(rng) < 0.01f)
+              r = nan;
+            else if (use_discrete)
+              r = discrete[static_cast<size_t>(rng() % discrete.size())];
+            else
+              r = unit(rng) * static_cast<float>(2.0 * threshold);
+            residual[static_cast<size_t>(b)] = r;
+            const int64_t where = static_cast<int64_t>(rng() % static_cast<uint64_t>(T));
+            for (int64_t t = 0; t < T; ++t) dp[b * T + t] = t == where ? r : (std::isfinite(r) ? r * unit(rng) : 0.0f);
+          }
+          state.diff.copy_(diff);
+          state.counters.narrow(0, 1, 1).fill_(1);  // keep deciding after a stop
+          ops::fp_controller_cuda(state, dev_opt);
+          host.record(residual);
+          const bool host_go = host.should_continue();
+          const Tensor counters = state.counters.cpu();
+          const std::string what = "B " + std::to_string(B) + " q " + std::to_string(quantile) + " mode " +
+                                   std::to_string(mode) + " iteration " + std::to_string(it + 1);
+          ASSERT_EQ(counters[1].item<int64_t>() == 1, host_go) << what;
+          stops += host_go ? 0 : 1;
+          // How often the quantile fell between a value below the threshold and one at or above it.
+          {
+            std::vector<double> v = host.best();
+            std::sort(v.begin(), v.end(), [](double x, double y) { return std::isnan(x) ? false : std::isnan(y) || x < y; });
+            const double pos = quantile * static_cast<double>(B - 1);
+            const auto lo = static_cast<size_t>(std::floor(pos)), hi = static_cast<size_t>(std::ceil(pos));
+            ambiguous += (lo != hi && v[lo] < threshold && v[hi] >= threshold) ? 1 : 0;
+          }
+          EXPECT_EQ(counters[0].item<int64_t>(), it + 1) << what;
+          const auto same = [](const std::vector<double>& want, const Tensor& got) {
+            const Tensor g = got.cpu().contiguous();
+            const double* p = g.data_ptr<double>();
+            for (size_t i = 0; i < want.size(); ++i) {
+              const double x = want[i], y = p[i];
+              if (!((std::isnan(x) && std::isnan(y)) || x == y)) return false;
+            }
+            return true;
+          };
+          EXPECT_TRUE(same(host.best(), state.best)) << "best, " << what;
+          EXPECT_TRUE(same(host.last(), state.last)) << "last, " << what;
+          EXPECT_TRUE(same(host.stepsizes(), state.stepsize)) << "step sizes, " << what;
+          EXPECT_EQ(state.diff.abs().sum().item<double>(), 0.0) << "scratch not zeroed, " << what;
+        }
+      }
+    }
+  }
+  // The cases the exact decision has to get right did occur.
+  EXPECT_GT(stops, 20);
+  EXPECT_GT(ambiguous, 20);
+}
+#endif
 
 }  // namespace
 }  // namespace fprnn::testing

@@ -58,7 +58,8 @@ void fp_mixscan_cuda(const torch::Tensor& z, const torch::Tensor& base, const to
                      bool sum_form, const DeviceSolverState& state, torch::Tensor* y_lowp = nullptr);
 bool fp_mixscan_fits(int64_t B, int64_t T, int64_t D, const torch::Device& device);
 
-// Records the residual of the step just taken and evaluates the continue test for the next one.
+// Records the residual of the step just taken and evaluates the continue test for the next one (one block;
+// the quantile test is decided from counts and extremes of `best`, without sorting it).
 void fp_controller_cuda(DeviceSolverState& state, const DeviceSolverOptions& opt);
 // out ← the iterate after the last iteration the controller counted: `even` (the buffer the loop writes
 // after an even number of iterations, the initial iterate included) when counters[0] is even, else `odd`;
@@ -69,8 +70,5 @@ void fp_select_cuda(const DeviceSolverState& state, const torch::Tensor& even, c
 // Whether the current CUDA stream of `device` is being captured into a CUDA graph (host reads of device
 // memory are illegal then). False for non-CUDA devices.
 bool cuda_stream_capturing(const torch::Device& device);
-// Whether the device controller takes a batch of B samples (its sort lives in one block's shared memory:
-// B ≤ 8192).
-bool fp_controller_fits(int64_t B);
 
 }  // namespace fprnn::ops

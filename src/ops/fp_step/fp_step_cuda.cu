@@ -15,6 +15,7 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <limits>
 #include <type_traits>
 
@@ -40,38 +41,28 @@ __device__ __forceinline__ float activate(float x, int ac) {
 // max that keeps a NaN (fmaxf drops it), so a NaN iterate reaches the residual and stops the solver.
 __device__ __forceinline__ float nan_max(float a, float b) { return (a != a) ? a : ((b != b) ? b : fmaxf(a, b)); }
 
-struct SumOp {
-  __device__ __forceinline__ float operator()(float a, float b) const { return a + b; }
-};
-struct NanMaxOp {
-  __device__ __forceinline__ float operator()(float a, float b) const { return nan_max(a, b); }
-};
-
-// Block-wide reduction of two values by `op` (a sum, or a NaN-keeping maximum of values ≥ 0: 0 is the identity
-// of both); every thread receives both results. `scratch` holds 64 floats.
-template <typename Op>
-__device__ __forceinline__ float2 block_reduce2(float a, float b, float* scratch, Op op) {
+// Block-wide sums of two values; every thread receives both. `scratch` holds 2 × 64 floats used alternately
+// by consecutive calls (`parity`: the call's count mod 2), so one barrier per call suffices: a buffer is written
+// again only two calls later, after every thread has passed the barrier of the call in between, and so has
+// finished reading it.
+__device__ __forceinline__ float2 block_sum2(float a, float b, float* scratch, int parity) {
   for (int o = 16; o > 0; o >>= 1) {
-    a = op(a, __shfl_xor_sync(0xffffffffu, a, o));
-    b = op(b, __shfl_xor_sync(0xffffffffu, b, o));
+    a += __shfl_xor_sync(0xffffffffu, a, o);
+    b += __shfl_xor_sync(0xffffffffu, b, o);
   }
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
-  __syncthreads();
+  float* buf = scratch + 64 * (parity & 1);
   if (lane == 0) {
-    scratch[warp] = a;
-    scratch[32 + warp] = b;
+    buf[warp] = a;
+    buf[32 + warp] = b;
   }
   __syncthreads();
   float ra = 0.0f, rb = 0.0f;
   for (int w = 0; w < warps; ++w) {
-    ra = op(ra, scratch[w]);
-    rb = op(rb, scratch[32 + w]);
+    ra += buf[w];
+    rb += buf[32 + w];
   }
   return make_float2(ra, rb);
-}
-
-__device__ __forceinline__ float2 block_sum2(float a, float b, float* scratch) {
-  return block_reduce2(a, b, scratch, SumOp{});
 }
 
 // One block per token n = b·T + t. Shared memory: w (D), and for the sum form the input δ (D).
@@ -84,7 +75,7 @@ __global__ void fp_mix_kernel(const zt* __restrict__ z, const zt* __restrict__ b
   extern __shared__ float smem[];
   float* w = smem;
   float* delta = smem + D;
-  __shared__ float scratch[64];
+  __shared__ float scratch[128];
   const int64_t n = blockIdx.x;
   const int64_t t = n % T;
   const zt* bn = base + n * ld;
@@ -105,7 +96,7 @@ __global__ void fp_mix_kernel(const zt* __restrict__ z, const zt* __restrict__ b
       uu += a * a;
       uw += a * src[d];
     }
-    const float2 s = block_sum2(uu, uw, scratch);
+    const float2 s = block_sum2(uu, uw, scratch, i);
     const float inv = 1.0f / fmaxf(sqrtf(s.x), eps);  // u = a / max(‖a‖, eps)
     const float alpha = 1.0f / (1.0f + __expf(-raw(r * D + i)));
     const float c = -2.0f * alpha * s.y * inv * inv;  // −2 α (uᵀw) u = c · a
@@ -194,8 +185,74 @@ __global__ void fp_scan_output_kernel(const float* __restrict__ v, const lam_t* 
 // walks its T tokens in order; thread k holds channels d = k + j·kThreads (j < CPT) of the mix in registers
 // and carries their scan state from token to token, so the float32 scan input never goes through memory.
 // The arithmetic is that of the two kernels, operation for operation (the same per-thread channel order and
-// block sums for the mix, v = (1 − λ)(w + h) rounded before the scan's λ·s + v), and the block owns its
-// tokens' residual maxima, so it writes them instead of taking atomic maxima.
+// block sums for the mix, v = (1 − λ)(w + h) rounded before the scan's λ·s + v). The residual maxima go out as
+// one atomic maximum per warp and token, as in fp_scan_output_kernel (the controller zeroes them).
+//
+// One token: hn, bxn, ln (D values each), bn (the token's parameter row) and zp (the previous token's GEMM row,
+// nullptr at t = 0) may point to global or shared memory; yn, yln, the token's outputs.
+template <typename zt, typename lt, int CPT>
+__device__ __forceinline__ void mixscan_token(const float* hn, const zt* bxn, const zt* ln, const zt* bn,
+                                              const zt* zp, float (&state)[CPT], float s_b, float* __restrict__ yn,
+                                              lt* __restrict__ yln, int* diff_n, int* ymax_n, int64_t D, int r,
+                                              int ac, float eps, bool sum_form, float* scratch, int& reductions) {
+  // raw[b, t] = base[b, t] + z[b, t − 1], as fp_mix_kernel forms it.
+  auto raw = [&](int64_t j) { return static_cast<float>(bn[j]) + (zp != nullptr ? static_cast<float>(zp[j]) : 0.0f); };
+  float w[CPT], delta[CPT], hv[CPT];
+#pragma unroll
+  for (int j = 0; j < CPT; ++j) {
+    const int64_t d = threadIdx.x + static_cast<int64_t>(j) * kThreads;
+    hv[j] = d < D ? hn[d] : 0.0f;
+    w[j] = d < D ? static_cast<float>(bxn[d]) - hv[j] : 0.0f;
+    delta[j] = w[j];
+  }
+  for (int i = 0; i < r; ++i) {
+    float a[CPT];
+    float uu = 0.0f, uw = 0.0f;
+#pragma unroll
+    for (int j = 0; j < CPT; ++j) {
+      const int64_t d = threadIdx.x + static_cast<int64_t>(j) * kThreads;
+      a[j] = 0.0f;
+      if (d < D) {
+        a[j] = activate(raw(i * D + d), ac);
+        uu += a[j] * a[j];
+        uw += a[j] * (sum_form ? delta[j] : w[j]);  // DPLR: every dot product against the input δ
+      }
+    }
+    const float2 sums = block_sum2(uu, uw, scratch, reductions++);
+    const float inv = 1.0f / fmaxf(sqrtf(sums.x), eps);  // u = a / max(‖a‖, eps)
+    const float alpha = 1.0f / (1.0f + __expf(-raw(static_cast<int64_t>(r) * D + i)));
+    const float c = -2.0f * alpha * sums.y * inv * inv;  // −2 α (uᵀw) u = c · a
+#pragma unroll
+    for (int j = 0; j < CPT; ++j) w[j] += c * a[j];
+  }
+  float dev = 0.0f, mag = 0.0f;
+#pragma unroll
+  for (int j = 0; j < CPT; ++j) {
+    const int64_t d = threadIdx.x + static_cast<int64_t>(j) * kThreads;
+    if (d < D) {
+      const float l = static_cast<float>(ln[d]);
+      const float v = __fmul_rn(1.0f - l, w[j] + hv[j]);  // the mix kernel's stored scan input
+      state[j] = fmaf(l, state[j], v);
+      const float old = hv[j];
+      const float out = s_b == 1.0f ? state[j] : s_b * state[j] + (1.0f - s_b) * old;
+      yn[d] = out;
+      if (yln != nullptr) yln[d] = static_cast<lt>(out);
+      dev = nan_max(dev, fabsf(state[j] - old));
+      mag = nan_max(mag, fabsf(state[j]));
+    }
+  }
+  for (int o = 16; o > 0; o >>= 1) {
+    dev = nan_max(dev, __shfl_xor_sync(0xffffffffu, dev, o));
+    mag = nan_max(mag, __shfl_xor_sync(0xffffffffu, mag, o));
+  }
+  if ((threadIdx.x & 31) == 0) {
+    // Non-negative floats order like their bit patterns; a NaN (positive bits) wins the maximum.
+    atomicMax(diff_n, __float_as_int(fabsf(dev)));
+    atomicMax(ymax_n, __float_as_int(fabsf(mag)));
+  }
+}
+
+// Operands read straight from global memory: any D and leading dimension.
 template <typename zt, typename lt, int CPT>
 __global__ void __launch_bounds__(kThreads) fp_mixscan_kernel(
     const zt* __restrict__ z, const zt* __restrict__ base, const zt* __restrict__ bx, const float* __restrict__ h,
@@ -203,7 +260,8 @@ __global__ void __launch_bounds__(kThreads) fp_mixscan_kernel(
     float* __restrict__ diff, float* __restrict__ ymax, int64_t T, int64_t D, int64_t ld, int r, int ac, float eps,
     bool sum_form, const int64_t* __restrict__ counters) {
   if (counters[1] == 0) return;
-  __shared__ float scratch[64];
+  __shared__ float scratch[128];
+  int reductions = 0;
   const int64_t b = blockIdx.x;
   const float s_b = static_cast<float>(stepsize[b]);
   float state[CPT];
@@ -211,133 +269,212 @@ __global__ void __launch_bounds__(kThreads) fp_mixscan_kernel(
   for (int j = 0; j < CPT; ++j) state[j] = 0.0f;
   for (int64_t t = 0; t < T; ++t) {
     const int64_t n = b * T + t;
-    const zt* bn = base + n * ld;
-    const zt* zp = t > 0 ? z + (n - 1) * ld : nullptr;  // raw[b, t] = base[b, t] + z[b, t − 1]
-    auto raw = [&](int64_t j) { return static_cast<float>(bn[j]) + (zp != nullptr ? static_cast<float>(zp[j]) : 0.0f); };
-    float w[CPT], delta[CPT], hv[CPT];
-#pragma unroll
-    for (int j = 0; j < CPT; ++j) {
-      const int64_t d = threadIdx.x + static_cast<int64_t>(j) * kThreads;
-      hv[j] = d < D ? h[n * D + d] : 0.0f;
-      w[j] = d < D ? static_cast<float>(bx[n * D + d]) - hv[j] : 0.0f;
-      delta[j] = w[j];
-    }
-    for (int i = 0; i < r; ++i) {
-      float a[CPT];
-      float uu = 0.0f, uw = 0.0f;
-#pragma unroll
-      for (int j = 0; j < CPT; ++j) {
-        const int64_t d = threadIdx.x + static_cast<int64_t>(j) * kThreads;
-        a[j] = 0.0f;
-        if (d < D) {
-          a[j] = activate(raw(i * D + d), ac);
-          uu += a[j] * a[j];
-          uw += a[j] * (sum_form ? delta[j] : w[j]);  // DPLR: every dot product against the input δ
-        }
-      }
-      const float2 sums = block_sum2(uu, uw, scratch);
-      const float inv = 1.0f / fmaxf(sqrtf(sums.x), eps);  // u = a / max(‖a‖, eps)
-      const float alpha = 1.0f / (1.0f + __expf(-raw(r * D + i)));
-      const float c = -2.0f * alpha * sums.y * inv * inv;  // −2 α (uᵀw) u = c · a
-#pragma unroll
-      for (int j = 0; j < CPT; ++j) w[j] += c * a[j];
-    }
-    float dev = 0.0f, mag = 0.0f;
-#pragma unroll
-    for (int j = 0; j < CPT; ++j) {
-      const int64_t d = threadIdx.x + static_cast<int64_t>(j) * kThreads;
-      if (d < D) {
-        const float l = static_cast<float>(lambda[n * D + d]);
-        const float v = __fmul_rn(1.0f - l, w[j] + hv[j]);  // the mix kernel's stored scan input
-        state[j] = fmaf(l, state[j], v);
-        const float old = hv[j];
-        const float out = s_b == 1.0f ? state[j] : s_b * state[j] + (1.0f - s_b) * old;
-        y[n * D + d] = out;
-        if (y_lowp != nullptr) y_lowp[n * D + d] = static_cast<lt>(out);
-        dev = nan_max(dev, fabsf(state[j] - old));
-        mag = nan_max(mag, fabsf(state[j]));
-      }
-    }
-    const float2 m = block_reduce2(dev, mag, scratch, NanMaxOp{});
-    if (threadIdx.x == 0) {
-      diff[b * T + t] = fabsf(m.x);
-      ymax[b * T + t] = fabsf(m.y);
-    }
+    mixscan_token<zt, lt, CPT>(h + n * D, bx + n * D, lambda + n * D, base + n * ld, t > 0 ? z + (n - 1) * ld : nullptr,
+                               state, s_b, y + n * D, y_lowp != nullptr ? y_lowp + n * D : nullptr,
+                               reinterpret_cast<int*>(diff) + n, reinterpret_cast<int*>(ymax) + n, D, r, ac, eps,
+                               sum_form, scratch, reductions);
   }
 }
 
-// a > b in the order that puts NaN after every number (NaNs compare equal among themselves).
-__device__ __forceinline__ bool nan_last_greater(double a, double b) { return isnan(a) ? !isnan(b) : (!isnan(b) && a > b); }
+// 16-byte asynchronous copies global → shared (sm_80+), by the whole block; a group is closed by
+// copy_async_commit, and copy_async_wait_all waits for every group this thread committed.
+__device__ __forceinline__ void copy_async(void* smem, const void* gmem, int64_t bytes) {
+  char* s = static_cast<char*>(smem);
+  const char* g = static_cast<const char*>(gmem);
+  for (int64_t o = static_cast<int64_t>(threadIdx.x) * 16; o < bytes; o += static_cast<int64_t>(blockDim.x) * 16) {
+    const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(s + o));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(g + o));
+  }
+}
+__device__ __forceinline__ void copy_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void copy_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+
+// Bytes of one token's operands in shared memory, each piece a multiple of 16: h (D float32), b⊙x and λ (D
+// each), the token's parameter row and the previous token's GEMM row (rows8 = r·D + r rounded up to 8 each).
+struct StageLayout {
+  int64_t h, bx, lam, base, z, total;
+  __host__ __device__ StageLayout(int64_t D, int64_t rows8, int64_t zt_size) {
+    h = 0;
+    bx = h + D * 4;
+    lam = bx + D * zt_size;
+    base = lam + D * zt_size;
+    z = base + rows8 * zt_size;
+    total = z + rows8 * zt_size;
+  }
+};
+
+// The same walk with the operands staged: while token t is mixed and scanned from shared memory, the copies of
+// token t + 1's operands are in flight (two stages, cp.async), so the walk is no longer a chain of
+// global-memory round trips. Needs 16-byte aligned rows (see fp_mixscan_cuda). At the A5 shape this took the
+// kernel from 78 µs (operands prefetched into registers) to 75 µs, and four stages gave no more: the walk is
+// then bound by its per-token block reduction and barriers, not by memory.
+template <typename zt, typename lt, int CPT>
+__global__ void __launch_bounds__(kThreads) fp_mixscan_staged_kernel(
+    const zt* __restrict__ z, const zt* __restrict__ base, const zt* __restrict__ bx, const float* __restrict__ h,
+    const zt* __restrict__ lambda, float* __restrict__ y, lt* __restrict__ y_lowp, const double* __restrict__ stepsize,
+    float* __restrict__ diff, float* __restrict__ ymax, int64_t T, int64_t D, int64_t ld, int64_t rows8, int r, int ac,
+    float eps, bool sum_form, const int64_t* __restrict__ counters) {
+  if (counters[1] == 0) return;
+  extern __shared__ __align__(16) char stage_mem[];
+  __shared__ float scratch[128];
+  int reductions = 0;
+  const StageLayout L(D, rows8, sizeof(zt));
+  const int64_t b = blockIdx.x;
+  const float s_b = static_cast<float>(stepsize[b]);
+  // Token t's operands go to stage t mod 2, one commit group per token.
+  auto issue = [&](int64_t t) {
+    if (t < T) {
+      char* st = stage_mem + (t & 1) * L.total;
+      const int64_t n = b * T + t;
+      copy_async(st + L.h, h + n * D, D * 4);
+      copy_async(st + L.bx, bx + n * D, D * static_cast<int64_t>(sizeof(zt)));
+      copy_async(st + L.lam, lambda + n * D, D * static_cast<int64_t>(sizeof(zt)));
+      copy_async(st + L.base, base + n * ld, rows8 * static_cast<int64_t>(sizeof(zt)));
+      if (t > 0) copy_async(st + L.z, z + (n - 1) * ld, rows8 * static_cast<int64_t>(sizeof(zt)));
+    }
+    copy_async_commit();
+  };
+  float state[CPT];
+#pragma unroll
+  for (int j = 0; j < CPT; ++j) state[j] = 0.0f;
+  issue(0);
+  for (int64_t t = 0; t < T; ++t) {
+    copy_async_wait_all();  // this thread's copies of token t have landed
+    __syncthreads();        // everyone's have, and everyone is done with token t − 1's stage
+    issue(t + 1);           // into token t − 1's stage
+    const char* st = stage_mem + (t & 1) * L.total;
+    const int64_t n = b * T + t;
+    mixscan_token<zt, lt, CPT>(reinterpret_cast<const float*>(st + L.h), reinterpret_cast<const zt*>(st + L.bx),
+                               reinterpret_cast<const zt*>(st + L.lam), reinterpret_cast<const zt*>(st + L.base),
+                               t > 0 ? reinterpret_cast<const zt*>(st + L.z) : nullptr, state, s_b, y + n * D,
+                               y_lowp != nullptr ? y_lowp + n * D : nullptr, reinterpret_cast<int*>(diff) + n,
+                               reinterpret_cast<int*>(ymax) + n, D, r, ac, eps, sum_form, scratch, reductions);
+  }
+}
+
+// What the continue test needs to know of `best` (B values ≥ 0, +inf or NaN), gathered by one block reduction
+// instead of a sort: how many are numbers (not NaN), finite, below the threshold; the largest value below the
+// threshold and the smallest number at or above it; and the largest step size.
+struct QuantileFacts {
+  int numbers, finite, below;
+  double max_below, min_above, max_step;
+};
+
+// The continue test's quantile condition, `quantile(best, q) ≥ threshold` with the linear-interpolation
+// quantile of solver::quantile (NaN sorted last; a NaN in the interpolation, or ∞ − ∞, gives NaN, which fails),
+// decided exactly from the facts above. With v the values sorted (numbers ascending, then the NaNs),
+// lo = ⌊q(B − 1)⌋, hi = ⌈q(B − 1)⌉, a = v[lo], b = v[hi]:
+//   * v[hi] is NaN (hi ≥ numbers): the quantile is NaN → false;
+//   * lo = hi: the quantile is a, and a ≥ threshold ⇔ fewer than lo + 1 values lie below it;
+//   * below > hi: a ≤ b < threshold, and so is every value between them → false;
+//   * below = hi: a is the largest value below the threshold, b the smallest at or above it: the
+//     interpolation itself, on those two values;
+//   * below ≤ lo: threshold ≤ a ≤ b, so the interpolation is ≥ threshold unless it is NaN, which happens only
+//     for a finite a and b = +∞ with the weight ≥ 0.5 (∞ − (1 − w)·∞), i.e. when exactly hi values are finite.
+__device__ bool quantile_at_least(const QuantileFacts& f, int64_t B, double quantile, double threshold) {
+  const double pos = quantile * static_cast<double>(B - 1);
+  const int64_t lo = static_cast<int64_t>(floor(pos)), hi = static_cast<int64_t>(ceil(pos));
+  if (hi >= f.numbers) return false;
+  if (lo == hi) return f.below <= lo;
+  const double wgt = pos - static_cast<double>(lo);
+  if (f.below > hi) return false;
+  if (f.below == hi) {
+    const double a = f.max_below, b = f.min_above;  // a < threshold ≤ b, so a ≠ b
+    const double q = wgt < 0.5 ? a + wgt * (b - a) : b - (1.0 - wgt) * (b - a);
+    return q >= threshold;
+  }
+  return !(f.finite == hi && wgt >= 0.5);
+}
 
 // One block. Records r_b = max_t diff/(ymax + eps), updates best/patience/step size (spec §8), counts the
-// iteration, zeroes the scratch and evaluates the continue test for the next step into counters[1].
-__global__ void fp_controller_kernel(float* diff, float* ymax, double* best, double* last, double* stepsize,
-                                     int64_t* patience, int64_t* counters, int64_t B, int64_t T, double eps,
-                                     int64_t decay_patience, double decay, double threshold, double quantile,
-                                     double stepsize_thresh, int64_t max_iter, int64_t sort_slots) {
+// iteration, zeroes the scratch and evaluates the continue test for the next step into counters[1]: the
+// same decisions as the host's FixedPointController, without sorting `best` (quantile_at_least).
+constexpr int kControllerThreads = 512;  // a sample per thread at the usual batch sizes; ≤ 128 registers each
+__global__ void __launch_bounds__(kControllerThreads)
+    fp_controller_kernel(float* __restrict__ diff, float* __restrict__ ymax, double* __restrict__ best,
+                         double* __restrict__ last, double* __restrict__ stepsize, int64_t* __restrict__ patience,
+                         int64_t* __restrict__ counters, int64_t B, int64_t T, double eps, int64_t decay_patience,
+                         double decay, double threshold, double quantile, double stepsize_thresh, int64_t max_iter) {
   if (counters[1] == 0) return;
-  extern __shared__ double sorted[];  // sort_slots values
-  __shared__ double smax[32];
-  double local_smax = 0.0;
+  __shared__ QuantileFacts warp_facts[32];
+  QuantileFacts f{0, 0, 0, -INFINITY, INFINITY, 0.0};
   for (int64_t b = threadIdx.x; b < B; b += blockDim.x) {
+    // The sample's state and up to kRows rows of its scratch are all requested before any is used: one round
+    // trip to memory instead of one per token (the kernel runs once per iteration, on one SM).
+    constexpr int kRows = 16;
+    const double old_best = best[b], old_step = stepsize[b];
+    const int64_t old_patience = patience[b];
     double r = 0.0;
-    for (int64_t t = 0; t < T; ++t) {
-      const double dv = diff[b * T + t], ym = ymax[b * T + t];
-      const double q = dv / (ym + eps);
-      r = (q > r || isnan(q)) ? q : r;
-      diff[b * T + t] = 0.0f;
-      ymax[b * T + t] = 0.0f;
-    }
-    const bool improved = r < best[b];
-    if (improved || isnan(r)) best[b] = r;  // torch.minimum semantics: NaN poisons the sample
-    patience[b] = improved ? decay_patience : patience[b] - 1;
-    if (patience[b] == 0) {
-      patience[b] += decay_patience;
-      stepsize[b] *= decay;
-    }
-    last[b] = r;
-    local_smax = fmax(local_smax, stepsize[b]);
-  }
-  // Max step size over the batch.
-  for (int o = 16; o > 0; o >>= 1) local_smax = fmax(local_smax, __shfl_xor_sync(0xffffffffu, local_smax, o));
-  if ((threadIdx.x & 31) == 0) smax[threadIdx.x >> 5] = local_smax;
-  __syncthreads();
-  // Sort best ascending, NaN last, for the linear-interpolation quantile: a bitonic sort of n = 2^k ≥ B
-  // slots in shared memory, padded with NaN (log²n/2 rounds of n/2 compare-exchanges; an O(B²) rank count
-  // on this single block took ~60 µs per iteration at B = 512).
-  const int64_t n = sort_slots;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) sorted[i] = i < B ? best[i] : nan("");
-  __syncthreads();
-  for (int64_t k = 2; k <= n; k <<= 1) {
-    for (int64_t j = k >> 1; j > 0; j >>= 1) {
-      for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-        const int64_t l = i ^ j;
-        if (l > i) {
-          const double a = sorted[i], c = sorted[l];
-          const bool ascending = (i & k) == 0;
-          if (ascending ? nan_last_greater(a, c) : nan_last_greater(c, a)) {
-            sorted[i] = c;
-            sorted[l] = a;
-          }
-        }
+    const float* db = diff + b * T;
+    const float* yb = ymax + b * T;
+    for (int64_t t0 = 0; t0 < T; t0 += kRows) {
+      float dv[kRows], ym[kRows];
+#pragma unroll
+      for (int k = 0; k < kRows; ++k) {
+        dv[k] = t0 + k < T ? db[t0 + k] : 0.0f;
+        ym[k] = t0 + k < T ? yb[t0 + k] : 0.0f;
       }
-      __syncthreads();
+#pragma unroll
+      for (int k = 0; k < kRows; ++k) {
+        if (t0 + k >= T) break;
+        const double q = static_cast<double>(dv[k]) / (static_cast<double>(ym[k]) + eps);
+        r = (q > r || isnan(q)) ? q : r;
+      }
+    }
+    const bool improved = r < old_best;
+    double nb = old_best;
+    if (improved || isnan(r)) nb = r;  // torch.minimum semantics: NaN poisons the sample
+    best[b] = nb;
+    int64_t p = improved ? decay_patience : old_patience - 1;
+    double s = old_step;
+    if (p == 0) {
+      p += decay_patience;
+      s *= decay;
+      stepsize[b] = s;
+    }
+    patience[b] = p;
+    last[b] = r;
+    f.max_step = fmax(f.max_step, s);
+    if (!isnan(nb)) {
+      ++f.numbers;
+      if (!isinf(nb)) ++f.finite;
+      if (nb < threshold) {
+        ++f.below;
+        f.max_below = fmax(f.max_below, nb);
+      } else {
+        f.min_above = fmin(f.min_above, nb);
+      }
     }
   }
+  __syncthreads();  // every thread has read its rows: zero the scratch for the next iteration, coalesced
+  for (int64_t i = threadIdx.x; i < B * T; i += blockDim.x) {
+    diff[i] = 0.0f;
+    ymax[i] = 0.0f;
+  }
+  for (int o = 16; o > 0; o >>= 1) {
+    f.numbers += __shfl_xor_sync(0xffffffffu, f.numbers, o);
+    f.finite += __shfl_xor_sync(0xffffffffu, f.finite, o);
+    f.below += __shfl_xor_sync(0xffffffffu, f.below, o);
+    f.max_below = fmax(f.max_below, __shfl_xor_sync(0xffffffffu, f.max_below, o));
+    f.min_above = fmin(f.min_above, __shfl_xor_sync(0xffffffffu, f.min_above, o));
+    f.max_step = fmax(f.max_step, __shfl_xor_sync(0xffffffffu, f.max_step, o));
+  }
+  if ((threadIdx.x & 31) == 0) warp_facts[threadIdx.x >> 5] = f;
+  __syncthreads();
   if (threadIdx.x == 0) {
-    double max_step = 0.0;
-    for (int w = 0; w < (blockDim.x + 31) / 32; ++w) max_step = fmax(max_step, smax[w]);
+    QuantileFacts all = warp_facts[0];
+    for (int w = 1; w < static_cast<int>((blockDim.x + 31) / 32); ++w) {
+      const QuantileFacts& g = warp_facts[w];
+      all.numbers += g.numbers;
+      all.finite += g.finite;
+      all.below += g.below;
+      all.max_below = fmax(all.max_below, g.max_below);
+      all.min_above = fmin(all.min_above, g.min_above);
+      all.max_step = fmax(all.max_step, g.max_step);
+    }
     const int64_t iter = counters[0] + 1;
     counters[0] = iter;
-    const double pos = quantile * static_cast<double>(B - 1);
-    const int64_t lo = static_cast<int64_t>(floor(pos)), hi = static_cast<int64_t>(ceil(pos));
-    const double a = sorted[lo], bq = sorted[hi];
-    double q = a;
-    if (lo != hi && a != bq) {
-      const double wgt = pos - static_cast<double>(lo);
-      q = wgt < 0.5 ? a + wgt * (bq - a) : bq - (1.0 - wgt) * (bq - a);
-    }
-    const bool go = iter < max_iter && q >= threshold && max_step >= stepsize_thresh;
+    const bool go = iter < max_iter && quantile_at_least(all, B, quantile, threshold) && all.max_step >= stepsize_thresh;
     counters[1] = go ? 1 : 0;
   }
 }
@@ -550,15 +687,35 @@ void fp_mixscan_cuda(const torch::Tensor& z, const torch::Tensor& base, const to
   const int ac = parse_activation(mixer_ac);
   auto stream = c10::cuda::getCurrentCUDAStream();
   const int cpt = D <= kThreads ? 1 : D <= 2 * kThreads ? 2 : D <= 4 * kThreads ? 4 : 8;
+  // The staged kernel copies whole rows in 16-byte pieces: every row and pointer 16-byte aligned, and two
+  // stages in shared memory.
+  const int64_t zsize = static_cast<int64_t>(z.element_size()), rows8 = (rank * D + rank + 7) / 8 * 8;
+  const StageLayout layout(D, rows8, zsize);
+  const auto aligned = [](const torch::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; };
+  const bool staged = (D * 4) % 16 == 0 && (D * zsize) % 16 == 0 && (ld * zsize) % 16 == 0 && rows8 <= ld &&
+                      aligned(z) && aligned(base) && aligned(bx) && aligned(h) && aligned(lambda) &&
+                      2 * layout.total <= 200 * 1024;
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, z.scalar_type(), "fp_mixscan_cuda", [&] {
     auto launch = [&](auto* lowp_ptr, auto cpt_tag) {
       using lt_ = std::remove_pointer_t<decltype(lowp_ptr)>;
       constexpr int kCpt = decltype(cpt_tag)::value;
-      fp_mixscan_kernel<scalar_t, lt_, kCpt><<<static_cast<unsigned>(B), kThreads, 0, stream>>>(
-          z.data_ptr<scalar_t>(), base.data_ptr<scalar_t>(), bx.data_ptr<scalar_t>(), h.data_ptr<float>(),
-          lambda.data_ptr<scalar_t>(), y.data_ptr<float>(), lowp_ptr, state.stepsize.data_ptr<double>(),
-          state.diff.data_ptr<float>(), state.ymax.data_ptr<float>(), T, D, ld, static_cast<int>(rank), ac,
-          static_cast<float>(eps), sum_form, state.counters.data_ptr<int64_t>());
+      if (staged) {
+        const auto kernel = fp_mixscan_staged_kernel<scalar_t, lt_, kCpt>;
+        const int smem = static_cast<int>(2 * layout.total);
+        if (smem > 48 * 1024)
+          C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+        kernel<<<static_cast<unsigned>(B), kThreads, smem, stream>>>(
+            z.data_ptr<scalar_t>(), base.data_ptr<scalar_t>(), bx.data_ptr<scalar_t>(), h.data_ptr<float>(),
+            lambda.data_ptr<scalar_t>(), y.data_ptr<float>(), lowp_ptr, state.stepsize.data_ptr<double>(),
+            state.diff.data_ptr<float>(), state.ymax.data_ptr<float>(), T, D, ld, rows8, static_cast<int>(rank), ac,
+            static_cast<float>(eps), sum_form, state.counters.data_ptr<int64_t>());
+      } else {
+        fp_mixscan_kernel<scalar_t, lt_, kCpt><<<static_cast<unsigned>(B), kThreads, 0, stream>>>(
+            z.data_ptr<scalar_t>(), base.data_ptr<scalar_t>(), bx.data_ptr<scalar_t>(), h.data_ptr<float>(),
+            lambda.data_ptr<scalar_t>(), y.data_ptr<float>(), lowp_ptr, state.stepsize.data_ptr<double>(),
+            state.diff.data_ptr<float>(), state.ymax.data_ptr<float>(), T, D, ld, static_cast<int>(rank), ac,
+            static_cast<float>(eps), sum_form, state.counters.data_ptr<int64_t>());
+      }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
     auto with_cpt = [&](auto* lowp_ptr) {
@@ -578,29 +735,15 @@ void fp_mixscan_cuda(const torch::Tensor& z, const torch::Tensor& base, const to
   });
 }
 
-int64_t controller_sort_slots(int64_t B) {
-  int64_t n = 1;
-  while (n < B) n <<= 1;
-  return n;
-}
-
-bool fp_controller_fits(int64_t B) { return controller_sort_slots(B) * static_cast<int64_t>(sizeof(double)) <= 96 * 1024; }
-
 void fp_controller_cuda(DeviceSolverState& state, const DeviceSolverOptions& opt) {
   const int64_t B = state.best.size(0), T = state.diff.size(1);
-  const int64_t slots = controller_sort_slots(B);
-  const size_t smem = static_cast<size_t>(slots) * sizeof(double);
-  TORCH_CHECK(fp_controller_fits(B), "fp_controller_cuda: a batch of ", B,
-              " is too large for the device controller (at most 8192 samples)");
+  TORCH_CHECK(B <= std::numeric_limits<int>::max(), "fp_controller_cuda: a batch of ", B, " samples is too large");
   const c10::cuda::CUDAGuard guard(state.best.device());
-  if (smem > 48 * 1024)
-    C10_CUDA_CHECK(cudaFuncSetAttribute(fp_controller_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(smem)));
-  fp_controller_kernel<<<1, 1024, smem, c10::cuda::getCurrentCUDAStream()>>>(
+  fp_controller_kernel<<<1, kControllerThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
       state.diff.data_ptr<float>(), state.ymax.data_ptr<float>(), state.best.data_ptr<double>(),
       state.last.data_ptr<double>(), state.stepsize.data_ptr<double>(), state.patience.data_ptr<int64_t>(),
       state.counters.data_ptr<int64_t>(), B, T, opt.eps, opt.decay_patience, opt.stepsize_decay, opt.threshold,
-      opt.quantile, opt.stepsize_thresh, opt.max_iter, slots);
+      opt.quantile, opt.stepsize_thresh, opt.max_iter);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
