@@ -22,7 +22,6 @@ namespace {
 
 constexpr int kThreads = 128;
 constexpr int kMaxK = 16;
-constexpr int kRowsInFlight = 4;  // time steps whose loads each thread issues together
 
 // One thread per (b, time chunk, channel c) walks its chunk in time order, so that every x (and g) is
 // loaded once and the K taps live in registers. The window has a compile-time width KW ≥ K (4, 8 or 16)
@@ -53,32 +52,19 @@ __global__ void conv_fwd_kernel(const scalar_t* __restrict__ x, const scalar_t* 
     xwin[i] = (tap >= 1 && s >= 0) ? static_cast<acc_t>(x[(static_cast<int64_t>(b) * T + s) * C + c]) : acc_t(0);
   }
   const acc_t b0 = bias != nullptr ? static_cast<acc_t>(bias[c]) : acc_t(0);
-  for (int tb = t0; tb < t1; tb += kRowsInFlight) {
-    // The next kRowsInFlight rows are loaded before any is used: one load at a time per thread left the
-    // kernel latency-bound at short chunks (T = 17).
-    acc_t rows[kRowsInFlight];
+  for (int t = t0; t < t1; ++t) {
+    const int64_t i_row = (static_cast<int64_t>(b) * T + t) * C + c;
 #pragma unroll
-    for (int u = 0; u < kRowsInFlight; ++u) {
-      const int t = tb + u;
-      rows[u] = t < t1 ? static_cast<acc_t>(x[(static_cast<int64_t>(b) * T + t) * C + c]) : acc_t(0);
-    }
+    for (int i = 0; i < KW - 1; ++i) xwin[i] = xwin[i + 1];
+    xwin[KW - 1] = static_cast<acc_t>(x[i_row]);
+    acc_t z = b0;
 #pragma unroll
-    for (int u = 0; u < kRowsInFlight; ++u) {
-      const int t = tb + u;
-      if (t >= t1) break;
-      const int64_t i_row = (static_cast<int64_t>(b) * T + t) * C + c;
-#pragma unroll
-      for (int i = 0; i < KW - 1; ++i) xwin[i] = xwin[i + 1];
-      xwin[KW - 1] = rows[u];
-      acc_t z = b0;
-#pragma unroll
-      for (int i = 0; i < KW; ++i) z += wpad[i] * xwin[i];
-      if (silu) {
-        const acc_t sg = detail::conv1d_sigmoid(static_cast<acc_t>(exp(-z)));
-        y[i_row] = static_cast<scalar_t>(detail::conv1d_silu(z, sg));
-      } else {
-        y[i_row] = static_cast<scalar_t>(z);
-      }
+    for (int i = 0; i < KW; ++i) z += wpad[i] * xwin[i];
+    if (silu) {
+      const acc_t sg = detail::conv1d_sigmoid(static_cast<acc_t>(exp(-z)));
+      y[i_row] = static_cast<scalar_t>(detail::conv1d_silu(z, sg));
+    } else {
+      y[i_row] = static_cast<scalar_t>(z);
     }
   }
 }
@@ -107,53 +93,39 @@ __global__ void conv_bwd_kernel(const scalar_t* __restrict__ g, const scalar_t* 
   const acc_t b0 = bias != nullptr ? static_cast<acc_t>(bias[c]) : acc_t(0);
   acc_t db = 0;
   const int t_end = min(T, t1 + K - 1);  // gz is zero from T on
-  const int t_stop = t1 + K - 1;
-  for (int tb = t0; tb < t_stop; tb += kRowsInFlight) {
-    // As in the forward: the next rows of x and g are all loaded before any is used.
-    acc_t xrows[kRowsInFlight], grows[kRowsInFlight];
+  for (int t = t0; t < t1 + K - 1; ++t) {
 #pragma unroll
-    for (int u = 0; u < kRowsInFlight; ++u) {
-      const int t = tb + u;
-      const int64_t i_row = (static_cast<int64_t>(b) * T + t) * C + c;
-      xrows[u] = t < t_end ? static_cast<acc_t>(x[i_row]) : acc_t(0);
-      grows[u] = t < t_end ? static_cast<acc_t>(g[i_row]) : acc_t(0);
+    for (int i = 0; i < KW - 1; ++i) {
+      xwin[i] = xwin[i + 1];
+      gzwin[i] = gzwin[i + 1];
     }
+    acc_t gz = 0;
+    if (t < t_end) {
+      const int64_t i_row = (static_cast<int64_t>(b) * T + t) * C + c;
+      xwin[KW - 1] = static_cast<acc_t>(x[i_row]);
+      gz = static_cast<acc_t>(g[i_row]);
+      if (silu) {
+        acc_t z = b0;
 #pragma unroll
-    for (int u = 0; u < kRowsInFlight; ++u) {
-      const int t = tb + u;
-      if (t >= t_stop) break;
-#pragma unroll
-      for (int i = 0; i < KW - 1; ++i) {
-        xwin[i] = xwin[i + 1];
-        gzwin[i] = gzwin[i + 1];
+        for (int i = 0; i < KW; ++i) z += wpad[i] * xwin[i];
+        const acc_t sg = detail::conv1d_sigmoid(static_cast<acc_t>(exp(-z)));
+        gz = detail::conv1d_silu_grad(gz, z, sg);
       }
-      acc_t gz = 0;
-      if (t < t_end) {
-        xwin[KW - 1] = xrows[u];
-        gz = grows[u];
-        if (silu) {
-          acc_t z = b0;
+      if (t < t1) {
 #pragma unroll
-          for (int i = 0; i < KW; ++i) z += wpad[i] * xwin[i];
-          const acc_t sg = detail::conv1d_sigmoid(static_cast<acc_t>(exp(-z)));
-          gz = detail::conv1d_silu_grad(gz, z, sg);
-        }
-        if (t < t1) {
-#pragma unroll
-          for (int i = 0; i < KW; ++i) dw[i] += gz * xwin[i];
-          db += gz;
-        }
-      } else {
-        xwin[KW - 1] = acc_t(0);
+        for (int i = 0; i < KW; ++i) dw[i] += gz * xwin[i];
+        db += gz;
       }
-      gzwin[KW - 1] = gz;
-      const int s = t - K + 1;  // every gz it reads (s .. s + K − 1 = t) is now in the window
-      if (s >= t0 && s < t1) {
-        acc_t acc = 0;
+    } else {
+      xwin[KW - 1] = acc_t(0);
+    }
+    gzwin[KW - 1] = gz;
+    const int s = t - K + 1;  // every gz it reads (s .. s + K − 1 = t) is now in the window
+    if (s >= t0 && s < t1) {
+      acc_t acc = 0;
 #pragma unroll
-        for (int i = 0; i < KW; ++i) acc += wrev[i] * gzwin[i];
-        dx[(static_cast<int64_t>(b) * T + s) * C + c] = static_cast<scalar_t>(acc);
-      }
+      for (int i = 0; i < KW; ++i) acc += wrev[i] * gzwin[i];
+      dx[(static_cast<int64_t>(b) * T + s) * C + c] = static_cast<scalar_t>(acc);
     }
   }
   acc_t* out = partial + (static_cast<int64_t>(blockIdx.y) * C + c) * (K + 1);
