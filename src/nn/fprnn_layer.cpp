@@ -156,6 +156,19 @@ solver::SolveStats device_solve_stats(const ops::DeviceSolverState& state, doubl
   return stats;
 }
 
+ops::DeviceSolverOptions device_solver_options(const solver::SolverOptions& opt) {
+  ops::DeviceSolverOptions d;
+  d.max_iter = opt.max_iter;
+  d.quantile = opt.quantile;
+  d.threshold = opt.threshold;
+  d.stepsize = opt.stepsize;
+  d.stepsize_decay = opt.stepsize_decay;
+  d.decay_patience = opt.decay_patience;
+  d.stepsize_thresh = opt.stepsize_thresh;
+  d.eps = opt.eps;
+  return d;
+}
+
 // ---- FastStep --------------------------------------------------------------------------------------
 
 FastStep::FastStep(FPRNNLayerImpl& layer, const FPRNNLayerImpl::Inputs& in)
@@ -301,15 +314,7 @@ Tensor FastStep::solve_device(const solver::SolverOptions& opt, int64_t check_ev
 #ifdef FPRNN_WITH_CUDA
   torch::NoGradGuard no_grad;
   const int64_t B = in_.x.size(0), T = in_.x.size(1), D = layer_.D;
-  ops::DeviceSolverOptions dopt;
-  dopt.max_iter = opt.max_iter;
-  dopt.quantile = opt.quantile;
-  dopt.threshold = opt.threshold;
-  dopt.stepsize = opt.stepsize;
-  dopt.stepsize_decay = opt.stepsize_decay;
-  dopt.decay_patience = opt.decay_patience;
-  dopt.stepsize_thresh = opt.stepsize_thresh;
-  dopt.eps = opt.eps;
+  const ops::DeviceSolverOptions dopt = device_solver_options(opt);
   ops::DeviceSolverState state = ops::make_device_solver_state(B, T, dopt, in_.x.device());
   const auto f32 = in_.x.options().dtype(torch::kFloat32);
   // bx and λ stay in the compute dtype (in bfloat16 that halves their reads; the values are the same).

@@ -3,6 +3,7 @@
 
 #include "fprnn/solver/fixed_point.h"
 #ifdef FPRNN_WITH_CUDA
+#include "fprnn/nn/fprnn_layer.h"
 #include "fprnn/ops/fp_step_cuda.h"
 #endif
 
@@ -224,15 +225,7 @@ TEST(FpStepCuda, ControllerDecidesAsTheHostController) {
         host_opt.decay_patience = 2;
         host_opt.stepsize_thresh = 0.3;
         host_opt.eps = 1.0;  // with ymax = 0 the device's r_b = max_t diff / (0 + 1) is the residual itself
-        ops::DeviceSolverOptions dev_opt;
-        dev_opt.max_iter = host_opt.max_iter;
-        dev_opt.quantile = quantile;
-        dev_opt.threshold = threshold;
-        dev_opt.stepsize = host_opt.stepsize;
-        dev_opt.stepsize_decay = host_opt.stepsize_decay;
-        dev_opt.decay_patience = host_opt.decay_patience;
-        dev_opt.stepsize_thresh = host_opt.stepsize_thresh;
-        dev_opt.eps = host_opt.eps;
+        const ops::DeviceSolverOptions dev_opt = nn::device_solver_options(host_opt);
         solver::FixedPointController host(B, host_opt);
         auto state = ops::make_device_solver_state(B, T, dev_opt, torch::kCUDA);
         for (int it = 0; it < 6; ++it) {

@@ -88,6 +88,8 @@ class FPRNNLayerImpl : public SequenceLayerImpl {
 
 // The statistics of a device-loop solve (reads its state from the GPU).
 solver::SolveStats device_solve_stats(const ops::DeviceSolverState& state, double quantile, double threshold);
+// The solver options as the device loop's kernels take them (the same fields).
+ops::DeviceSolverOptions device_solver_options(const solver::SolverOptions& opt);
 TORCH_MODULE(FPRNNLayer);
 
 // The no-grad map F with the mixer projection split into a part computed once per solve (from x_mix)
