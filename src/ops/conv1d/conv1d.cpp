@@ -79,8 +79,10 @@ torch::Tensor fwd_aten(const torch::Tensor& x, const torch::Tensor& weight, cons
   return silu ? torch::silu(z) : z;
 }
 
-// The forward on a GPU: ATen's depthwise conv1d (cuDNN), differentiable through ATen's autograd. The tap
-// loop above costs 2K strided elementwise kernels forward and more backward; this is one convolution.
+#ifndef FPRNN_WITH_CUDA
+// The forward on a GPU in a build without the CUDA kernels: ATen's depthwise conv1d (cuDNN), differentiable
+// through ATen's autograd. The tap loop above costs 2K strided elementwise kernels forward and more backward;
+// this is one convolution.
 // conv1d is a cross-correlation: with K−1 zeros on both sides, output t = Σ_k w_k x_{t−K+1+k} for t < T.
 torch::Tensor fwd_device(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias, bool silu) {
   const int64_t T = x.size(1), C = x.size(2), K = weight.size(-1);
@@ -92,6 +94,7 @@ torch::Tensor fwd_device(const torch::Tensor& x, const torch::Tensor& weight, co
                               .contiguous();
   return silu ? torch::silu(z) : z;
 }
+#endif
 
 // The backward in ATen ops, differentiable (for create_graph, i.e. double backward); the formulas of the
 // kernels. grad, x: (B, T, C); weight (C, K) or (C, 1, K); bias (C) or undefined → {dx, dweight, dbias}.
