@@ -3,6 +3,7 @@
 #include "fprnn/nn/fprnn_layer.h"
 
 #include "fprnn/common.h"
+#include "fprnn/ops/gates.h"
 #include "fprnn/ops/linrec.h"
 #include "fprnn/solver/sequential.h"
 
@@ -38,9 +39,18 @@ FPRNNLayerImpl::Inputs FPRNNLayerImpl::prepare(const Tensor& u) {
               u.sizes());
   TORCH_CHECK(u.size(0) > 0 && u.size(1) > 0, "FPRNN: empty input ", u.sizes());
   Inputs in;
-  const Tensor xz = input_trans->forward(u);
-  Tensor x = xz.narrow(2, 0, D);
-  in.z = xz.narrow(2, D, D);
+  Tensor x;
+  if (u.is_cuda()) {
+    // Two GEMMs on the weight's halves rather than one and two column slices: x comes out contiguous (the
+    // convolutions would copy a slice), and the backward has no zero-filled (B, T, 2D) gradient to assemble.
+    const Tensor w = input_trans->weight().to(u.scalar_type());
+    x = torch::nn::functional::linear(u, w.narrow(0, 0, D));
+    in.z = torch::nn::functional::linear(u, w.narrow(0, D, D));
+  } else {
+    const Tensor xz = input_trans->forward(u);
+    x = xz.narrow(2, 0, D);
+    in.z = xz.narrow(2, D, D);
+  }
   Tensor x_b, x_lambda;
   if (cfg.use_short_conv) {
     // All four convolutions read the same pre-conv x; x is a slice of the input projection's output, and
@@ -55,6 +65,12 @@ FPRNNLayerImpl::Inputs FPRNNLayerImpl::prepare(const Tensor& u) {
     in.x_mix = x_b = x_lambda = x;
   }
   in.x = x;
+  if (x.is_cuda()) {
+    // One fused pass forward and backward (ops/gates.h) instead of five ATen ones; λ's bias enters there.
+    const Tensor l = torch::nn::functional::linear(x_lambda, lambda_proj->weight().to(x_lambda.scalar_type()));
+    std::tie(in.bx, in.lambda, in.one_minus_lambda) = ops::input_gates(b_proj->forward(x_b), x, l, lambda_proj->bias);
+    return in;
+  }
   const Tensor b = torch::silu(b_proj->forward(x_b));
   in.bx = b * x;
   in.lambda = torch::sigmoid(lambda_proj->forward(x_lambda));
@@ -80,6 +96,11 @@ Tensor FPRNNLayerImpl::output(const Inputs& in, const Tensor& h) {
     x_c = conv1d_c->forward_silu(torch::cat({in.x, h}, -1));  // sees h_t and the 3 steps before
   } else {
     x_c = torch::cat({in.x, shift(h, 1, 1)}, -1);
+  }
+  if (h.is_cuda()) {
+    // RMSNorm(silu(z) ⊙ silu(c) ⊙ h) in one fused pass forward and backward (ops/gates.h).
+    return output_trans->forward(
+        ops::gated_rmsnorm(in.z, c_proj->forward(x_c), h, output_norm->weight, output_norm->eps));
   }
   const Tensor c = torch::silu(c_proj->forward(x_c));
   return output_trans->forward(output_norm->forward(torch::silu(in.z) * (c * h)));

@@ -48,7 +48,12 @@ Tensor HouseholderMixerImpl::project(const Tensor& param) {
       w.push_back(torch::zeros({padded - rows, in_features}, opt));
       b.push_back(torch::zeros({padded - rows}, opt));
     }
-    return torch::nn::functional::linear(param, torch::cat(w, 0), torch::cat(b, 0)).narrow(-1, 0, rows);
+    // As (rows, P) so that the bias is added by the GEMM (a batched input adds it in a separate pass).
+    std::vector<int64_t> shape(param.sizes().begin(), param.sizes().end() - 1);
+    shape.push_back(padded);
+    return torch::nn::functional::linear(param.reshape({-1, in_features}), torch::cat(w, 0), torch::cat(b, 0))
+        .view(shape)
+        .narrow(-1, 0, rows);
   }
   return torch::cat({u_proj->forward(param), alpha_proj->forward(param)}, -1);
 }
