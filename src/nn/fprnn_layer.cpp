@@ -4,6 +4,7 @@
 
 #include "fprnn/common.h"
 #include "fprnn/ops/gates.h"
+#include "fprnn/ops/mix_step.h"
 #include "fprnn/ops/linrec.h"
 #include "fprnn/solver/sequential.h"
 
@@ -86,6 +87,16 @@ Tensor FPRNNLayerImpl::mixer_param(const Inputs& in, const Tensor& h) const {
 }
 
 Tensor FPRNNLayerImpl::step(const Inputs& in, const Tensor& h) {
+  if (h.is_cuda()) {
+    // The mixer, its residual and the gate (1 − λ)(Q(b⊙x − h) + h) as one op forward and one backward
+    // (ops/mix_step.h) on the projection's padded output.
+    auto* hh = dynamic_cast<HouseholderMixerImpl*>(mixer.get());
+    if (hh != nullptr && ops::mix_step_cuda_fits(D, hh->rank)) {
+      const ops::MixStepSpec spec{hh->rank, hh->ac, hh->eps, hh->sum_form};
+      const Tensor pre = ops::mix_step(hh->project_padded(mixer_param(in, h)), in.bx, h, in.one_minus_lambda, spec);
+      return ops::linrec(pre, in.lambda);
+    }
+  }
   const Tensor mixed = mixer->forward(mixer_param(in, h), in.bx - h);
   return ops::linrec(in.one_minus_lambda * (mixed + h), in.lambda);
 }

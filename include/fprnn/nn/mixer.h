@@ -71,6 +71,9 @@ class HouseholderMixerImpl : public MixerImpl {
   Tensor apply(const Tensor& raw, const Tensor& v) override;
   int64_t raw_size() const override { return rank * n + rank; }
   std::vector<Projection> projections() override { return {u_proj, alpha_proj}; }
+  // On a GPU with single-stage projections: the projection's output with its width padded by zero columns to
+  // a multiple of 8, (…, ⌈raw_size()/8⌉·8) (project() is its first raw_size() columns); elsewhere project().
+  Tensor project_padded(const Tensor& param);
 
   // raw → (u (B, T, r, n) unit directions, alpha (B, T, r)).
   std::pair<Tensor, Tensor> factors(const Tensor& raw) const;

@@ -40,16 +40,11 @@ void check_args(const char* fn, std::initializer_list<std::pair<const char*, con
 
 torch::Dtype acc_dtype(torch::Dtype t) { return t == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32; }
 
-// (…, D) → (N, D) with unit column stride and one row stride ≥ D: a view when the leading dimensions collapse
-// (a column slice of a wider tensor does), a contiguous copy otherwise.
+// (…, D) → (N, D) with unit column stride and one row stride ≥ D: a view where the leading dimensions collapse
+// (reshape; a column slice of a wider tensor does), a contiguous copy otherwise.
 torch::Tensor as_rows(const torch::Tensor& t) {
-  const int64_t D = t.size(-1);
-  if (t.dim() >= 2 && t.stride(-1) == 1 && t.stride(-2) >= D) {
-    bool collapses = true;
-    for (int64_t i = t.dim() - 2; i >= 1; --i) collapses = collapses && t.stride(i - 1) == t.stride(i) * t.size(i);
-    if (collapses) return t.as_strided({t.numel() / D, D}, {t.stride(-2), 1});
-  }
-  return t.contiguous().view({-1, D});
+  const torch::Tensor r = t.reshape({-1, t.size(-1)});
+  return r.stride(1) == 1 && r.stride(0) >= r.size(1) ? r : r.contiguous();
 }
 
 struct InputGatesFunction : public torch::autograd::Function<InputGatesFunction> {

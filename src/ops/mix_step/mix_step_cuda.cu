@@ -1,0 +1,344 @@
+// CUDA kernels of mix_step (formulas and layout: include/fprnn/ops/mix_step.h): one block of 256 threads per
+// token; thread k holds channels d = k + j·256 (j < CPT ≤ 8) of every per-channel vector in registers, so each
+// reflection costs one block reduction forward (‖a_i‖², a_iᵀw) and one more backward (u_iᵀg). The backward
+// recomputes the forward (the vectors w_{i−1} it needs go to shared memory, r·D floats; each thread reads back
+// only its own channels). Accumulation in float32 (float64 for float64 inputs).
+// Napkin math at the A5 shape (8704 tokens, D = 1024, r = 1, bfloat16): forward reads raw (2 KB) and b⊙x, h,
+// 1 − λ (6 KB) per token and writes y (2 KB): 87 MB ≈ 22 µs at 4 TB/s; backward reads those and gy, writes
+// d raw, d(b⊙x), dh, d(1 − λ): ≈ 140 MB ≈ 35 µs. The ATen ops they replace made ~10 passes forward (≈ 190 µs
+// measured) and more backward, with float32 copies for the Householder kernels.
+#include "fprnn/ops/mix_step.h"
+
+#include <ATen/Dispatch.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <type_traits>
+
+namespace fprnn::ops {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kMaxRank = 16;
+enum Act : int { kIdentity = 0, kRelu = 1, kSilu = 2 };
+
+template <typename T>
+struct AccType {
+  using type = float;
+};
+template <>
+struct AccType<double> {
+  using type = double;
+};
+
+__device__ __forceinline__ float ex(float v) { return expf(v); }
+__device__ __forceinline__ double ex(double v) { return exp(v); }
+
+template <typename A>
+__device__ __forceinline__ A act_value(A x, int ac) {
+  if (ac == kSilu) return x / (A(1) + ex(-x));
+  if (ac == kRelu) return x > A(0) ? x : A(0);
+  return x;
+}
+template <typename A>
+__device__ __forceinline__ A act_grad(A x, int ac) {
+  if (ac == kSilu) {
+    const A s = A(1) / (A(1) + ex(-x));
+    return s * (A(1) + x * (A(1) - s));
+  }
+  if (ac == kRelu) return x > A(0) ? A(1) : A(0);
+  return A(1);
+}
+
+// Block sums of two values; every thread gets both. Barriers before (scratch may still be read) and after.
+template <typename A>
+__device__ __forceinline__ void block_sum2(A& a, A& b, A* scratch) {
+  for (int o = 16; o > 0; o >>= 1) {
+    a += __shfl_xor_sync(0xffffffffu, a, o);
+    b += __shfl_xor_sync(0xffffffffu, b, o);
+  }
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  __syncthreads();
+  if (lane == 0) {
+    scratch[warp] = a;
+    scratch[32 + warp] = b;
+  }
+  __syncthreads();
+  A ra = A(0), rb = A(0);
+  for (int w = 0; w < kThreads / 32; ++w) {
+    ra += scratch[w];
+    rb += scratch[32 + w];
+  }
+  a = ra;
+  b = rb;
+}
+
+// One token's forward: v = b⊙x − h into w, then the r reflections. Records, per reflection, the norm's
+// denominator, α_i and s_i (and w_{i−1} into `hist` when it is not null). Returns with w = Q v.
+template <typename T, typename A, int CPT>
+__device__ __forceinline__ void forward_token(const T* rn, const T* bxn, const T* hn, int64_t D, int r, int ac,
+                                              A eps, bool sum_form, A (&v)[CPT], A (&w)[CPT], A* hist, A* den_out,
+                                              A* alpha_out, A* s_out, A* scratch) {
+#pragma unroll
+  for (int j = 0; j < CPT; ++j) {
+    const int64_t d = threadIdx.x + static_cast<int64_t>(j) * kThreads;
+    v[j] = d < D ? static_cast<A>(bxn[d]) - static_cast<A>(hn[d]) : A(0);
+    w[j] = v[j];
+  }
+  for (int i = 0; i < r; ++i) {
+    A a[CPT];
+    A uu = A(0), sw = A(0);
+#pragma unroll
+    for (int j = 0; j < CPT; ++j) {
+      const int64_t d = threadIdx.x + static_cast<int64_t>(j) * kThreads;
+      a[j] = A(0);
+      if (d < D) {
+        if (hist != nullptr) hist[i * D + d] = w[j];
+        a[j] = act_value(static_cast<A>(rn[i * D + d]), ac);
+        uu += a[j] * a[j];
+        sw += a[j] * (sum_form ? v[j] : w[j]);
+      }
+    }
+    block_sum2(uu, sw, scratch);
+    const A norm = sqrt(uu);
+    const A den = norm > eps ? norm : eps;
+    const A alpha = A(1) / (A(1) + ex(-static_cast<A>(rn[static_cast<int64_t>(r) * D + i])));
+    const A s = sw / den;  // u_iᵀ w_{i−1} (or u_iᵀ v)
+    if (den_out != nullptr) {
+      den_out[i] = norm > eps ? norm : -eps;  // the sign records which branch of the normalisation was taken
+      alpha_out[i] = alpha;
+      s_out[i] = s;
+    }
+    const A c = A(-2) * alpha * s / den;  // w ← w − 2 α s u, u = a / den
+#pragma unroll
+    for (int j = 0; j < CPT; ++j) w[j] += c * a[j];
+  }
+}
+
+template <typename T, int CPT>
+__global__ void __launch_bounds__(kThreads)
+    mix_step_fwd_kernel(const T* __restrict__ raw, int64_t ld, const T* __restrict__ bx, const T* __restrict__ h,
+                        const T* __restrict__ oml, T* __restrict__ y, int64_t D, int r, int ac, double eps,
+                        bool sum_form) {
+  using A = typename AccType<T>::type;
+  __shared__ A scratch[64];
+  const int64_t n = blockIdx.x;
+  A v[CPT], w[CPT];
+  forward_token<T, A, CPT>(raw + n * ld, bx + n * D, h + n * D, D, r, ac, static_cast<A>(eps), sum_form, v, w,
+                           nullptr, nullptr, nullptr, nullptr, scratch);
+#pragma unroll
+  for (int j = 0; j < CPT; ++j) {
+    const int64_t d = threadIdx.x + static_cast<int64_t>(j) * kThreads;
+    if (d < D) y[n * D + d] = static_cast<T>(static_cast<A>(oml[n * D + d]) * (w[j] + static_cast<A>(h[n * D + d])));
+  }
+}
+
+// Shared memory: hist (r·D accumulators, the product form's w_{i−1}).
+template <typename T, int CPT>
+__global__ void __launch_bounds__(kThreads)
+    mix_step_bwd_kernel(const T* __restrict__ gy, const T* __restrict__ raw, int64_t ld, const T* __restrict__ bx,
+                        const T* __restrict__ h, const T* __restrict__ oml, T* __restrict__ draw, int64_t dld,
+                        T* __restrict__ dbx, T* __restrict__ dh, T* __restrict__ doml, int64_t D, int r, int ac,
+                        double eps_d, bool sum_form) {
+  using A = typename AccType<T>::type;
+  extern __shared__ __align__(16) unsigned char hist_mem[];
+  A* hist = reinterpret_cast<A*>(hist_mem);
+  __shared__ A scratch[64];
+  const int64_t n = blockIdx.x;
+  const T* rn = raw + n * ld;
+  const A eps = static_cast<A>(eps_d);
+  A v[CPT], w[CPT];
+  // The per-reflection scalars (every thread gets the same: the block sums are broadcast).
+  A den[kMaxRank], alpha[kMaxRank], s[kMaxRank];
+  forward_token<T, A, CPT>(rn, bx + n * D, h + n * D, D, r, ac, eps, sum_form, v, w, sum_form ? nullptr : hist, den,
+                           alpha, s, scratch);
+  A g[CPT], g_out[CPT];
+#pragma unroll
+  for (int j = 0; j < CPT; ++j) {
+    const int64_t d = threadIdx.x + static_cast<int64_t>(j) * kThreads;
+    g[j] = A(0);
+    if (d < D) {
+      const A gyv = static_cast<A>(gy[n * D + d]), o = static_cast<A>(oml[n * D + d]);
+      doml[n * D + d] = static_cast<T>(gyv * (w[j] + static_cast<A>(h[n * D + d])));
+      g[j] = gyv * o;
+    }
+    g_out[j] = g[j];
+  }
+  // d raw_u for reflection i from du_i = −2 α_i (s_i g + t_i x), x = w_{i−1} (product) or v (sum); and d raw_α.
+  auto emit = [&](int i, const A (&gg)[CPT], A ti, bool use_hist) {
+    const A dn = den[i] > A(0) ? den[i] : -den[i];
+    const A u_du = A(-4) * alpha[i] * s[i] * ti;
+#pragma unroll
+    for (int j = 0; j < CPT; ++j) {
+      const int64_t d = threadIdx.x + static_cast<int64_t>(j) * kThreads;
+      if (d < D) {
+        const A x = use_hist ? hist[i * D + d] : v[j];
+        const A rv = static_cast<A>(rn[i * D + d]);
+        const A u = act_value(rv, ac) / dn;
+        const A du = A(-2) * alpha[i] * (s[i] * gg[j] + ti * x);
+        const A da = den[i] > A(0) ? (du - u * u_du) / dn : du / dn;
+        draw[n * dld + i * D + d] = static_cast<T>(da * act_grad(rv, ac));
+      }
+    }
+    if (threadIdx.x == 0) {
+      draw[n * dld + static_cast<int64_t>(r) * D + i] =
+          static_cast<T>(A(-2) * s[i] * ti * alpha[i] * (A(1) - alpha[i]));
+    }
+  };
+  if (sum_form) {
+    // t_i = u_iᵀ g for the one g; then dv = g − 2 Σ α_i t_i u_i.
+    A dv[CPT];
+#pragma unroll
+    for (int j = 0; j < CPT; ++j) dv[j] = g[j];
+    for (int i = 0; i < r; ++i) {
+      A tg = A(0), unused = A(0);
+      A u[CPT];
+#pragma unroll
+      for (int j = 0; j < CPT; ++j) {
+        const int64_t d = threadIdx.x + static_cast<int64_t>(j) * kThreads;
+        u[j] = A(0);
+        if (d < D) {
+          const A dn = den[i] > A(0) ? den[i] : -den[i];
+          u[j] = act_value(static_cast<A>(rn[i * D + d]), ac) / dn;
+          tg += u[j] * g[j];
+        }
+      }
+      block_sum2(tg, unused, scratch);
+      emit(i, g, tg, false);
+#pragma unroll
+      for (int j = 0; j < CPT; ++j) dv[j] -= A(2) * alpha[i] * tg * u[j];
+    }
+#pragma unroll
+    for (int j = 0; j < CPT; ++j) g[j] = dv[j];
+  } else {
+    for (int i = r - 1; i >= 0; --i) {
+      A tg = A(0), unused = A(0);
+      A u[CPT];
+#pragma unroll
+      for (int j = 0; j < CPT; ++j) {
+        const int64_t d = threadIdx.x + static_cast<int64_t>(j) * kThreads;
+        u[j] = A(0);
+        if (d < D) {
+          const A dn = den[i] > A(0) ? den[i] : -den[i];
+          u[j] = act_value(static_cast<A>(rn[i * D + d]), ac) / dn;
+          tg += u[j] * g[j];
+        }
+      }
+      block_sum2(tg, unused, scratch);
+      emit(i, g, tg, true);
+#pragma unroll
+      for (int j = 0; j < CPT; ++j) g[j] -= A(2) * alpha[i] * tg * u[j];
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < CPT; ++j) {
+    const int64_t d = threadIdx.x + static_cast<int64_t>(j) * kThreads;
+    if (d < D) {
+      dbx[n * D + d] = static_cast<T>(g[j]);
+      dh[n * D + d] = static_cast<T>(g_out[j] - g[j]);
+    }
+  }
+  // The padding columns of d raw are zero.
+  for (int64_t c = static_cast<int64_t>(r) * D + r + threadIdx.x; c < dld; c += kThreads) draw[n * dld + c] = T(0);
+}
+
+int parse_act(const std::string& name) {
+  if (name == "identity") return kIdentity;
+  if (name == "relu") return kRelu;
+  if (name == "silu") return kSilu;
+  TORCH_CHECK(false, "mix_step_cuda: unknown act '", name, "' (valid: identity, relu, silu)");
+}
+
+void check_cuda_args(const char* fn, const torch::Tensor& raw, const torch::Tensor& bx, const torch::Tensor& h,
+                     const torch::Tensor& oml, const MixStepSpec& spec) {
+  TORCH_CHECK(bx.dim() == 2 && raw.dim() == 2 && raw.size(0) == bx.size(0), fn, ": raw must be (N, ld), bx (N, D), got ",
+              raw.sizes(), " and ", bx.sizes());
+  const int64_t D = bx.size(1);
+  TORCH_CHECK(mix_step_cuda_fits(D, spec.rank), fn, ": D = ", D, " and rank ", spec.rank,
+              " are beyond the kernels (D ≤ 2048, rank ≤ ", kMaxRank, ")");
+  TORCH_CHECK(raw.size(1) >= spec.rank * D + spec.rank && raw.stride(1) == 1 && raw.stride(0) >= raw.size(1), fn,
+              ": raw must have ≥ r·D + r columns, unit column stride and a row stride ≥ its width, got sizes ",
+              raw.sizes(), " strides ", raw.strides());
+  for (const auto* t : {&bx, &h, &oml}) {
+    TORCH_CHECK(t->sizes() == bx.sizes() && t->is_contiguous() && t->is_cuda() && t->scalar_type() == bx.scalar_type(),
+                fn, ": bx, h and oml must be contiguous CUDA tensors of one shape and dtype");
+  }
+  TORCH_CHECK(raw.is_cuda() && raw.scalar_type() == bx.scalar_type(), fn, ": raw must be a CUDA tensor of bx's dtype");
+  TORCH_CHECK(spec.eps > 0, fn, ": eps must be positive");
+}
+
+int channels_per_thread(int64_t D) { return D <= kThreads ? 1 : D <= 2 * kThreads ? 2 : D <= 4 * kThreads ? 4 : 8; }
+
+template <typename F>
+void with_cpt(int cpt, F&& f) {
+  switch (cpt) {
+    case 1: f(std::integral_constant<int, 1>{}); break;
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    case 4: f(std::integral_constant<int, 4>{}); break;
+    default: f(std::integral_constant<int, 8>{}); break;
+  }
+}
+
+}  // namespace
+
+torch::Tensor mix_step_fwd_cuda(const torch::Tensor& raw, const torch::Tensor& bx, const torch::Tensor& h,
+                                const torch::Tensor& oml, const MixStepSpec& spec) {
+  check_cuda_args("mix_step_fwd_cuda", raw, bx, h, oml, spec);
+  const int64_t N = bx.size(0), D = bx.size(1);
+  const c10::cuda::CUDAGuard guard(bx.device());
+  torch::Tensor y = torch::empty_like(bx);
+  if (N == 0) return y;
+  const int ac = parse_act(spec.act);
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, bx.scalar_type(), "mix_step_fwd_cuda", [&] {
+    with_cpt(channels_per_thread(D), [&](auto cpt) {
+      constexpr int kCpt = decltype(cpt)::value;
+      mix_step_fwd_kernel<scalar_t, kCpt><<<static_cast<unsigned>(N), kThreads, 0, stream>>>(
+          raw.data_ptr<scalar_t>(), raw.stride(0), bx.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(),
+          oml.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), D, static_cast<int>(spec.rank), ac, spec.eps,
+          spec.sum_form);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return y;
+}
+
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> mix_step_bwd_cuda(
+    const torch::Tensor& gy, const torch::Tensor& raw, const torch::Tensor& bx, const torch::Tensor& h,
+    const torch::Tensor& oml, const MixStepSpec& spec) {
+  check_cuda_args("mix_step_bwd_cuda", raw, bx, h, oml, spec);
+  TORCH_CHECK(gy.sizes() == bx.sizes() && gy.is_contiguous() && gy.scalar_type() == bx.scalar_type() && gy.is_cuda(),
+              "mix_step_bwd_cuda: gy must be a contiguous CUDA tensor like bx");
+  const int64_t N = bx.size(0), D = bx.size(1), ld = raw.size(1);
+  const c10::cuda::CUDAGuard guard(bx.device());
+  torch::Tensor draw = torch::empty({N, ld}, bx.options()), dbx = torch::empty_like(bx), dh = torch::empty_like(bx),
+                doml = torch::empty_like(bx);
+  if (N == 0) return {draw, dbx, dh, doml};
+  const int ac = parse_act(spec.act);
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, bx.scalar_type(), "mix_step_bwd_cuda", [&] {
+    using A = typename AccType<scalar_t>::type;
+    const size_t smem = spec.sum_form ? 0 : static_cast<size_t>(spec.rank * D) * sizeof(A);
+    int max_smem = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, bx.get_device()));
+    TORCH_CHECK(smem + 1024 <= static_cast<size_t>(max_smem), "mix_step_bwd_cuda: rank ", spec.rank, " × D = ", D,
+                " in ", bx.scalar_type(), " needs ", smem, " bytes of shared memory, more than the device's ", max_smem);
+    with_cpt(channels_per_thread(D), [&](auto cpt) {
+      constexpr int kCpt = decltype(cpt)::value;
+      const auto kernel = mix_step_bwd_kernel<scalar_t, kCpt>;
+      if (smem > 48 * 1024) {
+        C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+      }
+      kernel<<<static_cast<unsigned>(N), kThreads, smem, stream>>>(
+          gy.data_ptr<scalar_t>(), raw.data_ptr<scalar_t>(), raw.stride(0), bx.data_ptr<scalar_t>(),
+          h.data_ptr<scalar_t>(), oml.data_ptr<scalar_t>(), draw.data_ptr<scalar_t>(), ld, dbx.data_ptr<scalar_t>(),
+          dh.data_ptr<scalar_t>(), doml.data_ptr<scalar_t>(), D, static_cast<int>(spec.rank), ac, spec.eps,
+          spec.sum_form);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return {draw, dbx, dh, doml};
+}
+
+}  // namespace fprnn::ops
