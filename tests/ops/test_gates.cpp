@@ -16,6 +16,7 @@ namespace {
 
 using fprnn::testing::check_gradients;
 using fprnn::testing::expect_close;
+using fprnn::testing::numerical_grad;
 using fprnn::testing::randn;
 
 double sigmoid(double v) { return 1.0 / (1.0 + std::exp(-v)); }
@@ -82,51 +83,26 @@ TEST(GatesRef, BackwardMatchesFiniteDifferences) {
   const GateArgs a = gate_args(3, 5, 10);
   const auto gb = randn({3, 5}, 20), gl = randn({3, 5}, 21), go = randn({3, 5}, 22);
   auto [db, dx, dl, dlb] = input_gates_bwd_ref(gb, gl, go, a.b, a.x, a.l, a.l_bias);
-  auto loss = [&](const torch::Tensor& b, const torch::Tensor& x, const torch::Tensor& l, const torch::Tensor& lb) {
-    auto [bx, lam, oml] = input_gates_fwd_ref(b, x, l, lb);
-    return ((bx * gb).sum() + (lam * gl).sum() + (oml * go).sum()).item<double>();
-  };
-  const double step = 1e-6;
-  auto fd = [&](int which, const torch::Tensor& grad) {
+  for (int which = 0; which < 4; ++which) {
     std::vector<torch::Tensor> v{a.b.clone(), a.x.clone(), a.l.clone(), a.l_bias.clone()};
-    torch::Tensor num = torch::zeros_like(v[which]);
-    auto flat = v[which].view({-1});
-    for (int64_t i = 0; i < flat.numel(); ++i) {
-      const double old = flat[i].item<double>();
-      flat[i] = old + step;
-      const double up = loss(v[0], v[1], v[2], v[3]);
-      flat[i] = old - step;
-      const double down = loss(v[0], v[1], v[2], v[3]);
-      flat[i] = old;
-      num.view({-1})[i] = (up - down) / (2 * step);
-    }
-    expect_close(grad, num, 1e-8, "input_gates_bwd_ref d" + std::to_string(which));
-  };
-  fd(0, db);
-  fd(1, dx);
-  fd(2, dl);
-  fd(3, dlb);
+    const torch::Tensor num = numerical_grad(
+        [&] {
+          auto [bx, lam, oml] = input_gates_fwd_ref(v[0], v[1], v[2], v[3]);
+          return (bx * gb).sum() + (lam * gl).sum() + (oml * go).sum();
+        },
+        v[which]);
+    expect_close(std::vector<torch::Tensor>{db, dx, dl, dlb}[which], num, 1e-8,
+                 "input_gates_bwd_ref d" + std::to_string(which));
+  }
 
   const NormArgs n = norm_args({2, 3, 6}, 30);
   const auto gy = randn({2, 3, 6}, 31);
   auto [dz, dc, dh, dw] = gated_rmsnorm_bwd_ref(gy, n.z, n.c, n.h, n.w, 1e-2);
-  auto nloss = [&](const std::vector<torch::Tensor>& v) {
-    return (gated_rmsnorm_fwd_ref(v[0], v[1], v[2], v[3], 1e-2) * gy).sum().item<double>();
-  };
   const std::vector<torch::Tensor> grads{dz, dc, dh, dw};
   for (int which = 0; which < 4; ++which) {
     std::vector<torch::Tensor> v{n.z.clone(), n.c.clone(), n.h.clone(), n.w.clone()};
-    torch::Tensor num = torch::zeros_like(v[which]);
-    auto flat = v[which].view({-1});
-    for (int64_t i = 0; i < flat.numel(); ++i) {
-      const double old = flat[i].item<double>();
-      flat[i] = old + step;
-      const double up = nloss(v);
-      flat[i] = old - step;
-      const double down = nloss(v);
-      flat[i] = old;
-      num.view({-1})[i] = (up - down) / (2 * step);
-    }
+    const torch::Tensor num =
+        numerical_grad([&] { return gated_rmsnorm_fwd_ref(v[0], v[1], v[2], v[3], 1e-2) * gy; }, v[which]);
     expect_close(grads[which], num, 1e-8, "gated_rmsnorm_bwd_ref d" + std::to_string(which));
   }
 }

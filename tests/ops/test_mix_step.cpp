@@ -15,6 +15,7 @@ namespace fprnn::ops {
 namespace {
 
 using fprnn::testing::expect_close;
+using fprnn::testing::numerical_grad;
 using fprnn::testing::randn;
 
 struct Args {
@@ -58,20 +59,10 @@ TEST(MixStepRef, BackwardMatchesFiniteDifferencesAndTheComposite) {
     const torch::Tensor gy = randn({3, 5}, 21);
     auto [draw, dbx, dh, doml] = mix_step_bwd_ref(gy, a.raw, a.bx, a.h, a.oml, spec);
     const std::vector<torch::Tensor> grads{draw, dbx, dh, doml};
-    const double step = 1e-6;
     for (int which = 0; which < 4; ++which) {
       std::vector<torch::Tensor> v{a.raw.clone(), a.bx.clone(), a.h.clone(), a.oml.clone()};
-      torch::Tensor num = torch::zeros_like(v[which]);
-      auto flat = v[which].view({-1});
-      for (int64_t i = 0; i < flat.numel(); ++i) {
-        const double old = flat[i].item<double>();
-        flat[i] = old + step;
-        const double up = (mix_step_fwd_ref(v[0], v[1], v[2], v[3], spec) * gy).sum().item<double>();
-        flat[i] = old - step;
-        const double down = (mix_step_fwd_ref(v[0], v[1], v[2], v[3], spec) * gy).sum().item<double>();
-        flat[i] = old;
-        num.view({-1})[i] = (up - down) / (2 * step);
-      }
+      const torch::Tensor num =
+          numerical_grad([&] { return mix_step_fwd_ref(v[0], v[1], v[2], v[3], spec) * gy; }, v[which]);
       // relu is not differentiable at 0; randn never lands there.
       expect_close(grads[which], num, 1e-7, what + ": finite differences, argument " + std::to_string(which));
     }

@@ -12,6 +12,8 @@
 // full passes (≈ 75 and 195 µs measured).
 #include "fprnn/ops/gates.h"
 
+#include "ops/cuda_math.cuh"
+
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -26,17 +28,8 @@ namespace {
 constexpr int kWarps = 4;  // gated_rmsnorm: rows in flight per block (one per warp)
 constexpr int kThreads = 256;
 
-template <typename T>
-struct AccType {
-  using type = float;
-};
-template <>
-struct AccType<double> {
-  using type = double;
-};
-
-__device__ __forceinline__ float ex(float v) { return expf(v); }
-__device__ __forceinline__ double ex(double v) { return exp(v); }
+using cuda_math::AccType;
+using cuda_math::ex;
 template <typename A>
 __device__ __forceinline__ A sigm(A v) {
   return A(1) / (A(1) + ex(-v));
@@ -288,6 +281,21 @@ void check_cuda_rows(const char* fn, const torch::Tensor& t, const char* name, i
               t.strides());
 }
 
+// gated_rmsnorm's operands: z (N, D) with unit column stride, c and h contiguous (N, D), the weight (D) in the
+// accumulation dtype, eps > 0.
+void check_norm_args(const char* fn, const torch::Tensor& z, const torch::Tensor& c, const torch::Tensor& h,
+                     const torch::Tensor& weight, double eps) {
+  TORCH_CHECK(c.dim() == 2, fn, ": c must be (N, D), got ", c.sizes());
+  const int64_t N = c.size(0), D = c.size(1);
+  const auto dtype = c.scalar_type();
+  check_cuda_rows(fn, z, "z", N, D, dtype, false);
+  check_cuda_rows(fn, c, "c", N, D, dtype, true);
+  check_cuda_rows(fn, h, "h", N, D, dtype, true);
+  check_cuda_rows(fn, weight.view({1, -1}), "weight", 1, D, dtype == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32,
+                  true);
+  TORCH_CHECK(eps > 0, fn, ": eps must be positive, got ", eps);
+}
+
 }  // namespace
 
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> input_gates_fwd_cuda(const torch::Tensor& b,
@@ -370,16 +378,9 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> input_gat
 
 torch::Tensor gated_rmsnorm_fwd_cuda(const torch::Tensor& z, const torch::Tensor& c, const torch::Tensor& h,
                                      const torch::Tensor& weight, double eps) {
-  TORCH_CHECK(c.dim() == 2, "gated_rmsnorm_fwd_cuda: c must be (N, D), got ", c.sizes());
+  check_norm_args("gated_rmsnorm_fwd_cuda", z, c, h, weight, eps);
   const int64_t N = c.size(0), D = c.size(1);
   const auto dtype = c.scalar_type();
-  const auto acc = dtype == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
-  const char* fn = "gated_rmsnorm_fwd_cuda";
-  check_cuda_rows(fn, z, "z", N, D, dtype, false);
-  check_cuda_rows(fn, c, "c", N, D, dtype, true);
-  check_cuda_rows(fn, h, "h", N, D, dtype, true);
-  check_cuda_rows(fn, weight.view({1, -1}), "weight", 1, D, acc, true);
-  TORCH_CHECK(eps > 0, fn, ": eps must be positive, got ", eps);
   const c10::cuda::CUDAGuard guard(c.device());
   torch::Tensor y = torch::empty_like(c);
   if (N == 0) return y;
@@ -408,17 +409,12 @@ torch::Tensor gated_rmsnorm_fwd_cuda(const torch::Tensor& z, const torch::Tensor
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> gated_rmsnorm_bwd_cuda(
     const torch::Tensor& gy, const torch::Tensor& z, const torch::Tensor& c, const torch::Tensor& h,
     const torch::Tensor& weight, double eps) {
-  TORCH_CHECK(c.dim() == 2, "gated_rmsnorm_bwd_cuda: c must be (N, D), got ", c.sizes());
+  const char* fn = "gated_rmsnorm_bwd_cuda";
+  check_norm_args(fn, z, c, h, weight, eps);
   const int64_t N = c.size(0), D = c.size(1);
   const auto dtype = c.scalar_type();
   const auto acc = dtype == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
-  const char* fn = "gated_rmsnorm_bwd_cuda";
   check_cuda_rows(fn, gy, "gy", N, D, dtype, true);
-  check_cuda_rows(fn, z, "z", N, D, dtype, false);
-  check_cuda_rows(fn, c, "c", N, D, dtype, true);
-  check_cuda_rows(fn, h, "h", N, D, dtype, true);
-  check_cuda_rows(fn, weight.view({1, -1}), "weight", 1, D, acc, true);
-  TORCH_CHECK(eps > 0, fn, ": eps must be positive, got ", eps);
   const c10::cuda::CUDAGuard guard(c.device());
   torch::Tensor dz = torch::empty_like(c), dc = torch::empty_like(c), dh = torch::empty_like(c);
   if (N == 0) return {dz, dc, dh, torch::zeros({D}, c.options().dtype(acc))};

@@ -9,6 +9,8 @@
 // measured) and more backward, with float32 copies for the Householder kernels.
 #include "fprnn/ops/mix_step.h"
 
+#include "ops/cuda_math.cuh"
+
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -23,17 +25,8 @@ constexpr int kThreads = 256;
 constexpr int kMaxRank = 16;
 enum Act : int { kIdentity = 0, kRelu = 1, kSilu = 2 };
 
-template <typename T>
-struct AccType {
-  using type = float;
-};
-template <>
-struct AccType<double> {
-  using type = double;
-};
-
-__device__ __forceinline__ float ex(float v) { return expf(v); }
-__device__ __forceinline__ double ex(double v) { return exp(v); }
+using cuda_math::AccType;
+using cuda_math::ex;
 
 template <typename A>
 __device__ __forceinline__ A act_value(A x, int ac) {
