@@ -37,6 +37,15 @@ void expect_close(const Tensor& out, const Tensor& ref, double tol, const std::s
                     << ", ref norm " << ref.to(torch::kFloat64).norm().item<double>() << ")";
 }
 
+void expect_throws_with(const std::function<void()>& fn, const std::string& fragment) {
+  try {
+    fn();
+    ADD_FAILURE() << "no error; expected one mentioning '" << fragment << "'";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << e.what();
+  }
+}
+
 Tensor numerical_grad(const std::function<Tensor()>& fn, Tensor x, double step) {
   torch::NoGradGuard no_grad;
   TORCH_CHECK(x.scalar_type() == torch::kFloat64, "numerical_grad needs float64 tensors");

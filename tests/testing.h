@@ -23,6 +23,9 @@ Tensor randn(c10::IntArrayRef shape, uint64_t seed, torch::Dtype dtype = torch::
 // Expects rms_ratio(out, ref) ≤ tol; the message names `what` and gives the max-abs error too.
 void expect_close(const Tensor& out, const Tensor& ref, double tol, const std::string& what);
 
+// Expects fn() to throw a c10::Error whose message contains `fragment`.
+void expect_throws_with(const std::function<void()>& fn, const std::string& fragment);
+
 // Central finite differences of the scalar fn() with respect to every element of `x` (float64, modified
 // in place and restored). Returns a tensor shaped like x.
 Tensor numerical_grad(const std::function<Tensor()>& fn, Tensor x, double step = 1e-6);

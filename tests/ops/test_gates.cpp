@@ -135,14 +135,7 @@ TEST(GatesEntry, CpuCompositesMatchTheReferences) {
 
 TEST(GatesEntry, BadInputsThrow) {
   const GateArgs a = gate_args(2, 4, 60);
-  auto expect_throw = [](const std::function<void()>& f, const std::string& needle) {
-    try {
-      f();
-      ADD_FAILURE() << "no error; expected one mentioning '" << needle << "'";
-    } catch (const c10::Error& e) {
-      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-    }
-  };
+  const auto& expect_throw = fprnn::testing::expect_throws_with;
   expect_throw([&] { input_gates(a.b, a.x.narrow(1, 0, 3), a.l, a.l_bias); }, "x must have the sizes of b");
   expect_throw([&] { input_gates(a.b, a.x, a.l, torch::zeros({5}, torch::kFloat64)); }, "l_bias must be (D)");
   expect_throw([&] { input_gates(a.b, a.x.to(torch::kFloat32), a.l, a.l_bias); }, "x must have the dtype of b");

@@ -95,14 +95,7 @@ TEST(MixStepRef, ClampedNormBranch) {
 TEST(MixStepEntry, BadInputsThrow) {
   const Args a = make_args(2, 4, 1, 0, 40);
   const MixStepSpec spec{1, "silu", 1e-6, false};
-  auto expect_throw = [](const std::function<void()>& f, const std::string& needle) {
-    try {
-      f();
-      ADD_FAILURE() << "no error; expected one mentioning '" << needle << "'";
-    } catch (const c10::Error& e) {
-      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-    }
-  };
+  const auto& expect_throw = fprnn::testing::expect_throws_with;
   expect_throw([&] { mix_step(a.raw.narrow(1, 0, 4), a.bx, a.h, a.oml, spec); }, "fewer than r·D + r");
   expect_throw([&] { mix_step(a.raw, a.bx, a.h.narrow(1, 0, 3), a.oml, spec); }, "must have one shape");
   expect_throw([&] { mix_step(a.raw, a.bx, a.h, a.oml.to(torch::kFloat32), spec); }, "dtype");
