@@ -120,6 +120,30 @@ Tensor CausalConv1dImpl::forward(const Tensor& x) { return causal_conv(*this, x,
 
 Tensor CausalConv1dImpl::forward_silu(const Tensor& x) { return causal_conv(*this, x, /*silu=*/true); }
 
+std::vector<Tensor> forward_silu_shared_input(const std::vector<CausalConv1d>& convs, const Tensor& x) {
+  TORCH_CHECK(!convs.empty(), "forward_silu_shared_input: no convolutions");
+  const CausalConv1dImpl& first = *convs.front();
+  bool alike = true;
+  for (const auto& m : convs) {
+    alike = alike && m->channels == first.channels && m->kernel_size == first.kernel_size &&
+            m->bias.defined() == first.bias.defined();
+  }
+  if (!alike || convs.size() == 1) {
+    std::vector<Tensor> ys;
+    for (auto m : convs) ys.push_back(m->forward_silu(x));
+    return ys;
+  }
+  TORCH_CHECK(x.dim() == 3 && x.size(2) == first.channels, "CausalConv1d: input must be (B, T, ", first.channels,
+              "), got ", x.sizes());
+  std::vector<Tensor> w, b;
+  for (const auto& m : convs) {
+    w.push_back(m->weight);
+    if (m->bias.defined()) b.push_back(m->bias);
+  }
+  return ops::causal_conv1d_multi(x, torch::stack(w).to(x.scalar_type()),
+                                  b.empty() ? Tensor() : torch::stack(b).to(x.scalar_type()), /*silu=*/true);
+}
+
 // ---- RMSNorm ---------------------------------------------------------------------------------------
 
 RMSNormImpl::RMSNormImpl(int64_t dim, double eps) : eps(eps) {

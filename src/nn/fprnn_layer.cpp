@@ -56,11 +56,13 @@ FPRNNLayerImpl::Inputs FPRNNLayerImpl::prepare(const Tensor& u) {
   if (cfg.use_short_conv) {
     // All four convolutions read the same pre-conv x; x is a slice of the input projection's output, and
     // each convolution would otherwise make its own contiguous copy of it.
+    // On CUDA they run as one op, which reads x once each way and sums their input gradients in the kernel.
     x = x.contiguous();
-    in.x_mix = conv1d_mixer->forward_silu(x);
-    x_b = conv1d_b->forward_silu(x);
-    x_lambda = conv1d_lambda->forward_silu(x);
-    x = conv1d_x->forward_silu(x);
+    const auto ys = forward_silu_shared_input({conv1d_mixer, conv1d_b, conv1d_lambda, conv1d_x}, x);
+    in.x_mix = ys[0];
+    x_b = ys[1];
+    x_lambda = ys[2];
+    x = ys[3];
   } else {
     // Spec §16.23: the reference crashes on this branch; its evident intent is x in (B, T, D), no activation.
     in.x_mix = x_b = x_lambda = x;

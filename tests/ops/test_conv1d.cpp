@@ -486,6 +486,62 @@ TEST(Conv1dEntry, KernelsRejectWhatTheyDoNotSupport) {
                {"causal_conv1d_bwd_ref", "[2, 2, 4]"}, "ref grad shape");
 }
 
+// causal_conv1d_multi off CUDA is n calls of causal_conv1d: the same outputs and gradients, (n, C, K) and
+// (n, C, 1, K) weights alike, with and without bias; finite differences through the op in float64.
+TEST(Conv1dMulti, MatchesSeparateConvolutionsOnTheCpu) {
+  for (const bool with_bias : {false, true}) {
+    const torch::Tensor x = randn({2, 7, 6}, 90), w = 0.5 * randn({3, 6, 1, 4}, 91), g = randn({3, 2, 7, 6}, 92);
+    const torch::Tensor b = with_bias ? randn({3, 6}, 93) : torch::Tensor();
+    torch::Tensor xm = x.clone().requires_grad_(true), wm = w.clone().requires_grad_(true);
+    torch::Tensor bm = with_bias ? b.clone().requires_grad_(true) : torch::Tensor();
+    const auto ys = causal_conv1d_multi(xm, wm, bm, true);
+    ASSERT_EQ(ys.size(), 3u);
+    (torch::stack(ys) * g).sum().backward();
+    torch::Tensor xs = x.clone().requires_grad_(true);
+    torch::Tensor loss = torch::zeros({}, torch::kFloat64);
+    std::vector<torch::Tensor> ws, bs;
+    for (int64_t j = 0; j < 3; ++j) {
+      ws.push_back(w[j].clone().requires_grad_(true));
+      if (with_bias) bs.push_back(b[j].clone().requires_grad_(true));
+      const torch::Tensor y = causal_conv1d(xs, ws[j], with_bias ? bs[j] : torch::Tensor(), true);
+      expect_close(ys[j], y, 1e-15, "multi y " + std::to_string(j));
+      loss = loss + (y * g[j]).sum();
+    }
+    loss.backward();
+    expect_close(xm.grad(), xs.grad(), 1e-15, "multi dx");
+    for (int64_t j = 0; j < 3; ++j) {
+      expect_close(wm.grad()[j], ws[j].grad(), 1e-15, "multi dw " + std::to_string(j));
+      if (with_bias) expect_close(bm.grad()[j], bs[j].grad(), 1e-15, "multi db " + std::to_string(j));
+    }
+    torch::Tensor xf = x.clone(), wf = w.clone(), bf = with_bias ? b.clone() : torch::Tensor();
+    const auto fn = [&] { return torch::stack(causal_conv1d_multi(xf, wf, bf, true)); };
+    check_gradients(fn, with_bias ? std::vector<torch::Tensor>{xf, wf, bf} : std::vector<torch::Tensor>{xf, wf}, 1e-7,
+                    "multi fd");
+  }
+  // (n, C, K) weights give the same as (n, C, 1, K).
+  const torch::Tensor x = randn({1, 5, 3}, 94), w = randn({2, 3, 2}, 95);
+  const auto a = causal_conv1d_multi(x, w, torch::Tensor(), false);
+  const auto c = causal_conv1d_multi(x, w.unsqueeze(2), torch::Tensor(), false);
+  for (int j = 0; j < 2; ++j) expect_close(a[j], c[j], 0.0, "multi weight layouts");
+}
+
+TEST(Conv1dMulti, BadInputsThrow) {
+  const torch::Tensor x = torch::ones({2, 3, 4});
+  const std::string op = "causal_conv1d_multi";
+  expect_error([&] { causal_conv1d_multi(x, torch::ones({4, 3}), torch::Tensor(), false); }, {op, "(n, C, K)", "[4, 3]"},
+               "weight rank 2");
+  expect_error([&] { causal_conv1d_multi(x, torch::ones({0, 4, 3}), torch::Tensor(), false); }, {op, "n ≥ 1"},
+               "no convolutions");
+  expect_error([&] { causal_conv1d_multi(x, torch::ones({2, 4, 2, 3}), torch::Tensor(), false); },
+               {op, "[2, 4, 2, 3]"}, "weight (n, C, 2, K)");
+  expect_error([&] { causal_conv1d_multi(x, torch::ones({2, 5, 3}), torch::Tensor(), false); }, {op, "[5, 3]"},
+               "weight channels");
+  expect_error([&] { causal_conv1d_multi(x, torch::ones({2, 4, 3}), torch::ones({3, 4}), false); }, {op, "bias", "[3, 4]"},
+               "bias rows");
+  expect_error([&] { causal_conv1d_multi(x, torch::ones({2, 4, 3}), torch::ones({2, 5}), false); }, {op, "bias", "[5]"},
+               "bias channels");
+}
+
 // Tensors on a GPU take the ATen-ops path of the entry; it must agree with the CPU kernels.
 TEST(Conv1dEntry, CudaInputsMatchCpu) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";

@@ -16,6 +16,7 @@
 #include <limits>
 #include <string>
 #include <tuple>
+#include <vector>
 
 namespace fprnn::testing {
 namespace {
@@ -164,6 +165,87 @@ TEST(CausalConv1dCuda, ForwardAndGradientsMatchTheCpu) {
       expect_close(bg.grad().cpu(), bc.grad(), 1e-12, "conv db");
     }
   }
+}
+
+// n convolutions of one x in one kernel each way: every output against the reference of its own convolution,
+// dx against the sum of the n references' dx. Shapes cover several items per thread, partial time tiles
+// (T = 1, 5, 17), K on both sides of the 4-tap window, odd channel counts and B large enough for the grid to loop.
+TEST(CausalConv1dCuda, MultiKernelsMatchTheReference) {
+  FPRNN_REQUIRE_GPU();
+  struct Case {
+    int64_t n, B, T, C, K;
+  };
+  for (const Case cs : {Case{4, 3, 17, 70, 4}, Case{2, 2, 5, 33, 3}, Case{3, 1, 1, 40, 4}, Case{4, 2, 37, 64, 6},
+                        Case{4, 700, 3, 5, 2}, Case{1, 2, 19, 31, 16}}) {
+    for (auto dt : {torch::kFloat64, torch::kFloat32, torch::kBFloat16}) {
+      for (bool silu : {false, true}) {
+        for (bool with_bias : {false, true}) {
+          SCOPED_TRACE(::testing::Message() << "n " << cs.n << " B " << cs.B << " T " << cs.T << " C " << cs.C
+                                            << " K " << cs.K << " dtype " << dt << " silu " << silu << " bias "
+                                            << with_bias);
+          const Tensor x = randn({cs.B, cs.T, cs.C}, 40).to(dt), w = (0.5 * randn({cs.n, cs.C, cs.K}, 41)).to(dt);
+          const Tensor b = with_bias ? randn({cs.n, cs.C}, 42).to(dt) : Tensor();
+          const auto ys = ops::causal_conv1d_multi_fwd_cuda(x.cuda(), w.cuda(), with_bias ? b.cuda() : Tensor(), silu);
+          ASSERT_EQ(static_cast<int64_t>(ys.size()), cs.n);
+          std::vector<Tensor> gs, gs_cuda;
+          Tensor dx_ref = torch::zeros_like(x, torch::kFloat64);
+          for (int64_t j = 0; j < cs.n; ++j) {
+            const Tensor bj = with_bias ? b[j] : Tensor();
+            expect_close(ys[j].cpu().to(torch::kFloat64),
+                         ops::causal_conv1d_fwd_ref(x, w[j], bj, silu).to(torch::kFloat64), tol_for(dt),
+                         "multi fwd " + std::to_string(j));
+            gs.push_back(randn({cs.B, cs.T, cs.C}, 50 + j).to(dt));
+            gs_cuda.push_back(gs.back().cuda());
+          }
+          const auto [dx, dw, db] =
+              ops::causal_conv1d_multi_bwd_cuda(gs_cuda, x.cuda(), w.cuda(), with_bias ? b.cuda() : Tensor(), silu);
+          EXPECT_EQ(dw.sizes(), w.sizes());
+          EXPECT_EQ(db.defined(), with_bias);
+          for (int64_t j = 0; j < cs.n; ++j) {
+            const auto [dxj, dwj, dbj] = ops::causal_conv1d_bwd_ref(gs[j], x, w[j], with_bias ? b[j] : Tensor(), silu);
+            dx_ref += dxj.to(torch::kFloat64);
+            expect_close(dw[j].cpu().to(torch::kFloat64), dwj.to(torch::kFloat64), tol_for(dt),
+                         "multi dw " + std::to_string(j));
+            if (with_bias) {
+              expect_close(db[j].cpu().to(torch::kFloat64), dbj.to(torch::kFloat64), tol_for(dt),
+                           "multi db " + std::to_string(j));
+            }
+          }
+          expect_close(dx.cpu().to(torch::kFloat64), dx_ref, tol_for(dt), "multi dx");
+        }
+      }
+    }
+  }
+}
+
+// The differentiable entry on CUDA tensors against finite differences in float64 (x, weight, bias), and against
+// the CPU entry (n separate convolutions) with an unused output (its gradient arrives undefined).
+TEST(CausalConv1dCuda, MultiEntryGradients) {
+  FPRNN_REQUIRE_GPU();
+  const Tensor x = randn({2, 6, 5}, 60).cuda(), w = (0.5 * randn({3, 5, 1, 3}, 61)).cuda(), b = randn({3, 5}, 62).cuda();
+  const Tensor wt = randn({3, 2, 6, 5}, 63).cuda();
+  const auto loss = [&](const Tensor& xx, const Tensor& ww, const Tensor& bb) {
+    return (torch::stack(ops::causal_conv1d_multi(xx, ww, bb, /*silu=*/true)) * wt).sum().cpu();
+  };
+  Tensor xg = x.clone().requires_grad_(true), wg = w.clone().requires_grad_(true), bg = b.clone().requires_grad_(true);
+  loss(xg, wg, bg).backward();
+  Tensor xn = x.clone(), wn = w.clone(), bn = b.clone();
+  expect_close(xg.grad().cpu(), numerical_grad([&] { return loss(xn, w, b); }, xn).cpu(), 1e-8, "multi dx vs fd");
+  expect_close(wg.grad().cpu(), numerical_grad([&] { return loss(x, wn, b); }, wn).cpu(), 1e-8, "multi dw vs fd");
+  expect_close(bg.grad().cpu(), numerical_grad([&] { return loss(x, w, bn); }, bn).cpu(), 1e-8, "multi db vs fd");
+
+  Tensor xc = x.cpu().requires_grad_(true), wc = w.cpu().requires_grad_(true), bc = b.cpu().requires_grad_(true);
+  Tensor xd = x.clone().requires_grad_(true), wd = w.clone().requires_grad_(true), bd = b.clone().requires_grad_(true);
+  const auto yc = ops::causal_conv1d_multi(xc, wc, bc, false);
+  const auto yd = ops::causal_conv1d_multi(xd, wd, bd, false);
+  ASSERT_EQ(yc.size(), 3u);
+  ASSERT_EQ(yd.size(), 3u);
+  for (int j = 0; j < 3; ++j) expect_close(yd[j].cpu(), yc[j], 1e-12, "multi fwd vs cpu " + std::to_string(j));
+  ((yc[0] * wt[0].cpu()).sum() + (yc[2] * wt[2].cpu()).sum()).backward();  // output 1 unused
+  ((yd[0] * wt[0]).sum() + (yd[2] * wt[2]).sum()).backward();
+  expect_close(xd.grad().cpu(), xc.grad(), 1e-12, "multi dx vs cpu");
+  expect_close(wd.grad().cpu(), wc.grad(), 1e-12, "multi dw vs cpu");
+  expect_close(bd.grad().cpu(), bc.grad(), 1e-12, "multi db vs cpu");
 }
 
 #ifdef FPRNN_WITH_CUDA

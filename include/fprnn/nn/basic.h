@@ -61,6 +61,10 @@ class CausalConv1dImpl : public torch::nn::Module {
 };
 TORCH_MODULE(CausalConv1d);
 
+// silu(conv(x)) for each of `convs` on the same x: one ops::causal_conv1d_multi call (on CUDA one kernel each
+// way, x read once) when they share channels and kernel size and all or none have a bias; else one call each.
+std::vector<Tensor> forward_silu_shared_input(const std::vector<CausalConv1d>& convs, const Tensor& x);
+
 // y = x / sqrt(mean(x², last dim) + eps) ⊙ w, computed in float32 at least; w initialised to 1.
 class RMSNormImpl : public torch::nn::Module {
  public:

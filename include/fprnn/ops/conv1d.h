@@ -16,12 +16,20 @@
 #include <torch/torch.h>
 
 #include <tuple>
+#include <vector>
 
 namespace fprnn::ops {
 
 // Differentiable entry (autograd function on the CPU kernels; ATen ops elsewhere). Returns y (B, T, C).
 torch::Tensor causal_conv1d(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
                             bool silu);
+
+// n convolutions of the same x, differentiable: y_j = causal_conv1d(x, weight[j], bias[j], silu) for
+// weight (n, C, K) (or (n, C, 1, K)), bias (n, C) or undefined, 1 ≤ n ≤ 4. On CUDA one kernel reads x once and
+// writes the n outputs, and one backward kernel reads x and the n gradients once and writes dx = Σ_j dx_j
+// (the layer's four input convolutions); elsewhere it is n calls of causal_conv1d.
+std::vector<torch::Tensor> causal_conv1d_multi(const torch::Tensor& x, const torch::Tensor& weight,
+                                               const torch::Tensor& bias, bool silu);
 
 // Plain loops in float64, never optimised: the reference the kernels are tested against. Results are in the
 // dtype and on the device of x.
@@ -52,5 +60,14 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> causal_conv1d_bwd_cuda(c
                                                                                const torch::Tensor& x,
                                                                                const torch::Tensor& weight,
                                                                                const torch::Tensor& bias, bool silu);
+// The n-convolution kernels behind causal_conv1d_multi (and, with n = 1, the two above): x (B, T, C)
+// contiguous; weight (n, C, K) and bias (n, C) (or undefined) contiguous; 1 ≤ n ≤ 4, 1 ≤ K ≤ 16. The forward
+// returns the n outputs; the backward takes the n output gradients (contiguous, like x) and returns
+// dx = Σ_j dx_j (B, T, C), dweight (n, C, K) and dbias (n, C) (undefined without bias).
+std::vector<torch::Tensor> causal_conv1d_multi_fwd_cuda(const torch::Tensor& x, const torch::Tensor& weight,
+                                                        const torch::Tensor& bias, bool silu);
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> causal_conv1d_multi_bwd_cuda(
+    const std::vector<torch::Tensor>& grads, const torch::Tensor& x, const torch::Tensor& weight,
+    const torch::Tensor& bias, bool silu);
 
 }  // namespace fprnn::ops

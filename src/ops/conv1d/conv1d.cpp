@@ -8,6 +8,7 @@
 
 #include <torch/autograd.h>
 
+#include <tuple>
 #include <vector>
 
 namespace fprnn::ops {
@@ -154,9 +155,59 @@ struct CausalConv1dFunction : public torch::autograd::Function<CausalConv1dFunct
   }
 };
 
+#ifdef FPRNN_WITH_CUDA
+// n convolutions of one x on CUDA (1 ≤ n ≤ 4): one forward kernel, one backward kernel (dx summed over the
+// convolutions in it). weight (n, C, K), bias (n, C) (or the placeholder), contiguous → n outputs (B, T, C).
+struct CausalConv1dMultiFunction : public torch::autograd::Function<CausalConv1dMultiFunction> {
+  static variable_list forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& weight,
+                               const torch::Tensor& bias, bool has_bias, bool silu) {
+    const torch::Tensor b = has_bias ? bias : torch::Tensor();
+    ctx->save_for_backward({x, weight, b});
+    ctx->saved_data["silu"] = silu;
+    return causal_conv1d_multi_fwd_cuda(x, weight, b, silu);
+  }
+
+  // grad_outputs: n tensors (B, T, C), any strides (undefined ones arrive as zeros) → {dx, dweight, dbias, none,
+  // none}.
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const auto saved = ctx->get_saved_variables();
+    const torch::Tensor &x = saved[0], &weight = saved[1], &bias = saved[2];
+    const bool silu = ctx->saved_data["silu"].toBool();
+    std::vector<torch::Tensor> grads;
+    for (const auto& g : grad_outputs) grads.push_back(g.to(x.scalar_type()).contiguous());
+    torch::Tensor dx, dw, db;
+    if (torch::GradMode::is_enabled()) {
+      // create_graph: the kernel is not differentiable, so take the same formulas in ATen ops.
+      std::vector<torch::Tensor> dws, dbs;
+      for (size_t j = 0; j < grads.size(); ++j) {
+        const auto d = bwd_aten(grads[j], x, weight[j], bias.defined() ? bias[j] : torch::Tensor(), silu);
+        dx = dx.defined() ? dx + d[0] : d[0];
+        dws.push_back(d[1]);
+        if (bias.defined()) dbs.push_back(d[2]);
+      }
+      dw = torch::stack(dws);
+      if (bias.defined()) db = torch::stack(dbs);
+    } else {
+      std::tie(dx, dw, db) = causal_conv1d_multi_bwd_cuda(grads, x, weight, bias, silu);
+    }
+    return {dx, dw, db, torch::Tensor(), torch::Tensor()};
+  }
+};
+#endif
+
 }  // namespace
 
 #ifndef FPRNN_WITH_CUDA
+std::vector<torch::Tensor> causal_conv1d_multi_fwd_cuda(const torch::Tensor&, const torch::Tensor&,
+                                                        const torch::Tensor&, bool) {
+  TORCH_CHECK(false, "causal_conv1d_multi_fwd_cuda: this build has no CUDA kernels");
+}
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> causal_conv1d_multi_bwd_cuda(const std::vector<torch::Tensor>&,
+                                                                                     const torch::Tensor&,
+                                                                                     const torch::Tensor&,
+                                                                                     const torch::Tensor&, bool) {
+  TORCH_CHECK(false, "causal_conv1d_multi_bwd_cuda: this build has no CUDA kernels");
+}
 torch::Tensor causal_conv1d_fwd_cuda(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, bool) {
   TORCH_CHECK(false, "causal_conv1d_fwd_cuda: this build has no CUDA kernels");
 }
@@ -178,6 +229,33 @@ torch::Tensor causal_conv1d(const torch::Tensor& x, const torch::Tensor& weight,
   const bool has_bias = bias.defined();
   return CausalConv1dFunction::apply(x.contiguous(), weight.contiguous(),
                                      has_bias ? bias.contiguous() : torch::empty({0}, x.options()), has_bias, silu);
+}
+
+std::vector<torch::Tensor> causal_conv1d_multi(const torch::Tensor& x, const torch::Tensor& weight,
+                                               const torch::Tensor& bias, bool silu) {
+  TORCH_CHECK(weight.defined() && (weight.dim() == 3 || (weight.dim() == 4 && weight.size(2) == 1)) &&
+                  weight.size(0) >= 1,
+              "causal_conv1d_multi: weight must be (n, C, K) or (n, C, 1, K) with n ≥ 1, got ",
+              weight.defined() ? weight.sizes() : at::IntArrayRef{});
+  const int64_t n = weight.size(0);
+  TORCH_CHECK(!bias.defined() || (bias.dim() == 2 && bias.size(0) == n), "causal_conv1d_multi: bias must be (n, C) = (",
+              n, ", C), got ", bias.defined() ? bias.sizes() : at::IntArrayRef{});
+  for (int64_t j = 0; j < n; ++j) {
+    detail::conv1d_check_args("causal_conv1d_multi", x, weight[j], bias.defined() ? bias[j] : torch::Tensor(),
+                              torch::Tensor(), /*cpu_contiguous=*/false);
+  }
+#ifdef FPRNN_WITH_CUDA
+  if (x.is_cuda() && n <= 4) {
+    const int64_t C = x.size(2), K = weight.size(-1);
+    const bool has_bias = bias.defined();
+    return CausalConv1dMultiFunction::apply(x.contiguous(), weight.reshape({n, C, K}).contiguous(),
+                                            has_bias ? bias.contiguous() : torch::empty({0}, x.options()), has_bias,
+                                            silu);
+  }
+#endif
+  std::vector<torch::Tensor> ys;
+  for (int64_t j = 0; j < n; ++j) ys.push_back(causal_conv1d(x, weight[j], bias.defined() ? bias[j] : bias, silu));
+  return ys;
 }
 
 }  // namespace fprnn::ops

@@ -1,10 +1,19 @@
-// CUDA kernels of causal_conv1d (see include/fprnn/ops/conv1d.h for the formulas and layout).
-// Every element is memory-bound work, channels innermost, so a warp's 32 channels read coalesced rows:
-//   forward:  y = act(bias + Σ_k w_k x_{t−K+1+k})
-//   backward: gz = g · act'(z) (z recomputed), dx_s = Σ_k w_k gz_{s+K−1−k}, dw and db as partial sums per
-//             (sample, time chunk), then summed in a fixed order (no atomics: the result does not depend on
-//             scheduling). One kernel computes dx, dw and db together.
+// CUDA kernels of causal_conv1d and causal_conv1d_multi (see include/fprnn/ops/conv1d.h for the formulas and
+// layout): n ≤ 4 depthwise convolutions that read the same x, each with its own weight, bias and output:
+//   forward:  y_j = act(bias_j + Σ_k w_jk x_{t−K+1+k})
+//   backward: gz_j = g_j · act'(z_j) (z_j recomputed), dx_s = Σ_j Σ_k w_jk gz_j,{s+K−1−k},
+//             dw_j and db_j as partial sums per block (fixed order), then summed in a fixed order (no atomics:
+//             the result does not depend on scheduling).
 // Accumulation in float32 (float64 for float64 inputs).
+//
+// Work split: a thread owns one channel of one sample and a chunk of consecutive time steps, and walks it in
+// order with the K taps' window in registers, so every row is loaded and every activation computed once (a
+// first version split time into 4-step tiles with their look-back/look-ahead rows recomputed per tile: 2–4×
+// slower, bound by the redundant SiLU work). Rows are loaded kUnroll steps at a time, before any is used, so
+// that a thread has kUnroll·(n + 1) loads in flight instead of one round trip per step (the earlier one-row-per-step
+// walk, one convolution per call, reached ≈ 1.6 TB/s forward and 1 TB/s backward at T = 17). A block is 32 channels
+// × kLanes samples: a warp's loads are rows of 32 consecutive channels, and the backward sums the block's
+// kLanes weight-gradient partials in shared memory before writing one row per block.
 #include "fprnn/ops/conv1d.h"
 
 #include "ops/conv1d/conv1d_common.h"
@@ -16,216 +25,354 @@
 
 #include <algorithm>
 #include <type_traits>
+#include <vector>
 
 namespace fprnn::ops {
 namespace {
 
-constexpr int kThreads = 128;
 constexpr int kMaxK = 16;
+constexpr int kMaxConvs = 4;
+constexpr int kChannels = 32;  // threads of a block along channels (one warp row)
+constexpr int kLanes = 8;      // samples per block (threadIdx.y)
+constexpr int kUnroll = 4;     // time steps loaded together
 
-// One thread per (b, time chunk, channel c) walks its chunk in time order, so that every x (and g) is
-// loaded once and the K taps live in registers. The window has a compile-time width KW ≥ K (4, 8 or 16)
-// so it stays in registers; the weights are right-aligned in it and the unused taps are zero.
-//   forward: xwin[i] = x_{t−KW+1+i}; z = bias + Σ_i wpad[i]·xwin[i], wpad[KW−K+k] = w_k.
-//   backward: the thread also computes gz_t for the K − 1 rows after its chunk (the look-ahead dx needs):
-//     dx_s = Σ_k w_k gz_{s+K−1−k} is emitted when gz_{s+K−1} is known: dx_{t−K+1} = Σ_i wrev[i]·gzwin[i] with
-//     gzwin[i] = gz_{t−KW+1+i}, wrev[KW−1−k] = w_k; dw_k += gz_t x_{t−K+1+k} and db += gz_t over the chunk's own
-//     rows only, written as one partial per (b, chunk) and summed in a fixed order (deterministic).
-// Napkin math (A5 shape, B·T = 8704 rows, C = 1024, bf16): 18 MB read + 18 MB written per forward, 36 MB read +
-// 18 MB written + 10 MB of fp32 partials per backward: ≈ 10–20 µs each at HBM speed.
-template <typename scalar_t, int KW>
-__global__ void conv_fwd_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ w,
-                                const scalar_t* __restrict__ bias, scalar_t* __restrict__ y, int T, int C, int K,
-                                int NC, int L, bool silu) {
-  using acc_t = detail::conv1d_acc_t<scalar_t>;
-  const int c = blockIdx.x * blockDim.x + threadIdx.x;
-  if (c >= C) return;
-  const int b = blockIdx.y / NC, k = blockIdx.y % NC;
-  const int t0 = k * L, t1 = min(T, t0 + L);
-  acc_t wpad[KW], xwin[KW];
+template <typename scalar_t>
+struct Outs {
+  scalar_t* p[kMaxConvs];
+};
+template <typename scalar_t>
+struct Ins {
+  const scalar_t* p[kMaxConvs];
+};
+
+// σ(z): the exact exp for float64, the hardware approximation for float32 (≈ 2 ulp; the bfloat16 outputs and the
+// float32 tolerance of the tests are far coarser).
+__device__ __forceinline__ float sigmoid(float z) { return __fdividef(1.0f, 1.0f + __expf(-z)); }
+__device__ __forceinline__ double sigmoid(double z) { return detail::conv1d_sigmoid(exp(-z)); }
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t act_fwd(acc_t z, bool silu) {
+  return silu ? detail::conv1d_silu(z, sigmoid(z)) : z;
+}
+
+// Loads the weights of conv j (< n) right-aligned in a window of KW taps: wpad[j][KW − K + k] = w[j, c, k].
+template <typename scalar_t, typename acc_t, int KW, int N>
+__device__ __forceinline__ void load_taps(const scalar_t* __restrict__ w, const scalar_t* __restrict__ bias, int c,
+                                          int C, int K, int n, acc_t (&wpad)[N][KW], acc_t (&b0)[N]) {
 #pragma unroll
-  for (int i = 0; i < KW; ++i) {
-    const int tap = i - (KW - K);
-    wpad[i] = tap >= 0 ? static_cast<acc_t>(w[c * K + tap]) : acc_t(0);
-    // The window before the first shift: slot i holds x_{t0−KW+i} (slot 0 is shifted out at once).
-    const int s = t0 - KW + i;
-    xwin[i] = (tap >= 1 && s >= 0) ? static_cast<acc_t>(x[(static_cast<int64_t>(b) * T + s) * C + c]) : acc_t(0);
+  for (int j = 0; j < N; ++j) {
+#pragma unroll
+    for (int m = 0; m < KW; ++m) {
+      const int tap = m - (KW - K);
+      wpad[j][m] = (j < n && tap >= 0) ? static_cast<acc_t>(w[(static_cast<int64_t>(j) * C + c) * K + tap]) : acc_t(0);
+    }
+    b0[j] = (j < n && bias != nullptr) ? static_cast<acc_t>(bias[static_cast<int64_t>(j) * C + c]) : acc_t(0);
   }
-  const acc_t b0 = bias != nullptr ? static_cast<acc_t>(bias[c]) : acc_t(0);
-  for (int t = t0; t < t1; ++t) {
-    const int64_t i_row = (static_cast<int64_t>(b) * T + t) * C + c;
+}
+
+// The thread's sample b, channel c and chunk [t0, t1) of time (blockIdx.y = sample group · NC + chunk).
+struct Walk {
+  int b, c, t0, t1;
+  bool active;
+  __device__ Walk(int B, int T, int C, int NC, int L) {
+    c = blockIdx.x * kChannels + threadIdx.x;
+    b = (blockIdx.y / NC) * kLanes + threadIdx.y;
+    t0 = (blockIdx.y % NC) * L;
+    t1 = min(T, t0 + L);
+    active = c < C && b < B;
+  }
+};
+
+// The window before step t0: slot m holds x_{t0−KW+m} (zero where the taps are, or time is negative); slot 0
+// is shifted out at the first step, and slots below KW − K + 1 only ever meet zero taps.
+template <typename scalar_t, typename acc_t, int KW>
+__device__ __forceinline__ void init_window(const scalar_t* __restrict__ xs, int t0, int C, int K, acc_t (&xwin)[KW]) {
 #pragma unroll
-    for (int i = 0; i < KW - 1; ++i) xwin[i] = xwin[i + 1];
-    xwin[KW - 1] = static_cast<acc_t>(x[i_row]);
-    acc_t z = b0;
+  for (int m = 0; m < KW; ++m) {
+    const int t = t0 - KW + m;
+    xwin[m] = (m >= KW - K + 1 && t >= 0) ? static_cast<acc_t>(xs[static_cast<int64_t>(t) * C]) : acc_t(0);
+  }
+}
+
+//   forward: after the shift at step t, xwin[m] = x_{t−KW+1+m} and z_j = b_j + Σ_m wpad[j][m] xwin[m].
+template <typename scalar_t, int KW, int N>
+__global__ void __launch_bounds__(kChannels* kLanes)
+    conv_fwd_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ w, const scalar_t* __restrict__ bias,
+                    Outs<scalar_t> y, int B, int T, int C, int K, int n, int NC, int L, bool silu) {
+  using acc_t = detail::conv1d_acc_t<scalar_t>;
+  const Walk wk(B, T, C, NC, L);
+  if (!wk.active) return;
+  acc_t wpad[N][KW], b0[N];
+  load_taps<scalar_t, acc_t, KW, N>(w, bias, wk.c, C, K, n, wpad, b0);
+  const int64_t base = static_cast<int64_t>(wk.b) * T * C + wk.c;
+  const scalar_t* xs = x + base;
+  acc_t xwin[KW];
+  init_window<scalar_t, acc_t, KW>(xs, wk.t0, C, K, xwin);
+  for (int t = wk.t0; t < wk.t1; t += kUnroll) {
+    acc_t xv[kUnroll];
 #pragma unroll
-    for (int i = 0; i < KW; ++i) z += wpad[i] * xwin[i];
-    if (silu) {
-      const acc_t sg = detail::conv1d_sigmoid(static_cast<acc_t>(exp(-z)));
-      y[i_row] = static_cast<scalar_t>(detail::conv1d_silu(z, sg));
-    } else {
-      y[i_row] = static_cast<scalar_t>(z);
+    for (int u = 0; u < kUnroll; ++u)
+      xv[u] = t + u < wk.t1 ? static_cast<acc_t>(xs[static_cast<int64_t>(t + u) * C]) : acc_t(0);
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      if (t + u >= wk.t1) break;
+#pragma unroll
+      for (int m = 0; m < KW - 1; ++m) xwin[m] = xwin[m + 1];
+      xwin[KW - 1] = xv[u];
+#pragma unroll
+      for (int j = 0; j < N; ++j) {
+        if (j >= n) break;
+        acc_t z = b0[j];
+#pragma unroll
+        for (int m = 0; m < KW; ++m) z += wpad[j][m] * xwin[m];
+        y.p[j][base + static_cast<int64_t>(t + u) * C] = static_cast<scalar_t>(act_fwd(z, silu));
+      }
     }
   }
 }
 
-template <typename scalar_t, int KW>
-__global__ void conv_bwd_kernel(const scalar_t* __restrict__ g, const scalar_t* __restrict__ x,
-                                const scalar_t* __restrict__ w, const scalar_t* __restrict__ bias,
-                                scalar_t* __restrict__ dx, detail::conv1d_acc_t<scalar_t>* __restrict__ partial, int T,
-                                int C, int K, int NC, int L, bool silu) {
+//   backward: the walk goes K − 1… KW − 1 steps past its chunk (gz of those rows is needed for the chunk's own
+//   dx; zero from T on). gz_j(t) adds wpad[j][m]·gz_j(t) to dxacc[m], the pending dx of row t − KW + 1 + m;
+//   slot 0 (row t − KW + 1) is then complete and written if it lies in the chunk, and the slots shift.
+//   dw_j[m] += gz_j(t) xwin[m] and db_j += gz_j(t) over the chunk's own rows. Each thread's dw, db are summed
+//   over the block's kLanes samples in lane order and written as one partial row per block:
+//   partial[blockIdx.y][j][c][0..K−1] = dw, [K] = db.
+// MinB: blocks per SM the register allocation must allow. For four convolutions the unconstrained kernel takes
+// 102 registers (two blocks, 16 warps per SM) and stalls on its loads: 203 µs at the A5 shape; three blocks
+// (80 registers, a few spilled to L1) took 146 µs, four (64) 152 µs (ncu, results/h200/conv_multi/).
+template <typename scalar_t, int KW, int N, int MinB>
+__global__ void __launch_bounds__(kChannels* kLanes, MinB)
+    conv_bwd_kernel(Ins<scalar_t> g, const scalar_t* __restrict__ x, const scalar_t* __restrict__ w,
+                    const scalar_t* __restrict__ bias, scalar_t* __restrict__ dx,
+                    detail::conv1d_acc_t<scalar_t>* __restrict__ partial, int B, int T, int C, int K, int n, int NC,
+                    int L, bool silu) {
   using acc_t = detail::conv1d_acc_t<scalar_t>;
-  const int c = blockIdx.x * blockDim.x + threadIdx.x;
-  if (c >= C) return;
-  const int b = blockIdx.y / NC, k = blockIdx.y % NC;
-  const int t0 = k * L, t1 = min(T, t0 + L);
-  acc_t wpad[KW], wrev[KW], xwin[KW], gzwin[KW], dw[KW];
+  __shared__ acc_t red[kLanes][kChannels];
+  const Walk wk(B, T, C, NC, L);
+  acc_t wpad[N][KW], b0[N], dw[N][KW], db[N];
+  load_taps<scalar_t, acc_t, KW, N>(w, bias, wk.active ? wk.c : 0, C, K, n, wpad, b0);
 #pragma unroll
-  for (int i = 0; i < KW; ++i) {
-    const int tap = i - (KW - K), rtap = KW - 1 - i;
-    wpad[i] = tap >= 0 ? static_cast<acc_t>(w[c * K + tap]) : acc_t(0);
-    wrev[i] = rtap < K ? static_cast<acc_t>(w[c * K + rtap]) : acc_t(0);
-    const int s = t0 - KW + i;  // as in the forward
-    xwin[i] = (tap >= 1 && s >= 0) ? static_cast<acc_t>(x[(static_cast<int64_t>(b) * T + s) * C + c]) : acc_t(0);
-    gzwin[i] = acc_t(0);  // gz before t0 is never needed: dx_s only reads gz_{t ≥ s}
-    dw[i] = acc_t(0);
+  for (int j = 0; j < N; ++j) {
+    db[j] = 0;
+#pragma unroll
+    for (int m = 0; m < KW; ++m) dw[j][m] = 0;
   }
-  const acc_t b0 = bias != nullptr ? static_cast<acc_t>(bias[c]) : acc_t(0);
-  acc_t db = 0;
-  const int t_end = min(T, t1 + K - 1);  // gz is zero from T on
-  for (int t = t0; t < t1 + K - 1; ++t) {
+  if (wk.active) {
+    const int64_t base = static_cast<int64_t>(wk.b) * T * C + wk.c;
+    const scalar_t* xs = x + base;
+    acc_t xwin[KW], dxacc[KW];
+    init_window<scalar_t, acc_t, KW>(xs, wk.t0, C, K, xwin);
 #pragma unroll
-    for (int i = 0; i < KW - 1; ++i) {
-      xwin[i] = xwin[i + 1];
-      gzwin[i] = gzwin[i + 1];
-    }
-    acc_t gz = 0;
-    if (t < t_end) {
-      const int64_t i_row = (static_cast<int64_t>(b) * T + t) * C + c;
-      xwin[KW - 1] = static_cast<acc_t>(x[i_row]);
-      gz = static_cast<acc_t>(g[i_row]);
-      if (silu) {
-        acc_t z = b0;
+    for (int m = 0; m < KW; ++m) dxacc[m] = 0;
+    const int t_end = wk.t1 + KW - 1;   // the walk, look-ahead included
+    const int t_rows = min(T, t_end);   // the rows that exist
+    for (int t = wk.t0; t < t_end; t += kUnroll) {
+      acc_t xv[kUnroll], gv[N][kUnroll];
 #pragma unroll
-        for (int i = 0; i < KW; ++i) z += wpad[i] * xwin[i];
-        const acc_t sg = detail::conv1d_sigmoid(static_cast<acc_t>(exp(-z)));
-        gz = detail::conv1d_silu_grad(gz, z, sg);
+      for (int u = 0; u < kUnroll; ++u) {
+        const bool live = t + u < t_rows;
+        const int64_t o = base + static_cast<int64_t>(t + u) * C;
+        xv[u] = live ? static_cast<acc_t>(x[o]) : acc_t(0);
+#pragma unroll
+        for (int j = 0; j < N; ++j) gv[j][u] = (live && j < n) ? static_cast<acc_t>(g.p[j][o]) : acc_t(0);
       }
-      if (t < t1) {
 #pragma unroll
-        for (int i = 0; i < KW; ++i) dw[i] += gz * xwin[i];
-        db += gz;
+      for (int u = 0; u < kUnroll; ++u) {
+        if (t + u >= t_end) break;
+#pragma unroll
+        for (int m = 0; m < KW - 1; ++m) xwin[m] = xwin[m + 1];
+        xwin[KW - 1] = xv[u];
+        const bool own = t + u < wk.t1;
+#pragma unroll
+        for (int j = 0; j < N; ++j) {
+          if (j >= n) break;
+          acc_t gz = gv[j][u];
+          if (silu) {
+            acc_t z = b0[j];
+#pragma unroll
+            for (int m = 0; m < KW; ++m) z += wpad[j][m] * xwin[m];
+            gz = detail::conv1d_silu_grad(gz, z, sigmoid(z));
+          }
+          if (own) {
+            db[j] += gz;
+#pragma unroll
+            for (int m = 0; m < KW; ++m) dw[j][m] += gz * xwin[m];
+          }
+#pragma unroll
+          for (int m = 0; m < KW; ++m) dxacc[m] += wpad[j][m] * gz;
+        }
+        const int s = t + u - KW + 1;
+        if (s >= wk.t0) dx[base + static_cast<int64_t>(s) * C] = static_cast<scalar_t>(dxacc[0]);
+#pragma unroll
+        for (int m = 0; m < KW - 1; ++m) dxacc[m] = dxacc[m + 1];
+        dxacc[KW - 1] = 0;
       }
-    } else {
-      xwin[KW - 1] = acc_t(0);
-    }
-    gzwin[KW - 1] = gz;
-    const int s = t - K + 1;  // every gz it reads (s .. s + K − 1 = t) is now in the window
-    if (s >= t0 && s < t1) {
-      acc_t acc = 0;
-#pragma unroll
-      for (int i = 0; i < KW; ++i) acc += wrev[i] * gzwin[i];
-      dx[(static_cast<int64_t>(b) * T + s) * C + c] = static_cast<scalar_t>(acc);
     }
   }
-  acc_t* out = partial + (static_cast<int64_t>(blockIdx.y) * C + c) * (K + 1);
-  for (int j = 0; j < K; ++j) {
-    acc_t v = 0;
+  // Block sum of dw, db over the kLanes samples of each channel, in lane order.
 #pragma unroll
-    for (int i = 0; i < KW; ++i)
-      if (i == KW - K + j) v = dw[i];
-    out[j] = v;
+  for (int j = 0; j < N; ++j) {
+#pragma unroll
+    for (int m = 0; m <= KW; ++m) {
+      if (j >= n || (m < KW && m < KW - K)) continue;  // uniform over the block
+      red[threadIdx.y][threadIdx.x] = m == KW ? db[j] : dw[j][m];
+      __syncthreads();
+      if (threadIdx.y == 0 && wk.c < C) {
+        acc_t sum = 0;
+        for (int l = 0; l < kLanes; ++l) sum += red[l][threadIdx.x];
+        const int slot = m == KW ? K : m - (KW - K);
+        partial[((static_cast<int64_t>(blockIdx.y) * n + j) * C + wk.c) * (K + 1) + slot] = sum;
+      }
+      __syncthreads();
+    }
   }
-  out[K] = db;
 }
 
-// Time chunks per sample: enough (b, chunk, c) threads to fill the GPU, chunks of at least 16 steps.
+// Calls f(std::integral_constant<int, KW>{}, std::integral_constant<int, N>{}) with the smallest window width
+// KW ≥ K (4, 8 or 16) and N = 1 for one convolution, 4 (with the unused ones skipped) for two to four.
+template <typename F>
+void with_shape(int K, int n, F&& f) {
+  const auto pick_n = [&](auto kw) {
+    if (n == 1)
+      f(kw, std::integral_constant<int, 1>{});
+    else
+      f(kw, std::integral_constant<int, kMaxConvs>{});
+  };
+  if (K <= 4)
+    pick_n(std::integral_constant<int, 4>{});
+  else if (K <= 8)
+    pick_n(std::integral_constant<int, 8>{});
+  else
+    pick_n(std::integral_constant<int, 16>{});
+}
+
+// Time chunks per sample: enough (sample, chunk, channel) threads to fill the GPU twice over, chunks of at
+// least 16 steps, within the grid's limit on blockIdx.y (sample groups × chunks).
 int chunks_for(int64_t B, int64_t T, int64_t C, const torch::Device& device) {
   int sms = 0, per_sm = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device.index()));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxThreadsPerMultiProcessor, device.index()));
-  const int64_t want = (static_cast<int64_t>(sms) * per_sm + B * C - 1) / std::max<int64_t>(1, B * C);
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({want, T / 16, 65535 / std::max<int64_t>(1, B)})));
+  const int64_t groups = (B + kLanes - 1) / kLanes;
+  const int64_t want = (2 * static_cast<int64_t>(sms) * per_sm + B * C - 1) / std::max<int64_t>(1, B * C);
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({want, T / 16, 65535 / std::max<int64_t>(1, groups)})));
 }
 
-// Calls f(std::integral_constant<int, KW>) with the smallest window width ≥ K.
-template <typename F>
-void with_window(int K, F&& f) {
-  if (K <= 4)
-    f(std::integral_constant<int, 4>{});
-  else if (K <= 8)
-    f(std::integral_constant<int, 8>{});
-  else
-    f(std::integral_constant<int, 16>{});
-}
-
-void check_cuda(const char* fn, const torch::Tensor& x, const torch::Tensor& weight) {
-  TORCH_CHECK(x.is_cuda() && x.is_contiguous() && weight.is_contiguous() && x.dim() == 3, fn,
-              ": x must be a contiguous CUDA (B, T, C) tensor and weight contiguous");
-  TORCH_CHECK(weight.size(-1) >= 1 && weight.size(-1) <= kMaxK, fn, ": kernel size must be in [1, ", kMaxK, "], got ",
-              weight.size(-1));
-  TORCH_CHECK(x.size(1) < (int64_t{1} << 31) && x.size(2) < (int64_t{1} << 31) && x.size(0) <= 65535, fn,
-              ": input ", x.sizes(), " is too large for the kernels (at most 65535 samples, 2^31 steps and channels)");
+// x (B, T, C) contiguous CUDA; weight (n, C, K) contiguous, 1 ≤ n ≤ 4, 1 ≤ K ≤ 16; bias (n, C) or undefined.
+void check_cuda(const char* fn, const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
+  TORCH_CHECK(x.is_cuda() && x.is_contiguous() && x.dim() == 3, fn, ": x must be a contiguous CUDA (B, T, C) tensor");
+  TORCH_CHECK(weight.dim() == 3 && weight.is_contiguous() && weight.size(1) == x.size(2) && weight.size(0) >= 1 &&
+                  weight.size(0) <= kMaxConvs,
+              fn, ": weight must be a contiguous (n, C, K) tensor with 1 ≤ n ≤ ", kMaxConvs, " and C = ", x.size(2),
+              ", got ", weight.sizes());
+  TORCH_CHECK(weight.size(2) >= 1 && weight.size(2) <= kMaxK, fn, ": kernel size must be in [1, ", kMaxK, "], got ",
+              weight.size(2));
+  TORCH_CHECK(!bias.defined() || (bias.is_contiguous() && bias.dim() == 2 && bias.size(0) == weight.size(0) &&
+                                  bias.size(1) == x.size(2)),
+              fn, ": bias must be a contiguous (n, C) tensor, got ", bias.sizes());
+  TORCH_CHECK(x.size(1) < (int64_t{1} << 30) && x.size(2) < (int64_t{1} << 30) && x.size(0) <= 65535 * kLanes, fn,
+              ": input ", x.sizes(), " is too large for the kernels (at most ", 65535 * kLanes,
+              " samples, 2^30 steps and channels)");
 }
 
 }  // namespace
 
-torch::Tensor causal_conv1d_fwd_cuda(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
-                                     bool silu) {
-  check_cuda("causal_conv1d_fwd_cuda", x, weight);
+std::vector<torch::Tensor> causal_conv1d_multi_fwd_cuda(const torch::Tensor& x, const torch::Tensor& weight,
+                                                        const torch::Tensor& bias, bool silu) {
+  check_cuda("causal_conv1d_multi_fwd_cuda", x, weight, bias);
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t B = x.size(0), T = x.size(1), C = x.size(2);
-  const int K = static_cast<int>(weight.size(-1));
-  torch::Tensor y = torch::empty_like(x);
-  if (y.numel() == 0) return y;
+  const int K = static_cast<int>(weight.size(2)), n = static_cast<int>(weight.size(0));
+  std::vector<torch::Tensor> ys;
+  for (int j = 0; j < n; ++j) ys.push_back(torch::empty_like(x));
+  if (x.numel() == 0) return ys;
   const int NC = chunks_for(B, T, C, x.device());
   const int L = static_cast<int>((T + NC - 1) / NC);
-  const dim3 grid(static_cast<unsigned>((C + kThreads - 1) / kThreads), static_cast<unsigned>(B * NC));
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "causal_conv1d_fwd_cuda", [&] {
-    with_window(K, [&](auto kw) {
-      conv_fwd_kernel<scalar_t, decltype(kw)::value><<<grid, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-          x.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(), bias.defined() ? bias.data_ptr<scalar_t>() : nullptr,
-          y.data_ptr<scalar_t>(), static_cast<int>(T), static_cast<int>(C), K, NC, L, silu);
+  const dim3 block(kChannels, kLanes);
+  const dim3 grid(static_cast<unsigned>((C + kChannels - 1) / kChannels),
+                  static_cast<unsigned>((B + kLanes - 1) / kLanes * NC));
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "causal_conv1d_multi_fwd_cuda", [&] {
+    Outs<scalar_t> out{};
+    for (int j = 0; j < n; ++j) out.p[j] = ys[j].data_ptr<scalar_t>();
+    with_shape(K, n, [&](auto kw, auto nn) {
+      conv_fwd_kernel<scalar_t, decltype(kw)::value, decltype(nn)::value>
+          <<<grid, block, 0, c10::cuda::getCurrentCUDAStream()>>>(
+              x.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(),
+              bias.defined() ? bias.data_ptr<scalar_t>() : nullptr, out, static_cast<int>(B), static_cast<int>(T),
+              static_cast<int>(C), K, n, NC, L, silu);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
-  return y;
+  return ys;
+}
+
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> causal_conv1d_multi_bwd_cuda(
+    const std::vector<torch::Tensor>& grads, const torch::Tensor& x, const torch::Tensor& weight,
+    const torch::Tensor& bias, bool silu) {
+  check_cuda("causal_conv1d_multi_bwd_cuda", x, weight, bias);
+  const int64_t B = x.size(0), T = x.size(1), C = x.size(2);
+  const int K = static_cast<int>(weight.size(2)), n = static_cast<int>(weight.size(0));
+  TORCH_CHECK(static_cast<int>(grads.size()) == n, "causal_conv1d_multi_bwd_cuda: ", n, " convolutions but ",
+              grads.size(), " gradients");
+  for (const auto& g : grads) {
+    TORCH_CHECK(g.is_contiguous() && g.sizes() == x.sizes() && g.scalar_type() == x.scalar_type() &&
+                    g.device() == x.device(),
+                "causal_conv1d_multi_bwd_cuda: every gradient must be contiguous, ", x.sizes(), ", ",
+                x.scalar_type(), " on ", x.device(), "; got ", g.sizes(), " ", g.scalar_type(), " on ", g.device());
+  }
+  const c10::cuda::CUDAGuard guard(x.device());
+  torch::Tensor dx = torch::empty_like(x);
+  const auto acc_dtype = x.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+  const dim3 block(kChannels, kLanes);
+  const int NC = x.numel() == 0 ? 1 : chunks_for(B, T, C, x.device());
+  const int L = static_cast<int>((T + NC - 1) / NC);
+  const unsigned gy = static_cast<unsigned>((B + kLanes - 1) / kLanes * NC);
+  // Every block writes all its partials, so no zero fill is needed (empty inputs: see below).
+  torch::Tensor partial = x.numel() > 0 ? torch::empty({static_cast<int64_t>(gy), n, C, K + 1}, x.options().dtype(acc_dtype))
+                                        : torch::zeros({static_cast<int64_t>(gy), n, C, K + 1}, x.options().dtype(acc_dtype));
+  if (x.numel() > 0) {
+    const dim3 grid(static_cast<unsigned>((C + kChannels - 1) / kChannels), gy);
+    AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "causal_conv1d_multi_bwd_cuda", [&] {
+      Ins<scalar_t> in{};
+      for (int j = 0; j < n; ++j) in.p[j] = grads[j].data_ptr<scalar_t>();
+      with_shape(K, n, [&](auto kw, auto nn) {
+        constexpr int kN = decltype(nn)::value;
+        conv_bwd_kernel<scalar_t, decltype(kw)::value, kN, kN == 1 ? 1 : 3>
+            <<<grid, block, 0, c10::cuda::getCurrentCUDAStream()>>>(
+                in, x.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(),
+                bias.defined() ? bias.data_ptr<scalar_t>() : nullptr, dx.data_ptr<scalar_t>(),
+                partial.data_ptr<detail::conv1d_acc_t<scalar_t>>(), static_cast<int>(B), static_cast<int>(T),
+                static_cast<int>(C), K, n, NC, L, silu);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+    });
+  }
+  const torch::Tensor sums = partial.sum(0);  // (n, C, K + 1), a fixed reduction order
+  torch::Tensor dw = sums.narrow(2, 0, K).to(x.scalar_type()).contiguous();
+  torch::Tensor db = bias.defined() ? sums.select(2, K).to(x.scalar_type()).contiguous() : torch::Tensor();
+  return {dx, dw, db};
+}
+
+torch::Tensor causal_conv1d_fwd_cuda(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
+                                     bool silu) {
+  TORCH_CHECK(weight.size(-1) >= 1 && weight.size(-1) <= kMaxK, "causal_conv1d_fwd_cuda: kernel size must be in [1, ",
+              kMaxK, "], got ", weight.size(-1));
+  TORCH_CHECK(x.dim() == 3, "causal_conv1d_fwd_cuda: x must be (B, T, C), got ", x.sizes());
+  const int64_t C = x.size(2);
+  return causal_conv1d_multi_fwd_cuda(x, weight.reshape({1, C, weight.size(-1)}),
+                                      bias.defined() ? bias.reshape({1, C}) : bias, silu)[0];
 }
 
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> causal_conv1d_bwd_cuda(const torch::Tensor& grad,
                                                                                const torch::Tensor& x,
                                                                                const torch::Tensor& weight,
                                                                                const torch::Tensor& bias, bool silu) {
-  check_cuda("causal_conv1d_bwd_cuda", x, weight);
-  TORCH_CHECK(grad.is_contiguous() && grad.sizes() == x.sizes(), "causal_conv1d_bwd_cuda: grad must be contiguous ",
-              x.sizes());
-  const c10::cuda::CUDAGuard guard(x.device());
-  const int64_t B = x.size(0), T = x.size(1), C = x.size(2);
-  const int K = static_cast<int>(weight.size(-1));
-  torch::Tensor dx = torch::empty_like(x);
-  const auto acc_dtype = x.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
-  const int NC = x.numel() == 0 ? 1 : chunks_for(B, T, C, x.device());
-  const int L = static_cast<int>((T + NC - 1) / NC);
-  // Every (b, chunk, c) thread writes its K + 1 partials, so no zero fill is needed (empty inputs: see below).
-  torch::Tensor partial = x.numel() > 0 ? torch::empty({B * NC, C, K + 1}, x.options().dtype(acc_dtype))
-                                        : torch::zeros({B * NC, C, K + 1}, x.options().dtype(acc_dtype));
-  if (x.numel() > 0) {
-    const dim3 grid(static_cast<unsigned>((C + kThreads - 1) / kThreads), static_cast<unsigned>(B * NC));
-    AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "causal_conv1d_bwd_cuda", [&] {
-      with_window(K, [&](auto kw) {
-        conv_bwd_kernel<scalar_t, decltype(kw)::value><<<grid, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-            grad.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(),
-            bias.defined() ? bias.data_ptr<scalar_t>() : nullptr, dx.data_ptr<scalar_t>(),
-            partial.data_ptr<detail::conv1d_acc_t<scalar_t>>(), static_cast<int>(T), static_cast<int>(C), K, NC, L,
-            silu);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      });
-    });
-  }
-  const torch::Tensor sums = partial.sum(0);  // (C, K + 1), a fixed reduction order
-  torch::Tensor dw = sums.narrow(1, 0, K).to(x.scalar_type()).reshape(weight.sizes());
-  torch::Tensor db = bias.defined() ? sums.select(1, K).to(x.scalar_type()).contiguous() : torch::Tensor();
-  return {dx, dw, db};
+  TORCH_CHECK(weight.size(-1) >= 1 && weight.size(-1) <= kMaxK, "causal_conv1d_bwd_cuda: kernel size must be in [1, ",
+              kMaxK, "], got ", weight.size(-1));
+  TORCH_CHECK(x.dim() == 3, "causal_conv1d_bwd_cuda: x must be (B, T, C), got ", x.sizes());
+  const int64_t C = x.size(2);
+  auto [dx, dw, db] = causal_conv1d_multi_bwd_cuda({grad}, x, weight.reshape({1, C, weight.size(-1)}),
+                                                   bias.defined() ? bias.reshape({1, C}) : bias, silu);
+  return {dx, dw.reshape(weight.sizes()), db.defined() ? db.reshape({C}) : db};
 }
 
 }  // namespace fprnn::ops

@@ -38,8 +38,11 @@ __device__ __forceinline__ float activate(float x, int ac) {
   return x;
 }
 
-// max that keeps a NaN (fmaxf drops it), so a NaN iterate reaches the residual and stops the solver.
-__device__ __forceinline__ float nan_max(float a, float b) { return (a != a) ? a : ((b != b) ? b : fmaxf(a, b)); }
+// The residual maxima are taken over non-negative floats (|·|), whose bit patterns order like the values as
+// unsigned integers, with a NaN (positive after fabsf) above +inf: an integer maximum keeps a NaN (fmaxf would
+// drop it), so a NaN iterate reaches the residual and stops the solver. As integers a warp reduces them in one
+// redux.sync instead of five shuffle-and-compare rounds.
+__device__ __forceinline__ unsigned abs_bits(float v) { return __float_as_uint(fabsf(v)); }
 
 // Block-wide sums of two values; every thread receives both. `scratch` holds 2 × 64 floats used alternately
 // by consecutive calls (`parity`: the call's count mod 2), so one barrier per call suffices: a buffer is written
@@ -58,6 +61,25 @@ __device__ __forceinline__ float2 block_sum2(float a, float b, float* scratch, i
   }
   __syncthreads();
   float ra = 0.0f, rb = 0.0f;
+  if (warps == kThreads / 32) {
+    // The usual block: the partial sums read four at a time (a quarter of the shared-memory loads), added in
+    // the same order as the loop below.
+    static_assert(kThreads % 128 == 0, "block_sum2 reads the warps' sums in groups of four");
+#pragma unroll
+    for (int w = 0; w < kThreads / 32; w += 4) {
+      const float4 pa = *reinterpret_cast<const float4*>(buf + w);
+      const float4 pb = *reinterpret_cast<const float4*>(buf + 32 + w);
+      ra += pa.x;
+      ra += pa.y;
+      ra += pa.z;
+      ra += pa.w;
+      rb += pb.x;
+      rb += pb.y;
+      rb += pb.z;
+      rb += pb.w;
+    }
+    return make_float2(ra, rb);
+  }
   for (int w = 0; w < warps; ++w) {
     ra += buf[w];
     rb += buf[32 + w];
@@ -75,7 +97,7 @@ __global__ void fp_mix_kernel(const zt* __restrict__ z, const zt* __restrict__ b
   extern __shared__ float smem[];
   float* w = smem;
   float* delta = smem + D;
-  __shared__ float scratch[128];
+  __shared__ __align__(16) float scratch[128];
   const int64_t n = blockIdx.x;
   const int64_t t = n % T;
   const zt* bn = base + n * ld;
@@ -159,24 +181,22 @@ __global__ void fp_scan_output_kernel(const float* __restrict__ v, const lam_t* 
   float state = (live && carry_in != nullptr) ? carry_in[bk * D + d] : 0.0f;
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t i = (b * T + t) * D + d;
-    float dev = 0.0f, mag = 0.0f;
+    unsigned dev = 0, mag = 0;  // |·| as bits (abs_bits)
     if (live) {
       state = static_cast<float>(lambda[i]) * state + v[i];
       const float old = h[i];
       const float out = s_b == 1.0f ? state : s_b * state + (1.0f - s_b) * old;
       y[i] = out;
       if (y_lowp != nullptr) y_lowp[i] = static_cast<lt>(out);
-      dev = fabsf(state - old);
-      mag = fabsf(state);
+      dev = abs_bits(state - old);
+      mag = abs_bits(state);
     }
-    for (int o = 16; o > 0; o >>= 1) {
-      dev = nan_max(dev, __shfl_xor_sync(0xffffffffu, dev, o));
-      mag = nan_max(mag, __shfl_xor_sync(0xffffffffu, mag, o));
-    }
+    dev = __reduce_max_sync(0xffffffffu, dev);
+    mag = __reduce_max_sync(0xffffffffu, mag);
     if ((threadIdx.x & 31) == 0) {
       // Non-negative floats order like their bit patterns; a NaN (positive bits) wins the maximum.
-      atomicMax(reinterpret_cast<int*>(diff) + b * T + t, __float_as_int(fabsf(dev)));
-      atomicMax(reinterpret_cast<int*>(ymax) + b * T + t, __float_as_int(fabsf(mag)));
+      atomicMax(reinterpret_cast<unsigned*>(diff) + b * T + t, dev);
+      atomicMax(reinterpret_cast<unsigned*>(ymax) + b * T + t, mag);
     }
   }
 }
@@ -193,7 +213,7 @@ __global__ void fp_scan_output_kernel(const float* __restrict__ v, const lam_t* 
 template <typename zt, typename lt, int CPT>
 __device__ __forceinline__ void mixscan_token(const float* hn, const zt* bxn, const zt* ln, const zt* bn,
                                               const zt* zp, float (&state)[CPT], float s_b, float* __restrict__ yn,
-                                              lt* __restrict__ yln, int* diff_n, int* ymax_n, int64_t D, int r,
+                                              lt* __restrict__ yln, unsigned* diff_n, unsigned* ymax_n, int64_t D, int r,
                                               int ac, float eps, bool sum_form, float* scratch, int& reductions) {
   // raw[b, t] = base[b, t] + z[b, t − 1], as fp_mix_kernel forms it.
   auto raw = [&](int64_t j) { return static_cast<float>(bn[j]) + (zp != nullptr ? static_cast<float>(zp[j]) : 0.0f); };
@@ -225,7 +245,7 @@ __device__ __forceinline__ void mixscan_token(const float* hn, const zt* bxn, co
 #pragma unroll
     for (int j = 0; j < CPT; ++j) w[j] += c * a[j];
   }
-  float dev = 0.0f, mag = 0.0f;
+  unsigned dev = 0, mag = 0;  // |·| as bits (abs_bits)
 #pragma unroll
   for (int j = 0; j < CPT; ++j) {
     const int64_t d = threadIdx.x + static_cast<int64_t>(j) * kThreads;
@@ -237,18 +257,16 @@ __device__ __forceinline__ void mixscan_token(const float* hn, const zt* bxn, co
       const float out = s_b == 1.0f ? state[j] : s_b * state[j] + (1.0f - s_b) * old;
       yn[d] = out;
       if (yln != nullptr) yln[d] = static_cast<lt>(out);
-      dev = nan_max(dev, fabsf(state[j] - old));
-      mag = nan_max(mag, fabsf(state[j]));
+      dev = max(dev, abs_bits(state[j] - old));
+      mag = max(mag, abs_bits(state[j]));
     }
   }
-  for (int o = 16; o > 0; o >>= 1) {
-    dev = nan_max(dev, __shfl_xor_sync(0xffffffffu, dev, o));
-    mag = nan_max(mag, __shfl_xor_sync(0xffffffffu, mag, o));
-  }
+  dev = __reduce_max_sync(0xffffffffu, dev);
+  mag = __reduce_max_sync(0xffffffffu, mag);
   if ((threadIdx.x & 31) == 0) {
     // Non-negative floats order like their bit patterns; a NaN (positive bits) wins the maximum.
-    atomicMax(diff_n, __float_as_int(fabsf(dev)));
-    atomicMax(ymax_n, __float_as_int(fabsf(mag)));
+    atomicMax(diff_n, dev);
+    atomicMax(ymax_n, mag);
   }
 }
 
@@ -260,7 +278,7 @@ __global__ void __launch_bounds__(kThreads) fp_mixscan_kernel(
     float* __restrict__ diff, float* __restrict__ ymax, int64_t T, int64_t D, int64_t ld, int r, int ac, float eps,
     bool sum_form, const int64_t* __restrict__ counters) {
   if (counters[1] == 0) return;
-  __shared__ float scratch[128];
+  __shared__ __align__(16) float scratch[128];
   int reductions = 0;
   const int64_t b = blockIdx.x;
   const float s_b = static_cast<float>(stepsize[b]);
@@ -271,7 +289,7 @@ __global__ void __launch_bounds__(kThreads) fp_mixscan_kernel(
     const int64_t n = b * T + t;
     mixscan_token<zt, lt, CPT>(h + n * D, bx + n * D, lambda + n * D, base + n * ld, t > 0 ? z + (n - 1) * ld : nullptr,
                                state, s_b, y + n * D, y_lowp != nullptr ? y_lowp + n * D : nullptr,
-                               reinterpret_cast<int*>(diff) + n, reinterpret_cast<int*>(ymax) + n, D, r, ac, eps,
+                               reinterpret_cast<unsigned*>(diff) + n, reinterpret_cast<unsigned*>(ymax) + n, D, r, ac, eps,
                                sum_form, scratch, reductions);
   }
 }
@@ -316,7 +334,7 @@ __global__ void __launch_bounds__(kThreads) fp_mixscan_staged_kernel(
     float eps, bool sum_form, const int64_t* __restrict__ counters) {
   if (counters[1] == 0) return;
   extern __shared__ __align__(16) char stage_mem[];
-  __shared__ float scratch[128];
+  __shared__ __align__(16) float scratch[128];
   int reductions = 0;
   const StageLayout L(D, rows8, sizeof(zt));
   const int64_t b = blockIdx.x;
@@ -347,8 +365,8 @@ __global__ void __launch_bounds__(kThreads) fp_mixscan_staged_kernel(
     mixscan_token<zt, lt, CPT>(reinterpret_cast<const float*>(st + L.h), reinterpret_cast<const zt*>(st + L.bx),
                                reinterpret_cast<const zt*>(st + L.lam), reinterpret_cast<const zt*>(st + L.base),
                                t > 0 ? reinterpret_cast<const zt*>(st + L.z) : nullptr, state, s_b, y + n * D,
-                               y_lowp != nullptr ? y_lowp + n * D : nullptr, reinterpret_cast<int*>(diff) + n,
-                               reinterpret_cast<int*>(ymax) + n, D, r, ac, eps, sum_form, scratch, reductions);
+                               y_lowp != nullptr ? y_lowp + n * D : nullptr, reinterpret_cast<unsigned*>(diff) + n,
+                               reinterpret_cast<unsigned*>(ymax) + n, D, r, ac, eps, sum_form, scratch, reductions);
   }
 }
 
