@@ -392,6 +392,81 @@ TEST(FpStepCuda, MixScanKernelMatchesTheTwoKernels) {
   Tensor yw = wide.clone();
   EXPECT_THROW(ops::fp_mixscan_cuda(zw, zw, wide, wide, wide, yw, 1, "silu", 1e-6, false, sw), c10::Error);
 }
+// The mix + scan kernel with the controller folded in against the kernel followed by fp_controller_cuda, over
+// several iterations of the solve (h ← y): the same iterates, the same per-sample state and counters bit for
+// bit, the residual scratch zeroed and the ticket reset after every call. Cases: a sample's NaN iterate, step
+// sizes that decay, a stop by the threshold and one by max_iter (after which both write nothing), more blocks
+// than fit on the GPU at once, and rows that are not 16-byte aligned (the kernel without staging).
+TEST(FpStepCuda, MixScanWithFusedControlMatchesTheController) {
+  FPRNN_REQUIRE_GPU();
+  const auto f32 = torch::TensorOptions().dtype(torch::kFloat32).device(torch::kCUDA);
+  struct Case {
+    int64_t B, T, D, r;
+    double threshold;
+    int64_t max_iter;
+    bool nan, misaligned;
+  };
+  for (const Case cs : {Case{3, 19, 300, 1, 1e-12, 6, false, false}, Case{5, 7, 24, 2, 1e-12, 100, true, false},
+                        Case{600, 5, 1024, 1, 1e-12, 4, false, false}, Case{4, 9, 1024, 1, 1e-12, 5, false, true},
+                        Case{6, 11, 256, 1, 10.0, 100, false, false}}) {
+    for (auto dtype : {torch::kFloat32, torch::kBFloat16}) {
+      const int64_t B = cs.B, T = cs.T, D = cs.D, r = cs.r, rows = r * D + r, ld = (rows + 7) / 8 * 8;
+      const std::string what = "B " + std::to_string(B) + " T " + std::to_string(T) + " D " + std::to_string(D) +
+                               " r " + std::to_string(r) + " threshold " + std::to_string(cs.threshold) + " " +
+                               dtype_name(dtype);
+      const auto place = [&](const Tensor& t) {  // same values; one element past a 16-byte boundary if asked
+        if (!cs.misaligned) return t;
+        Tensor buf = torch::empty({t.numel() + 8}, t.options());
+        Tensor view = buf.narrow(0, 1, t.numel()).view(t.sizes());
+        view.copy_(t);
+        return view;
+      };
+      const Tensor z = place((0.3 * randn({B * T, ld}, 60, torch::kFloat32)).cuda().to(dtype));
+      const Tensor base = place((0.3 * randn({B * T, ld}, 61, torch::kFloat32)).cuda().to(dtype));
+      const Tensor bx = place(randn({B, T, D}, 62, torch::kFloat32).cuda().to(dtype));
+      const Tensor lambda = place(torch::sigmoid(randn({B, T, D}, 63, torch::kFloat32)).cuda().to(dtype));
+      ops::DeviceSolverOptions opt;
+      opt.max_iter = cs.max_iter;
+      opt.threshold = cs.threshold;
+      opt.stepsize = 0.9;
+      opt.stepsize_decay = 0.5;
+      opt.decay_patience = 2;
+      opt.stepsize_thresh = 1e-3;
+      auto sa = ops::make_device_solver_state(B, T, opt, torch::kCUDA);
+      auto sb = ops::make_device_solver_state(B, T, opt, torch::kCUDA);
+      Tensor h0 = randn({B, T, D}, 64, torch::kFloat32).cuda();
+      if (cs.nan) h0[1][2][3] = std::numeric_limits<float>::quiet_NaN();
+      Tensor ha = place(h0), hb = place(h0.clone());
+      Tensor ya = place(torch::zeros({B, T, D}, f32)), yb = place(torch::zeros({B, T, D}, f32));
+      const auto same = [](const Tensor& a, const Tensor& b) {  // equal, NaN where the other is NaN
+        const Tensor x = a.cpu(), y = b.cpu();
+        return torch::equal(torch::isnan(x), torch::isnan(y)) &&
+               torch::equal(torch::nan_to_num(x, 0.0), torch::nan_to_num(y, 0.0));
+      };
+      for (int it = 0; it < 8; ++it) {
+        const std::string at = what + ", call " + std::to_string(it + 1);
+        ops::fp_mixscan_cuda(z, base, bx, ha, lambda, ya, r, "silu", 1e-6, false, sa);
+        ops::fp_controller_cuda(sa, opt);
+        ops::fp_mixscan_cuda(z, base, bx, hb, lambda, yb, r, "silu", 1e-6, false, sb, nullptr, &opt);
+        EXPECT_TRUE(same(ya, yb)) << "iterate, " << at;
+        EXPECT_TRUE(same(sa.best, sb.best)) << "best, " << at;
+        EXPECT_TRUE(same(sa.last, sb.last)) << "last, " << at;
+        EXPECT_TRUE(same(sa.stepsize, sb.stepsize)) << "step sizes, " << at;
+        EXPECT_TRUE(torch::equal(sa.patience.cpu(), sb.patience.cpu())) << "patience, " << at;
+        EXPECT_TRUE(torch::equal(sa.counters.cpu(), sb.counters.cpu())) << "counters, " << at;
+        EXPECT_EQ(sb.counters[2].item<int64_t>(), 0) << "ticket not reset, " << at;
+        EXPECT_EQ(sb.diff.abs().max().item<float>(), 0.0f) << "scratch not zeroed, " << at;
+        EXPECT_EQ(sb.ymax.abs().max().item<float>(), 0.0f) << "scratch not zeroed, " << at;
+        std::swap(ha, ya);
+        std::swap(hb, yb);
+      }
+      const Tensor c = sb.counters.cpu();
+      EXPECT_EQ(c[1].item<int64_t>(), 0) << "the solve never stopped, " << what;
+      if (cs.threshold > 1.0) EXPECT_LT(c[0].item<int64_t>(), cs.max_iter) << "not stopped by the threshold, " << what;
+      if (cs.nan) EXPECT_TRUE(std::isnan(sb.best[1].item<double>())) << "NaN did not reach best, " << what;
+    }
+  }
+}
 #endif
 
 // The fused Kronecker op: CUDA kernels against the CPU kernels (which test_kronecker.cpp checks against the

@@ -26,7 +26,7 @@ namespace fprnn::ops {
 struct DeviceSolverState {
   torch::Tensor best, last, stepsize;  // (B) float64
   torch::Tensor patience;              // (B) int64
-  torch::Tensor counters;              // (2) int64: [iterations, active]
+  torch::Tensor counters;              // (3) int64: [iterations, active, blocks done (fused control's ticket)]
   torch::Tensor diff, ymax;            // (B, T) float32 scratch, zero between iterations
 };
 
@@ -53,9 +53,14 @@ void fp_scan_cuda(const torch::Tensor& v, const torch::Tensor& lambda, const tor
 // fp_mix_cuda and then fp_scan_cuda in one kernel (one block per sample, the scan input kept in registers),
 // with the same arithmetic: y, y_lowp and the residual maxima as the two calls give them, where
 // fp_mixscan_fits(B, T, D, device) (the scan would not be chunked, D ≤ 2048).
+// With `control`, the kernel also does fp_controller_cuda's work for these options (no separate launch): each
+// block turns its sample's residual rows into r_b, zeroes them and updates the sample's state, and the block
+// that finishes last decides the continue test for the whole batch. The state afterwards is the one
+// fp_mixscan_cuda without `control` followed by fp_controller_cuda leaves (tested).
 void fp_mixscan_cuda(const torch::Tensor& z, const torch::Tensor& base, const torch::Tensor& bx, const torch::Tensor& h,
                      const torch::Tensor& lambda, torch::Tensor& y, int64_t rank, const std::string& mixer_ac, double eps,
-                     bool sum_form, const DeviceSolverState& state, torch::Tensor* y_lowp = nullptr);
+                     bool sum_form, const DeviceSolverState& state, torch::Tensor* y_lowp = nullptr,
+                     const DeviceSolverOptions* control = nullptr);
 bool fp_mixscan_fits(int64_t B, int64_t T, int64_t D, const torch::Device& device);
 
 // Records the residual of the step just taken and evaluates the continue test for the next one (one block;

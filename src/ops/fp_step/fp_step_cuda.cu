@@ -201,6 +201,174 @@ __global__ void fp_scan_output_kernel(const float* __restrict__ v, const lam_t* 
   }
 }
 
+// What the continue test needs to know of `best` (B values ≥ 0, +inf or NaN), gathered by one block reduction
+// instead of a sort: how many are numbers (not NaN), finite, below the threshold; the largest value below the
+// threshold and the smallest number at or above it; and the largest step size.
+struct QuantileFacts {
+  int numbers, finite, below;
+  double max_below, min_above, max_step;
+};
+
+// The continue test's quantile condition, `quantile(best, q) ≥ threshold` with the linear-interpolation
+// quantile of solver::quantile (NaN sorted last; a NaN in the interpolation, or ∞ − ∞, gives NaN, which fails),
+// decided exactly from the facts above. With v the values sorted (numbers ascending, then the NaNs),
+// lo = ⌊q(B − 1)⌋, hi = ⌈q(B − 1)⌉, a = v[lo], b = v[hi]:
+//   * v[hi] is NaN (hi ≥ numbers): the quantile is NaN → false;
+//   * lo = hi: the quantile is a, and a ≥ threshold ⇔ fewer than lo + 1 values lie below it;
+//   * below > hi: a ≤ b < threshold, and so is every value between them → false;
+//   * below = hi: a is the largest value below the threshold, b the smallest at or above it: the
+//     interpolation itself, on those two values;
+//   * below ≤ lo: threshold ≤ a ≤ b, so the interpolation is ≥ threshold unless it is NaN, which happens only
+//     for a finite a and b = +∞ with the weight ≥ 0.5 (∞ − (1 − w)·∞), i.e. when exactly hi values are finite.
+__device__ bool quantile_at_least(const QuantileFacts& f, int64_t B, double quantile, double threshold) {
+  const double pos = quantile * static_cast<double>(B - 1);
+  const int64_t lo = static_cast<int64_t>(floor(pos)), hi = static_cast<int64_t>(ceil(pos));
+  if (hi >= f.numbers) return false;
+  if (lo == hi) return f.below <= lo;
+  const double wgt = pos - static_cast<double>(lo);
+  if (f.below > hi) return false;
+  if (f.below == hi) {
+    const double a = f.max_below, b = f.min_above;  // a < threshold ≤ b, so a ≠ b
+    const double q = wgt < 0.5 ? a + wgt * (b - a) : b - (1.0 - wgt) * (b - a);
+    return q >= threshold;
+  }
+  return !(f.finite == hi && wgt >= 0.5);
+}
+
+// The per-sample part of the controller (spec §8) for the residual r (r_b of the step just taken), from the
+// sample's state before it: best = min(best, r) with NaN poisoning, patience counted down (reset on an
+// improvement), the step size decayed when patience runs out. Writes the new state; returns best and step size.
+struct SampleState {
+  double best, step;
+};
+__device__ __forceinline__ SampleState update_sample(int64_t b, double r, double old_best, double old_step,
+                                                     int64_t old_patience, double* best, double* last,
+                                                     double* stepsize, int64_t* patience, int64_t decay_patience,
+                                                     double decay) {
+  const bool improved = r < old_best;
+  double nb = old_best;
+  if (improved || isnan(r)) nb = r;  // torch.minimum semantics: NaN poisons the sample
+  best[b] = nb;
+  int64_t p = improved ? decay_patience : old_patience - 1;
+  double s = old_step;
+  if (p == 0) {
+    p += decay_patience;
+    s *= decay;
+    stepsize[b] = s;
+  }
+  patience[b] = p;
+  last[b] = r;
+  return {nb, s};
+}
+
+// One sample's contribution to the facts.
+__device__ __forceinline__ void add_fact(QuantileFacts& f, double nb, double s, double threshold) {
+  f.max_step = fmax(f.max_step, s);
+  if (!isnan(nb)) {
+    ++f.numbers;
+    if (!isinf(nb)) ++f.finite;
+    if (nb < threshold) {
+      ++f.below;
+      f.max_below = fmax(f.max_below, nb);
+    } else {
+      f.min_above = fmin(f.min_above, nb);
+    }
+  }
+}
+
+// The block's facts combined (warp shuffles, then `warp_facts`, 32 in shared memory); thread 0 gets them.
+__device__ QuantileFacts block_facts(QuantileFacts f, QuantileFacts* warp_facts) {
+  for (int o = 16; o > 0; o >>= 1) {
+    f.numbers += __shfl_xor_sync(0xffffffffu, f.numbers, o);
+    f.finite += __shfl_xor_sync(0xffffffffu, f.finite, o);
+    f.below += __shfl_xor_sync(0xffffffffu, f.below, o);
+    f.max_below = fmax(f.max_below, __shfl_xor_sync(0xffffffffu, f.max_below, o));
+    f.min_above = fmin(f.min_above, __shfl_xor_sync(0xffffffffu, f.min_above, o));
+    f.max_step = fmax(f.max_step, __shfl_xor_sync(0xffffffffu, f.max_step, o));
+  }
+  if ((threadIdx.x & 31) == 0) warp_facts[threadIdx.x >> 5] = f;
+  __syncthreads();
+  QuantileFacts all = warp_facts[0];
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < static_cast<int>((blockDim.x + 31) / 32); ++w) {
+      const QuantileFacts& g = warp_facts[w];
+      all.numbers += g.numbers;
+      all.finite += g.finite;
+      all.below += g.below;
+      all.max_below = fmax(all.max_below, g.max_below);
+      all.min_above = fmin(all.min_above, g.min_above);
+      all.max_step = fmax(all.max_step, g.max_step);
+    }
+  }
+  return all;
+}
+
+// Counts the iteration and writes the continue test for the next one into counters[1] (thread 0 only).
+__device__ __forceinline__ void finish_iteration(const QuantileFacts& all, int64_t* counters, int64_t B,
+                                                 double quantile, double threshold, double stepsize_thresh,
+                                                 int64_t max_iter) {
+  const int64_t iter = counters[0] + 1;
+  counters[0] = iter;
+  const bool go = iter < max_iter && quantile_at_least(all, B, quantile, threshold) && all.max_step >= stepsize_thresh;
+  counters[1] = go ? 1 : 0;
+}
+
+// The controller's work folded into the mix + scan kernel (fp_mixscan_cuda with `control`): `best` … `counters`
+// of the solver state and the options; counters[2] counts the blocks done this iteration.
+struct FusedControl {
+  double* best = nullptr;
+  double* last = nullptr;
+  double* stepsize = nullptr;
+  int64_t* patience = nullptr;
+  int64_t* counters = nullptr;
+  double eps = 0, decay = 1, threshold = 0, quantile = 1, stepsize_thresh = 0;
+  int64_t decay_patience = 1, max_iter = 1, B = 0;
+};
+
+// After the block's walk of sample b: r_b = max_t diff/(ymax + eps) from the rows its warps' atomics filled
+// (each row belongs to this block only), the rows zeroed for the next iteration, the sample's state updated
+// (update_sample), and, in the block that finishes last (a ticket in counters[2], taken after a fence that
+// publishes the sample's state), the facts of all B samples and the continue test, as fp_controller_kernel
+// would decide them. The last block resets the ticket.
+__device__ void fused_control(int64_t b, int64_t T, float* diff, float* ymax, const FusedControl& ctl) {
+  __shared__ double red[32];
+  __shared__ QuantileFacts warp_facts[32];
+  __shared__ bool is_last;
+  __syncthreads();  // every warp's atomics on this sample's rows are done and visible to the block
+  double r = 0.0;
+  for (int64_t t = threadIdx.x; t < T; t += blockDim.x) {
+    const int64_t i = b * T + t;
+    const double q = static_cast<double>(__ldcg(diff + i)) / (static_cast<double>(__ldcg(ymax + i)) + ctl.eps);
+    r = (q > r || isnan(q)) ? q : r;
+    diff[i] = 0.0f;
+    ymax[i] = 0.0f;
+  }
+  for (int o = 16; o > 0; o >>= 1) {  // the maximum, a NaN winning (as the controller's sequential loop)
+    const double x = __shfl_xor_sync(0xffffffffu, r, o);
+    r = (x > r || isnan(x)) ? x : r;
+  }
+  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = r;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < static_cast<int>((blockDim.x + 31) / 32); ++w) r = (red[w] > r || isnan(red[w])) ? red[w] : r;
+    update_sample(b, r, ctl.best[b], ctl.stepsize[b], ctl.patience[b], ctl.best, ctl.last, ctl.stepsize, ctl.patience,
+                  ctl.decay_patience, ctl.decay);
+    __threadfence();
+    const auto done = atomicAdd(reinterpret_cast<unsigned long long*>(ctl.counters + 2), 1ull);
+    is_last = done == static_cast<unsigned long long>(ctl.B - 1);
+  }
+  __syncthreads();
+  if (!is_last) return;
+  __threadfence();
+  QuantileFacts f{0, 0, 0, -INFINITY, INFINITY, 0.0};
+  for (int64_t s = threadIdx.x; s < ctl.B; s += blockDim.x) add_fact(f, __ldcg(ctl.best + s), __ldcg(ctl.stepsize + s), ctl.threshold);
+  const QuantileFacts all = block_facts(f, warp_facts);
+  if (threadIdx.x == 0) {
+    finish_iteration(all, ctl.counters, ctl.B, ctl.quantile, ctl.threshold, ctl.stepsize_thresh, ctl.max_iter);
+    ctl.counters[2] = 0;
+  }
+}
+
 // fp_mix_kernel and the unchunked fp_scan_output_kernel in one: one block of kThreads threads per sample b
 // walks its T tokens in order; thread k holds channels d = k + j·kThreads (j < CPT) of the mix in registers
 // and carries their scan state from token to token, so the float32 scan input never goes through memory.
@@ -276,7 +444,7 @@ __global__ void __launch_bounds__(kThreads) fp_mixscan_kernel(
     const zt* __restrict__ z, const zt* __restrict__ base, const zt* __restrict__ bx, const float* __restrict__ h,
     const zt* __restrict__ lambda, float* __restrict__ y, lt* __restrict__ y_lowp, const double* __restrict__ stepsize,
     float* __restrict__ diff, float* __restrict__ ymax, int64_t T, int64_t D, int64_t ld, int r, int ac, float eps,
-    bool sum_form, const int64_t* __restrict__ counters) {
+    bool sum_form, const int64_t* counters, FusedControl ctl) {
   if (counters[1] == 0) return;
   __shared__ __align__(16) float scratch[128];
   int reductions = 0;
@@ -292,6 +460,7 @@ __global__ void __launch_bounds__(kThreads) fp_mixscan_kernel(
                                reinterpret_cast<unsigned*>(diff) + n, reinterpret_cast<unsigned*>(ymax) + n, D, r, ac, eps,
                                sum_form, scratch, reductions);
   }
+  if (ctl.counters != nullptr) fused_control(b, T, diff, ymax, ctl);
 }
 
 // 16-byte asynchronous copies global → shared (sm_80+), by the whole block; a group is closed by
@@ -331,7 +500,7 @@ __global__ void __launch_bounds__(kThreads) fp_mixscan_staged_kernel(
     const zt* __restrict__ z, const zt* __restrict__ base, const zt* __restrict__ bx, const float* __restrict__ h,
     const zt* __restrict__ lambda, float* __restrict__ y, lt* __restrict__ y_lowp, const double* __restrict__ stepsize,
     float* __restrict__ diff, float* __restrict__ ymax, int64_t T, int64_t D, int64_t ld, int64_t rows8, int r, int ac,
-    float eps, bool sum_form, const int64_t* __restrict__ counters) {
+    float eps, bool sum_form, const int64_t* counters, FusedControl ctl) {
   if (counters[1] == 0) return;
   extern __shared__ __align__(16) char stage_mem[];
   __shared__ __align__(16) float scratch[128];
@@ -368,40 +537,7 @@ __global__ void __launch_bounds__(kThreads) fp_mixscan_staged_kernel(
                                y_lowp != nullptr ? y_lowp + n * D : nullptr, reinterpret_cast<unsigned*>(diff) + n,
                                reinterpret_cast<unsigned*>(ymax) + n, D, r, ac, eps, sum_form, scratch, reductions);
   }
-}
-
-// What the continue test needs to know of `best` (B values ≥ 0, +inf or NaN), gathered by one block reduction
-// instead of a sort: how many are numbers (not NaN), finite, below the threshold; the largest value below the
-// threshold and the smallest number at or above it; and the largest step size.
-struct QuantileFacts {
-  int numbers, finite, below;
-  double max_below, min_above, max_step;
-};
-
-// The continue test's quantile condition, `quantile(best, q) ≥ threshold` with the linear-interpolation
-// quantile of solver::quantile (NaN sorted last; a NaN in the interpolation, or ∞ − ∞, gives NaN, which fails),
-// decided exactly from the facts above. With v the values sorted (numbers ascending, then the NaNs),
-// lo = ⌊q(B − 1)⌋, hi = ⌈q(B − 1)⌉, a = v[lo], b = v[hi]:
-//   * v[hi] is NaN (hi ≥ numbers): the quantile is NaN → false;
-//   * lo = hi: the quantile is a, and a ≥ threshold ⇔ fewer than lo + 1 values lie below it;
-//   * below > hi: a ≤ b < threshold, and so is every value between them → false;
-//   * below = hi: a is the largest value below the threshold, b the smallest at or above it: the
-//     interpolation itself, on those two values;
-//   * below ≤ lo: threshold ≤ a ≤ b, so the interpolation is ≥ threshold unless it is NaN, which happens only
-//     for a finite a and b = +∞ with the weight ≥ 0.5 (∞ − (1 − w)·∞), i.e. when exactly hi values are finite.
-__device__ bool quantile_at_least(const QuantileFacts& f, int64_t B, double quantile, double threshold) {
-  const double pos = quantile * static_cast<double>(B - 1);
-  const int64_t lo = static_cast<int64_t>(floor(pos)), hi = static_cast<int64_t>(ceil(pos));
-  if (hi >= f.numbers) return false;
-  if (lo == hi) return f.below <= lo;
-  const double wgt = pos - static_cast<double>(lo);
-  if (f.below > hi) return false;
-  if (f.below == hi) {
-    const double a = f.max_below, b = f.min_above;  // a < threshold ≤ b, so a ≠ b
-    const double q = wgt < 0.5 ? a + wgt * (b - a) : b - (1.0 - wgt) * (b - a);
-    return q >= threshold;
-  }
-  return !(f.finite == hi && wgt >= 0.5);
+  if (ctl.counters != nullptr) fused_control(b, T, diff, ymax, ctl);
 }
 
 // One block. Records r_b = max_t diff/(ymax + eps), updates best/patience/step size (spec §8), counts the
@@ -439,62 +575,17 @@ __global__ void __launch_bounds__(kControllerThreads)
         r = (q > r || isnan(q)) ? q : r;
       }
     }
-    const bool improved = r < old_best;
-    double nb = old_best;
-    if (improved || isnan(r)) nb = r;  // torch.minimum semantics: NaN poisons the sample
-    best[b] = nb;
-    int64_t p = improved ? decay_patience : old_patience - 1;
-    double s = old_step;
-    if (p == 0) {
-      p += decay_patience;
-      s *= decay;
-      stepsize[b] = s;
-    }
-    patience[b] = p;
-    last[b] = r;
-    f.max_step = fmax(f.max_step, s);
-    if (!isnan(nb)) {
-      ++f.numbers;
-      if (!isinf(nb)) ++f.finite;
-      if (nb < threshold) {
-        ++f.below;
-        f.max_below = fmax(f.max_below, nb);
-      } else {
-        f.min_above = fmin(f.min_above, nb);
-      }
-    }
+    const SampleState st = update_sample(b, r, old_best, old_step, old_patience, best, last, stepsize, patience,
+                                         decay_patience, decay);
+    add_fact(f, st.best, st.step, threshold);
   }
   __syncthreads();  // every thread has read its rows: zero the scratch for the next iteration, coalesced
   for (int64_t i = threadIdx.x; i < B * T; i += blockDim.x) {
     diff[i] = 0.0f;
     ymax[i] = 0.0f;
   }
-  for (int o = 16; o > 0; o >>= 1) {
-    f.numbers += __shfl_xor_sync(0xffffffffu, f.numbers, o);
-    f.finite += __shfl_xor_sync(0xffffffffu, f.finite, o);
-    f.below += __shfl_xor_sync(0xffffffffu, f.below, o);
-    f.max_below = fmax(f.max_below, __shfl_xor_sync(0xffffffffu, f.max_below, o));
-    f.min_above = fmin(f.min_above, __shfl_xor_sync(0xffffffffu, f.min_above, o));
-    f.max_step = fmax(f.max_step, __shfl_xor_sync(0xffffffffu, f.max_step, o));
-  }
-  if ((threadIdx.x & 31) == 0) warp_facts[threadIdx.x >> 5] = f;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    QuantileFacts all = warp_facts[0];
-    for (int w = 1; w < static_cast<int>((blockDim.x + 31) / 32); ++w) {
-      const QuantileFacts& g = warp_facts[w];
-      all.numbers += g.numbers;
-      all.finite += g.finite;
-      all.below += g.below;
-      all.max_below = fmax(all.max_below, g.max_below);
-      all.min_above = fmin(all.min_above, g.min_above);
-      all.max_step = fmax(all.max_step, g.max_step);
-    }
-    const int64_t iter = counters[0] + 1;
-    counters[0] = iter;
-    const bool go = iter < max_iter && quantile_at_least(all, B, quantile, threshold) && all.max_step >= stepsize_thresh;
-    counters[1] = go ? 1 : 0;
-  }
+  const QuantileFacts all = block_facts(f, warp_facts);
+  if (threadIdx.x == 0) finish_iteration(all, counters, B, quantile, threshold, stepsize_thresh, max_iter);
 }
 
 void check_f32(const torch::Tensor& t, const char* name, c10::IntArrayRef sizes) {
@@ -544,9 +635,9 @@ DeviceSolverState make_device_solver_state(int64_t B, int64_t T, const DeviceSol
   s.last = torch::full({B}, std::numeric_limits<double>::infinity(), f64);
   s.stepsize = torch::full({B}, opt.stepsize, f64);
   s.patience = torch::full({B}, opt.decay_patience, f64.dtype(torch::kInt64));
-  // [iterations, active] = [0, 1], filled on the device: a host-to-device copy would be illegal while the
-  // stream is being captured into a CUDA graph.
-  s.counters = torch::zeros({2}, f64.dtype(torch::kInt64));
+  // [iterations, active, blocks done] = [0, 1, 0], filled on the device: a host-to-device copy would be illegal
+  // while the stream is being captured into a CUDA graph.
+  s.counters = torch::zeros({3}, f64.dtype(torch::kInt64));
   s.counters.narrow(0, 1, 1).fill_(1);
   s.diff = torch::zeros({B, T}, f64.dtype(torch::kFloat32));
   s.ymax = torch::zeros({B, T}, f64.dtype(torch::kFloat32));
@@ -657,7 +748,7 @@ void fp_select_cuda(const DeviceSolverState& state, const torch::Tensor& even, c
                    out.scalar_type() == torch::kHalf),
               "fp_select_cuda: out must be a contiguous float32/bfloat16/float16 CUDA tensor of sizes ", even.sizes(),
               ", got ", out.sizes(), " ", out.scalar_type());
-  TORCH_CHECK(state.counters.is_cuda() && state.counters.numel() == 2, "fp_select_cuda: bad solver state");
+  TORCH_CHECK(state.counters.is_cuda() && state.counters.numel() >= 2, "fp_select_cuda: bad solver state");
   const int64_t n = even.numel();
   if (n == 0) return;
   const c10::cuda::CUDAGuard guard(even.device());
@@ -691,7 +782,8 @@ bool fp_mixscan_fits(int64_t B, int64_t T, int64_t D, const torch::Device& devic
 
 void fp_mixscan_cuda(const torch::Tensor& z, const torch::Tensor& base, const torch::Tensor& bx, const torch::Tensor& h,
                      const torch::Tensor& lambda, torch::Tensor& y, int64_t rank, const std::string& mixer_ac, double eps,
-                     bool sum_form, const DeviceSolverState& state, torch::Tensor* y_lowp) {
+                     bool sum_form, const DeviceSolverState& state, torch::Tensor* y_lowp,
+                     const DeviceSolverOptions* control) {
   check_mix_args("fp_mixscan_cuda", z, base, bx, h, lambda, y, rank);
   const int64_t B = h.size(0), T = h.size(1), D = h.size(2);
   TORCH_CHECK(D <= 8 * kThreads, "fp_mixscan_cuda: D = ", D, " is wider than ", 8 * kThreads, " channels");
@@ -703,6 +795,24 @@ void fp_mixscan_cuda(const torch::Tensor& z, const torch::Tensor& base, const to
   const int64_t ld = z.size(1);
   const c10::cuda::CUDAGuard guard(h.device());
   const int ac = parse_activation(mixer_ac);
+  FusedControl ctl;
+  if (control != nullptr) {
+    TORCH_CHECK(state.counters.numel() >= 3 && state.best.size(0) == B,
+                "fp_mixscan_cuda: the fused control needs a solver state from make_device_solver_state for this batch");
+    ctl.best = state.best.data_ptr<double>();
+    ctl.last = state.last.data_ptr<double>();
+    ctl.stepsize = state.stepsize.data_ptr<double>();
+    ctl.patience = state.patience.data_ptr<int64_t>();
+    ctl.counters = state.counters.data_ptr<int64_t>();
+    ctl.eps = control->eps;
+    ctl.decay = control->stepsize_decay;
+    ctl.threshold = control->threshold;
+    ctl.quantile = control->quantile;
+    ctl.stepsize_thresh = control->stepsize_thresh;
+    ctl.decay_patience = control->decay_patience;
+    ctl.max_iter = control->max_iter;
+    ctl.B = B;
+  }
   auto stream = c10::cuda::getCurrentCUDAStream();
   const int cpt = D <= kThreads ? 1 : D <= 2 * kThreads ? 2 : D <= 4 * kThreads ? 4 : 8;
   // The staged kernel copies whole rows in 16-byte pieces: every row and pointer 16-byte aligned, and two
@@ -726,13 +836,13 @@ void fp_mixscan_cuda(const torch::Tensor& z, const torch::Tensor& base, const to
             z.data_ptr<scalar_t>(), base.data_ptr<scalar_t>(), bx.data_ptr<scalar_t>(), h.data_ptr<float>(),
             lambda.data_ptr<scalar_t>(), y.data_ptr<float>(), lowp_ptr, state.stepsize.data_ptr<double>(),
             state.diff.data_ptr<float>(), state.ymax.data_ptr<float>(), T, D, ld, rows8, static_cast<int>(rank), ac,
-            static_cast<float>(eps), sum_form, state.counters.data_ptr<int64_t>());
+            static_cast<float>(eps), sum_form, state.counters.data_ptr<int64_t>(), ctl);
       } else {
         fp_mixscan_kernel<scalar_t, lt_, kCpt><<<static_cast<unsigned>(B), kThreads, 0, stream>>>(
             z.data_ptr<scalar_t>(), base.data_ptr<scalar_t>(), bx.data_ptr<scalar_t>(), h.data_ptr<float>(),
             lambda.data_ptr<scalar_t>(), y.data_ptr<float>(), lowp_ptr, state.stepsize.data_ptr<double>(),
             state.diff.data_ptr<float>(), state.ymax.data_ptr<float>(), T, D, ld, static_cast<int>(rank), ac,
-            static_cast<float>(eps), sum_form, state.counters.data_ptr<int64_t>());
+            static_cast<float>(eps), sum_form, state.counters.data_ptr<int64_t>(), ctl);
       }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
