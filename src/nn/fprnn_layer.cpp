@@ -72,6 +72,13 @@ FPRNNLayerImpl::Inputs FPRNNLayerImpl::prepare(const Tensor& u) {
     // One fused pass forward and backward (ops/gates.h) instead of five ATen ones; λ's bias enters there.
     const Tensor l = torch::nn::functional::linear(x_lambda, lambda_proj->weight().to(x_lambda.scalar_type()));
     std::tie(in.bx, in.lambda, in.one_minus_lambda) = ops::input_gates(b_proj->forward(x_b), x, l, lambda_proj->bias);
+    auto* hh = dynamic_cast<HouseholderMixerImpl*>(mixer.get());
+    if (hh != nullptr && cfg.mixer_h_dep && hh->u_proj->stages.size() == 1 && ops::mix_step_cuda_fits(D, hh->rank)) {
+      const auto [w, b] = hh->padded_projection(x.scalar_type(), x.device());
+      const bool concat = !cfg.symm_mixer;  // param = [x_mix, shift(h)] or x_mix + shift(h)
+      in.raw_base = ops::linear_rows(in.x_mix.reshape({-1, D}), concat ? w.narrow(1, 0, D) : w, b);
+      in.w_h = concat ? w.narrow(1, D, D) : w;
+    }
     return in;
   }
   const Tensor b = torch::silu(b_proj->forward(x_b));
@@ -95,7 +102,12 @@ Tensor FPRNNLayerImpl::step(const Inputs& in, const Tensor& h) {
     auto* hh = dynamic_cast<HouseholderMixerImpl*>(mixer.get());
     if (hh != nullptr && ops::mix_step_cuda_fits(D, hh->rank)) {
       const ops::MixStepSpec spec{hh->rank, hh->ac, hh->eps, hh->sum_form};
-      const Tensor pre = ops::mix_step(hh->project_padded(mixer_param(in, h)), in.bx, h, in.one_minus_lambda, spec);
+      // raw(h) = raw_base + shift(h) W_hᵀ: the x part's projection is shared with the solve (prepare).
+      const Tensor raw =
+          in.raw_base.defined()
+              ? torch::addmm(in.raw_base, shift(h, 1, 1).reshape({-1, D}), in.w_h.t()).view({h.size(0), h.size(1), -1})
+              : hh->project_padded(mixer_param(in, h));
+      const Tensor pre = ops::mix_step(raw, in.bx, h, in.one_minus_lambda, spec);
       return ops::linrec(pre, in.lambda);
     }
   }
@@ -212,29 +224,7 @@ FastStep::FastStep(FPRNNLayerImpl& layer, const FPRNNLayerImpl::Inputs& in)
   const int64_t D = layer.D;
   auto projections = layer.mixer->projections();
   if (projections.empty()) return;  // the mixer has no parameter input (non-selective)
-
-  // Stack every projection's first stage into one matrix W0 (rows0 × P) with its biases.
-  std::vector<Tensor> w0, b0;
-  int64_t row = 0;
-  for (auto& p : projections) {
-    auto& first = p->stages.front();
-    const Tensor w = first->weight().detach().to(dtype);
-    w0.push_back(w);
-    b0.push_back(first->bias.defined() ? first->bias.detach().to(dtype) : torch::zeros({w.size(0)}, w.options()));
-    Part part;
-    part.offset = row;
-    part.rows = w.size(0);
-    if (p->stages.size() == 2) {
-      auto& second = p->stages[1];
-      part.w1_t = second->weight().detach().to(dtype).t().contiguous();
-      if (second->bias.defined()) part.b1 = second->bias.detach().to(dtype);
-      single_stage_ = false;
-    }
-    parts_.push_back(part);
-    row += w.size(0);
-  }
-  Tensor W0 = torch::cat(w0, 0);
-  Tensor bias0 = torch::cat(b0, 0);
+  for (auto& p : projections) single_stage_ = single_stage_ && p->stages.size() == 1;
 
   // The fused kernel covers the Householder/DPLR mixers whose projections are single Linears; low-rank
   // projections (a second GEMM), the Kronecker and non-selective mixers and bfloat16 stay generic.
@@ -244,22 +234,49 @@ FastStep::FastStep(FPRNNLayerImpl& layer, const FPRNNLayerImpl::Inputs& in)
   device_loop_ = fusable && h_dep_ && in.x.is_cuda() && (dtype == torch::kFloat32 || dtype == torch::kBFloat16);
 #endif
   fused_ = fusable && in.x.is_cpu() && (dtype == torch::kFloat32 || dtype == torch::kFloat64);
-  if (device_loop_) {
-    // r·D + r rows (1025 for D = 1024, r = 1) make cuBLAS fall back to unaligned kernels at several times
-    // the cost of aligned ones; zero rows up to a multiple of 8 keep every GEMM of the loop aligned. The
-    // device kernels take the padded width as their leading dimension and never read the pad.
-    const int64_t rows = W0.size(0), padded = (rows + 7) / 8 * 8;
-    if (padded != rows) {
-      W0 = torch::cat({W0, torch::zeros({padded - rows, W0.size(1)}, W0.options())}, 0);
-      bias0 = torch::cat({bias0, torch::zeros({padded - rows}, bias0.options())}, 0);
-    }
-  }
-  const Tensor x2d = in.x_mix.reshape({-1, D});
   const bool concat = h_dep_ && !layer.cfg.symm_mixer;
-  const Tensor w_x = concat ? W0.narrow(1, 0, D) : W0;
-  base_ = torch::addmm(bias0, x2d, w_x.t());
-  if (h_dep_) w_h_t_ = (concat ? W0.narrow(1, D, D) : W0).t().contiguous();
-  if (!h_dep_) raw_const_ = finish(base_).view({in.x.size(0), in.x.size(1), -1});
+  if (device_loop_ && in.raw_base.defined()) {
+    // prepare() already projected the x part (padded rows, the layout the device kernels take).
+    base_ = in.raw_base.detach();
+    w_h_t_ = in.w_h.detach().t().contiguous();
+  } else {
+    // Stack every projection's first stage into one matrix W0 (rows0 × P) with its biases.
+    std::vector<Tensor> w0, b0;
+    int64_t row = 0;
+    for (auto& p : projections) {
+      auto& first = p->stages.front();
+      const Tensor w = first->weight().detach().to(dtype);
+      w0.push_back(w);
+      b0.push_back(first->bias.defined() ? first->bias.detach().to(dtype) : torch::zeros({w.size(0)}, w.options()));
+      Part part;
+      part.offset = row;
+      part.rows = w.size(0);
+      if (p->stages.size() == 2) {
+        auto& second = p->stages[1];
+        part.w1_t = second->weight().detach().to(dtype).t().contiguous();
+        if (second->bias.defined()) part.b1 = second->bias.detach().to(dtype);
+      }
+      parts_.push_back(part);
+      row += w.size(0);
+    }
+    Tensor W0 = torch::cat(w0, 0);
+    Tensor bias0 = torch::cat(b0, 0);
+    if (device_loop_) {
+      // r·D + r rows (1025 for D = 1024, r = 1) make cuBLAS fall back to unaligned kernels at several times
+      // the cost of aligned ones; zero rows up to a multiple of 8 keep every GEMM of the loop aligned. The
+      // device kernels take the padded width as their leading dimension and never read the pad.
+      const int64_t rows = W0.size(0), padded = (rows + 7) / 8 * 8;
+      if (padded != rows) {
+        W0 = torch::cat({W0, torch::zeros({padded - rows, W0.size(1)}, W0.options())}, 0);
+        bias0 = torch::cat({bias0, torch::zeros({padded - rows}, bias0.options())}, 0);
+      }
+    }
+    const Tensor x2d = in.x_mix.reshape({-1, D});
+    const Tensor w_x = concat ? W0.narrow(1, 0, D) : W0;
+    base_ = torch::addmm(bias0, x2d, w_x.t());
+    if (h_dep_) w_h_t_ = (concat ? W0.narrow(1, D, D) : W0).t().contiguous();
+    if (!h_dep_) raw_const_ = finish(base_).view({in.x.size(0), in.x.size(1), -1});
+  }
 
   if (!fused_ && !device_loop_) return;
   fp_cfg_.rank = hh->rank;
@@ -364,7 +381,8 @@ Tensor FastStep::solve_device(const solver::SolverOptions& opt, int64_t check_ev
   Tensor z = torch::empty({B * T, w_h_t_.size(1)}, base.options());
   // In bfloat16 the scan also writes the new iterate rounded to bfloat16 into h_c, which the next
   // iteration's GEMM reads (the GEMM of iteration n runs before the scan of iteration n overwrites it).
-  Tensor h_c = cast ? torch::zeros({B * T, D}, base.options()) : Tensor();
+  // The first iteration has no GEMM (below), so h_c is first read after that iteration's scan wrote it.
+  Tensor h_c = cast ? torch::empty({B * T, D}, base.options()) : Tensor();
   const std::string ac = fp_cfg_.ac == ops::MixerAc::kIdentity ? "identity"
                          : fp_cfg_.ac == ops::MixerAc::kRelu   ? "relu"
                                                                : "silu";
@@ -378,15 +396,18 @@ Tensor FastStep::solve_device(const solver::SolverOptions& opt, int64_t check_ev
     for (int64_t k = 0; k < n; ++k, ++queued) {
       const Tensor& h = buf[queued % 2];
       Tensor& y = buf[(queued + 1) % 2];
-      at::mm_out(z, cast ? h_c : h.view({B * T, D}), w_h_t_);
+      // The first iteration starts from h = 0, whose GEMM row is 0: the kernels take an undefined z as that.
+      const Tensor zn = queued == 0 ? Tensor() : z;
+      if (queued > 0) at::mm_out(z, cast ? h_c : h.view({B * T, D}), w_h_t_);
       if (mixscan) {
-        ops::fp_mixscan_cuda(z, base, bx, h, lambda, y, fp_cfg_.rank, ac, fp_cfg_.norm_eps, fp_cfg_.sum_form, state,
-                             cast ? &h_c : nullptr);
+        // The kernel also does the controller's work (the stop test in its last block).
+        ops::fp_mixscan_cuda(zn, base, bx, h, lambda, y, fp_cfg_.rank, ac, fp_cfg_.norm_eps, fp_cfg_.sum_form, state,
+                             cast ? &h_c : nullptr, &dopt);
       } else {
-        ops::fp_mix_cuda(z, base, bx, h, lambda, v, fp_cfg_.rank, ac, fp_cfg_.norm_eps, fp_cfg_.sum_form, state);
+        ops::fp_mix_cuda(zn, base, bx, h, lambda, v, fp_cfg_.rank, ac, fp_cfg_.norm_eps, fp_cfg_.sum_form, state);
         ops::fp_scan_cuda(v, lambda, h, y, state, cast ? &h_c : nullptr);
+        ops::fp_controller_cuda(state, dopt);
       }
-      ops::fp_controller_cuda(state, dopt);
     }
     if (check_every <= 0) break;
     const Tensor c = state.counters.cpu();  // the one synchronisation per `check_every` iterations

@@ -33,26 +33,31 @@ HouseholderMixerImpl::HouseholderMixerImpl(int64_t in_features, int64_t n, int64
   alpha_proj = register_module("alpha_proj", Projection(in_features, rank, -1, /*bias=*/true, weight_norm));
 }
 
-Tensor HouseholderMixerImpl::project_padded(const Tensor& param) {
-  if (!param.is_cuda() || u_proj->stages.size() != 1) return project(param);
-  // On the GPU one GEMM computes both parts, its output width padded with zero rows to a multiple of 8:
-  // alpha_proj alone (r output columns) and a width of r·n + r both make cuBLAS fall back to unaligned
-  // kernels, forward and backward, at several times the cost of the aligned GEMM.
+std::pair<Tensor, Tensor> HouseholderMixerImpl::padded_projection(torch::Dtype dtype, const torch::Device& device) {
+  TORCH_CHECK(u_proj->stages.size() == 1, "padded_projection: the direction projection is low-rank");
+  // Zero rows up to a multiple of 8: alpha_proj alone (r output columns) and a width of r·n + r both make
+  // cuBLAS fall back to unaligned kernels, forward and backward, at several times the cost of the aligned GEMM.
   Linear& u = u_proj->stages.front();
   Linear& a = alpha_proj->stages.front();
   const int64_t rows = raw_size(), padded = (rows + 7) / 8 * 8;
-  const auto opt = param.options();
-  std::vector<Tensor> w{u->weight().to(param.scalar_type()), a->weight().to(param.scalar_type())};
-  std::vector<Tensor> b{torch::zeros({rank * n}, opt), a->bias.to(param.scalar_type())};
+  const auto opt = torch::TensorOptions().dtype(dtype).device(device);
+  std::vector<Tensor> w{u->weight().to(opt), a->weight().to(opt)};
+  std::vector<Tensor> b{torch::zeros({rank * n}, opt), a->bias.to(opt)};
   if (padded > rows) {
     w.push_back(torch::zeros({padded - rows, in_features}, opt));
     b.push_back(torch::zeros({padded - rows}, opt));
   }
+  return {torch::cat(w, 0), torch::cat(b, 0)};
+}
+
+Tensor HouseholderMixerImpl::project_padded(const Tensor& param) {
+  if (!param.is_cuda() || u_proj->stages.size() != 1) return project(param);
+  // On the GPU one GEMM computes both parts, its output width padded (padded_projection).
+  const auto [w, b] = padded_projection(param.scalar_type(), param.device());
   // As (rows, P) so that the bias is added by the GEMM (a batched input adds it in a separate pass).
   std::vector<int64_t> shape(param.sizes().begin(), param.sizes().end() - 1);
-  shape.push_back(padded);
-  return torch::nn::functional::linear(param.reshape({-1, in_features}), torch::cat(w, 0), torch::cat(b, 0))
-      .view(shape);
+  shape.push_back(w.size(0));
+  return torch::nn::functional::linear(param.reshape({-1, in_features}), w, b).view(shape);
 }
 
 Tensor HouseholderMixerImpl::project(const Tensor& param) {

@@ -467,6 +467,82 @@ TEST(FpStepCuda, MixScanWithFusedControlMatchesTheController) {
     }
   }
 }
+
+// An undefined z stands for the GEMM row of a zero iterate (the solve's first iteration skips that GEMM): every
+// kernel (staged, direct; fp_mix) gives exactly what a z of zeros gives.
+TEST(FpStepCuda, UndefinedZIsAZeroGemmRow) {
+  FPRNN_REQUIRE_GPU();
+  const auto f32 = torch::TensorOptions().dtype(torch::kFloat32).device(torch::kCUDA);
+  // (D, dtype, misaligned): aligned rows → the staged kernel (D = 300 in bfloat16 would not be); misaligned →
+  // the kernel reading global memory directly.
+  for (const auto& [D, dtype, misaligned] :
+       {std::tuple<int64_t, torch::Dtype, bool>{1024, torch::kBFloat16, false}, {1024, torch::kFloat32, false},
+        {300, torch::kFloat32, false}, {1024, torch::kBFloat16, true}}) {
+    const int64_t B = 4, T = 11, r = 2, ld = (r * D + r + 7) / 8 * 8;
+    const auto place = [&](const Tensor& t) {
+      if (!misaligned) return t;
+      Tensor buf = torch::empty({t.numel() + 8}, t.options());
+      Tensor view = buf.narrow(0, 1, t.numel()).view(t.sizes());
+      view.copy_(t);
+      return view;
+    };
+    const Tensor base = place((0.3 * randn({B * T, ld}, 70, torch::kFloat32)).cuda().to(dtype));
+    const Tensor zeros = place(torch::zeros({B * T, ld}, f32.dtype(dtype)));
+    const Tensor bx = place(randn({B, T, D}, 71, torch::kFloat32).cuda().to(dtype));
+    const Tensor lambda = place(torch::sigmoid(randn({B, T, D}, 72, torch::kFloat32)).cuda().to(dtype));
+    const Tensor h = place(torch::zeros({B, T, D}, f32));
+    const std::string what = "D " + std::to_string(D) + " " + dtype_name(dtype) + (misaligned ? " misaligned" : "");
+    for (bool sum_form : {false, true}) {
+      ops::DeviceSolverOptions opt;
+      auto s1 = ops::make_device_solver_state(B, T, opt, torch::kCUDA);
+      auto s2 = ops::make_device_solver_state(B, T, opt, torch::kCUDA);
+      Tensor y1 = place(torch::empty({B, T, D}, f32)), y2 = place(torch::empty({B, T, D}, f32));
+      ops::fp_mixscan_cuda(zeros, base, bx, h, lambda, y1, r, "silu", 1e-6, sum_form, s1);
+      ops::fp_mixscan_cuda(Tensor(), base, bx, h, lambda, y2, r, "silu", 1e-6, sum_form, s2);
+      EXPECT_TRUE(torch::equal(y1, y2)) << "mix + scan, " << what << " sum_form " << sum_form;
+      EXPECT_TRUE(torch::equal(s1.diff, s2.diff)) << "residual maxima, " << what;
+      EXPECT_GT(y1.abs().max().item<float>(), 0.0f) << "nothing computed, " << what;
+      Tensor v1 = torch::empty({B, T, D}, f32), v2 = torch::empty({B, T, D}, f32);
+      ops::fp_mix_cuda(zeros, base, bx, h, lambda, v1, r, "silu", 1e-6, sum_form, s1);
+      ops::fp_mix_cuda(Tensor(), base, bx, h, lambda, v2, r, "silu", 1e-6, sum_form, s2);
+      EXPECT_TRUE(torch::equal(v1, v2)) << "mix, " << what << " sum_form " << sum_form;
+    }
+  }
+  // A z of another shape or dtype than base is refused.
+  const Tensor base = torch::zeros({6, 8}, f32), h = torch::zeros({2, 3, 2}, f32);
+  ops::DeviceSolverOptions opt;
+  auto st = ops::make_device_solver_state(2, 3, opt, torch::kCUDA);
+  Tensor y = h.clone();
+  EXPECT_THROW(ops::fp_mixscan_cuda(torch::zeros({6, 9}, f32), base, h, h, h, y, 1, "silu", 1e-6, false, st), c10::Error);
+  EXPECT_THROW(ops::fp_mixscan_cuda(base.to(torch::kBFloat16), base, h, h, h, y, 1, "silu", 1e-6, false, st),
+               c10::Error);
+}
+
+// fp_select_cuda copies the buffer of the counted parity, converted: sizes with and without a 4-element tail,
+// every output dtype, both parities.
+TEST(FpStepCuda, SelectTakesTheBufferOfTheCountedParity) {
+  FPRNN_REQUIRE_GPU();
+  const auto f32 = torch::TensorOptions().dtype(torch::kFloat32).device(torch::kCUDA);
+  for (int64_t D : {1024, 7, 1}) {
+    const Tensor even = randn({3, 5, D}, 80, torch::kFloat32).cuda(), odd = randn({3, 5, D}, 81, torch::kFloat32).cuda();
+    for (auto dtype : {torch::kFloat32, torch::kBFloat16, torch::kHalf}) {
+      for (int64_t iterations : {0, 1, 4, 7}) {
+        ops::DeviceSolverOptions opt;
+        auto st = ops::make_device_solver_state(3, 5, opt, torch::kCUDA);
+        st.counters.narrow(0, 0, 1).fill_(iterations);
+        Tensor out = torch::empty({3, 5, D}, f32.dtype(dtype));
+        ops::fp_select_cuda(st, even, odd, out);
+        const Tensor want = (iterations % 2 == 0 ? even : odd).to(dtype);
+        EXPECT_TRUE(torch::equal(out, want)) << "D " << D << " " << dtype_name(dtype) << " after " << iterations;
+      }
+    }
+  }
+  ops::DeviceSolverOptions opt;
+  auto st = ops::make_device_solver_state(1, 1, opt, torch::kCUDA);
+  const Tensor a = torch::zeros({1, 1, 8}, f32);
+  Tensor wrong = torch::empty({1, 1, 8}, f32.dtype(torch::kFloat64));
+  EXPECT_THROW(ops::fp_select_cuda(st, a, a, wrong), c10::Error);
+}
 #endif
 
 // The fused Kronecker op: CUDA kernels against the CPU kernels (which test_kronecker.cpp checks against the

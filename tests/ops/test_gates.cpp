@@ -272,5 +272,42 @@ TEST(GatesCuda, EntriesMatchTheReferencesThroughAutograd) {
   expect_close(w.grad().cpu(), dw, 1e-12, "entry dweight");
 }
 
+// column_sum_cuda against a float64 sum of the same values: vectorised (D = 24, 1024) and element-wise (13)
+// columns, one slab (7 rows) and many (5000, with a partial last slab), every dtype; and the same bits twice.
+TEST(GatesCuda, ColumnSumMatchesAFloat64Sum) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  for (const auto& cs : cuda_cases()) {
+    const std::string what = "column_sum " + case_name(cs);
+    const torch::Tensor m = randn({cs.N, cs.D}, 100, cs.dtype);
+    const torch::Tensor got = column_sum_cuda(m.cuda());
+    ASSERT_EQ(got.scalar_type(), cs.dtype == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32) << what;
+    expect_close(got.cpu().to(torch::kFloat64), m.to(torch::kFloat64).sum(0), cs.dtype == torch::kFloat64 ? 1e-13 : 1e-6,
+                 what);
+    EXPECT_TRUE(torch::equal(column_sum_cuda(m.cuda()), got)) << what << ": not deterministic";
+  }
+  EXPECT_EQ(column_sum_cuda(torch::zeros({0, 5}, torch::kCUDA)).abs().sum().item<double>(), 0.0);
+  EXPECT_THROW(column_sum_cuda(torch::zeros({4, 6}, torch::kCUDA).t()), c10::Error) << "not contiguous";
+}
+
+// linear_rows = b + x wᵀ with its own backward on CUDA: float64 gradients against finite differences and against
+// addmm's autograd, w as a column slice (the layer passes a half of the mixer's weight); the CPU entry is addmm.
+TEST(GatesCuda, LinearRowsGradients) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  const torch::Tensor x = randn({37, 6}, 110), wide = randn({9, 12}, 111), b = randn({9}, 112);
+  const auto cuda_fn = [&](const std::vector<torch::Tensor>& in) {
+    return linear_rows(in[0].cuda(), in[1].cuda().narrow(1, 3, 6), in[2].cuda()).cpu();
+  };
+  std::vector<torch::Tensor> in{x.clone().requires_grad_(), wide.clone().requires_grad_(), b.clone().requires_grad_()};
+  check_gradients([&] { return cuda_fn(in); }, in, 1e-7, "linear_rows on CUDA");
+  std::vector<torch::Tensor> ref{x.clone().requires_grad_(), wide.clone().requires_grad_(), b.clone().requires_grad_()};
+  std::vector<torch::Tensor> in2{x.clone().requires_grad_(), wide.clone().requires_grad_(), b.clone().requires_grad_()};
+  const torch::Tensor g = randn({37, 9}, 113);
+  (cuda_fn(in2) * g).sum().backward();
+  (torch::addmm(ref[2], ref[0], ref[1].narrow(1, 3, 6).t()) * g).sum().backward();
+  for (int k = 0; k < 3; ++k) expect_close(in2[k].grad(), ref[k].grad(), 1e-13, "linear_rows grad " + std::to_string(k));
+  expect_close(linear_rows(x, wide.narrow(1, 3, 6), b), torch::addmm(b, x, wide.narrow(1, 3, 6).t()), 0.0, "CPU entry");
+  EXPECT_THROW(linear_rows(x, wide, b), c10::Error) << "K mismatch";
+}
+
 }  // namespace
 }  // namespace fprnn::ops

@@ -36,6 +36,11 @@ class FPRNNLayerImpl : public SequenceLayerImpl {
   // Input-only quantities of one forward call (B, T, D each).
   struct Inputs {
     Tensor x, z, x_mix, bx, lambda, one_minus_lambda;
+    // On a GPU with an h-dependent Householder/DPLR mixer of single-stage projections: the mixer's padded
+    // projection of the x part, raw_base = b + x_mix W_xᵀ (B·T, padded rows), and W_h, the matrix of the shifted
+    // iterate's part, so that raw(h) = raw_base + shift(h) W_hᵀ: both the solve and the differentiable steps
+    // start from this one projection of x (undefined elsewhere).
+    Tensor raw_base, w_h;
   };
 
   // h_star, when given, receives the detached fixed point the output was computed from.

@@ -74,6 +74,9 @@ class HouseholderMixerImpl : public MixerImpl {
   // On a GPU with single-stage projections: the projection's output with its width padded by zero columns to
   // a multiple of 8, (…, ⌈raw_size()/8⌉·8) (project() is its first raw_size() columns); elsewhere project().
   Tensor project_padded(const Tensor& param);
+  // The matrix and bias project_padded applies (single-stage projections only): W (⌈raw_size()/8⌉·8,
+  // in_features) and b in `dtype` on `device`, zero rows and entries past raw_size(); differentiable.
+  std::pair<Tensor, Tensor> padded_projection(torch::Dtype dtype, const torch::Device& device);
 
   // raw → (u (B, T, r, n) unit directions, alpha (B, T, r)).
   std::pair<Tensor, Tensor> factors(const Tensor& raw) const;

@@ -12,7 +12,8 @@
 // takes lambda in float32 or bfloat16); z and base (B·T, rows) in the
 // compute dtype (float32 or bfloat16), with a leading dimension ld ≥ rows = r·D + r (reflection i in
 // columns i·D..(i+1)·D, the α logits after them, columns ≥ rows unread: callers pad ld to a multiple of 8
-// so that cuBLAS picks aligned tensor-core kernels).
+// so that cuBLAS picks aligned tensor-core kernels). z may be an undefined tensor: the iterate is zero (the
+// solve's first iteration), so is its GEMM, and the kernels read base alone.
 #pragma once
 
 #include <torch/torch.h>

@@ -101,7 +101,7 @@ __global__ void fp_mix_kernel(const zt* __restrict__ z, const zt* __restrict__ b
   const int64_t n = blockIdx.x;
   const int64_t t = n % T;
   const zt* bn = base + n * ld;
-  const zt* zp = t > 0 ? z + (n - 1) * ld : nullptr;  // raw[b, t] = base[b, t] + z[b, t − 1]
+  const zt* zp = (t > 0 && z != nullptr) ? z + (n - 1) * ld : nullptr;  // raw[b, t] = base[b, t] + z[b, t − 1]
   auto raw = [&](int64_t j) { return static_cast<float>(bn[j]) + (zp != nullptr ? static_cast<float>(zp[j]) : 0.0f); };
   const float* hn = h + n * D;
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
@@ -369,6 +369,39 @@ __device__ void fused_control(int64_t b, int64_t T, float* diff, float* ymax, co
   }
 }
 
+// The scan part of one token, for thread k's channels d = k + j·kThreads (j < CPT): from the mixed input w,
+// the previous iterate hv and the decay lv, v = (1 − λ)(w + h) rounded as the mix kernel stores it, the scan
+// state λ·s + v, the damped output (y and its rounded copy yln) and the residual maxima of the token (one
+// atomic maximum per warp).
+template <typename lt, int CPT>
+__device__ __forceinline__ void scan_token(const float (&w)[CPT], const float (&hv)[CPT], const float (&lv)[CPT],
+                                           float (&state)[CPT], float s_b, float* __restrict__ yn,
+                                           lt* __restrict__ yln, unsigned* diff_n, unsigned* ymax_n, int64_t D) {
+  unsigned dev = 0, mag = 0;  // |·| as bits (abs_bits)
+#pragma unroll
+  for (int j = 0; j < CPT; ++j) {
+    const int64_t d = threadIdx.x + static_cast<int64_t>(j) * kThreads;
+    if (d < D) {
+      const float l = lv[j];
+      const float v = __fmul_rn(1.0f - l, w[j] + hv[j]);  // the mix kernel's stored scan input
+      state[j] = fmaf(l, state[j], v);
+      const float old = hv[j];
+      const float out = s_b == 1.0f ? state[j] : s_b * state[j] + (1.0f - s_b) * old;
+      yn[d] = out;
+      if (yln != nullptr) yln[d] = static_cast<lt>(out);
+      dev = max(dev, abs_bits(state[j] - old));
+      mag = max(mag, abs_bits(state[j]));
+    }
+  }
+  dev = __reduce_max_sync(0xffffffffu, dev);
+  mag = __reduce_max_sync(0xffffffffu, mag);
+  if ((threadIdx.x & 31) == 0) {
+    // Non-negative floats order like their bit patterns; a NaN (positive bits) wins the maximum.
+    atomicMax(diff_n, dev);
+    atomicMax(ymax_n, mag);
+  }
+}
+
 // fp_mix_kernel and the unchunked fp_scan_output_kernel in one: one block of kThreads threads per sample b
 // walks its T tokens in order; thread k holds channels d = k + j·kThreads (j < CPT) of the mix in registers
 // and carries their scan state from token to token, so the float32 scan input never goes through memory.
@@ -413,29 +446,13 @@ __device__ __forceinline__ void mixscan_token(const float* hn, const zt* bxn, co
 #pragma unroll
     for (int j = 0; j < CPT; ++j) w[j] += c * a[j];
   }
-  unsigned dev = 0, mag = 0;  // |·| as bits (abs_bits)
+  float lv[CPT];
 #pragma unroll
   for (int j = 0; j < CPT; ++j) {
     const int64_t d = threadIdx.x + static_cast<int64_t>(j) * kThreads;
-    if (d < D) {
-      const float l = static_cast<float>(ln[d]);
-      const float v = __fmul_rn(1.0f - l, w[j] + hv[j]);  // the mix kernel's stored scan input
-      state[j] = fmaf(l, state[j], v);
-      const float old = hv[j];
-      const float out = s_b == 1.0f ? state[j] : s_b * state[j] + (1.0f - s_b) * old;
-      yn[d] = out;
-      if (yln != nullptr) yln[d] = static_cast<lt>(out);
-      dev = max(dev, abs_bits(state[j] - old));
-      mag = max(mag, abs_bits(state[j]));
-    }
+    lv[j] = d < D ? static_cast<float>(ln[d]) : 0.0f;
   }
-  dev = __reduce_max_sync(0xffffffffu, dev);
-  mag = __reduce_max_sync(0xffffffffu, mag);
-  if ((threadIdx.x & 31) == 0) {
-    // Non-negative floats order like their bit patterns; a NaN (positive bits) wins the maximum.
-    atomicMax(diff_n, dev);
-    atomicMax(ymax_n, mag);
-  }
+  scan_token<lt, CPT>(w, hv, lv, state, s_b, yn, yln, diff_n, ymax_n, D);
 }
 
 // Operands read straight from global memory: any D and leading dimension.
@@ -455,7 +472,8 @@ __global__ void __launch_bounds__(kThreads) fp_mixscan_kernel(
   for (int j = 0; j < CPT; ++j) state[j] = 0.0f;
   for (int64_t t = 0; t < T; ++t) {
     const int64_t n = b * T + t;
-    mixscan_token<zt, lt, CPT>(h + n * D, bx + n * D, lambda + n * D, base + n * ld, t > 0 ? z + (n - 1) * ld : nullptr,
+    mixscan_token<zt, lt, CPT>(h + n * D, bx + n * D, lambda + n * D, base + n * ld,
+                               (t > 0 && z != nullptr) ? z + (n - 1) * ld : nullptr,
                                state, s_b, y + n * D, y_lowp != nullptr ? y_lowp + n * D : nullptr,
                                reinterpret_cast<unsigned*>(diff) + n, reinterpret_cast<unsigned*>(ymax) + n, D, r, ac, eps,
                                sum_form, scratch, reductions);
@@ -517,7 +535,7 @@ __global__ void __launch_bounds__(kThreads) fp_mixscan_staged_kernel(
       copy_async(st + L.bx, bx + n * D, D * static_cast<int64_t>(sizeof(zt)));
       copy_async(st + L.lam, lambda + n * D, D * static_cast<int64_t>(sizeof(zt)));
       copy_async(st + L.base, base + n * ld, rows8 * static_cast<int64_t>(sizeof(zt)));
-      if (t > 0) copy_async(st + L.z, z + (n - 1) * ld, rows8 * static_cast<int64_t>(sizeof(zt)));
+      if (t > 0 && z != nullptr) copy_async(st + L.z, z + (n - 1) * ld, rows8 * static_cast<int64_t>(sizeof(zt)));
     }
     copy_async_commit();
   };
@@ -533,7 +551,7 @@ __global__ void __launch_bounds__(kThreads) fp_mixscan_staged_kernel(
     const int64_t n = b * T + t;
     mixscan_token<zt, lt, CPT>(reinterpret_cast<const float*>(st + L.h), reinterpret_cast<const zt*>(st + L.bx),
                                reinterpret_cast<const zt*>(st + L.lam), reinterpret_cast<const zt*>(st + L.base),
-                               t > 0 ? reinterpret_cast<const zt*>(st + L.z) : nullptr, state, s_b, y + n * D,
+                               (t > 0 && z != nullptr) ? reinterpret_cast<const zt*>(st + L.z) : nullptr, state, s_b, y + n * D,
                                y_lowp != nullptr ? y_lowp + n * D : nullptr, reinterpret_cast<unsigned*>(diff) + n,
                                reinterpret_cast<unsigned*>(ymax) + n, D, r, ac, eps, sum_form, scratch, reductions);
   }
@@ -595,23 +613,32 @@ void check_f32(const torch::Tensor& t, const char* name, c10::IntArrayRef sizes)
 }
 
 // The mixer step's arguments (fp_mix_cuda: out = v; fp_mixscan_cuda: out = y): h and out float32 (B, T, D);
-// bx and λ in z's dtype; z and base (B·T, ld ≥ r·D + r) of one dtype; all contiguous CUDA tensors.
+// bx and λ in base's dtype; base (B·T, ld ≥ r·D + r) and z, undefined (the iterate is zero, so its GEMM row is
+// too) or of base's dtype and sizes; all contiguous CUDA tensors.
 void check_mix_args(const char* fn, const torch::Tensor& z, const torch::Tensor& base, const torch::Tensor& bx,
                     const torch::Tensor& h, const torch::Tensor& lambda, const torch::Tensor& out, int64_t rank) {
   TORCH_CHECK(h.dim() == 3, fn, ": h must be (B, T, D), got ", h.sizes());
   const int64_t N = h.size(0) * h.size(1), rows = rank * h.size(2) + rank;
   check_f32(h, "h", h.sizes());
   check_f32(out, "the output", h.sizes());
+  TORCH_CHECK(base.defined(), fn, ": base is undefined");
   for (const auto& [t, name] : {std::pair<const torch::Tensor&, const char*>{bx, "bx"}, {lambda, "lambda"}})
-    TORCH_CHECK(t.is_cuda() && t.is_contiguous() && t.scalar_type() == z.scalar_type() && t.sizes() == h.sizes(),
-                fn, ": ", name, " must be a contiguous CUDA tensor of sizes ", h.sizes(), " in z's dtype ",
-                z.scalar_type(), ", got ", t.sizes(), " ", t.scalar_type());
+    TORCH_CHECK(t.is_cuda() && t.is_contiguous() && t.scalar_type() == base.scalar_type() && t.sizes() == h.sizes(),
+                fn, ": ", name, " must be a contiguous CUDA tensor of sizes ", h.sizes(), " in base's dtype ",
+                base.scalar_type(), ", got ", t.sizes(), " ", t.scalar_type());
   TORCH_CHECK(rank >= 1, fn, ": rank must be ≥ 1");
-  TORCH_CHECK(z.is_cuda() && base.is_cuda() && z.is_contiguous() && base.is_contiguous() &&
-                  z.scalar_type() == base.scalar_type() && z.dim() == 2 && z.sizes() == base.sizes() &&
-                  z.size(0) == N && z.size(1) >= rows,
-              fn, ": z and base must be contiguous (B·T, ld) CUDA tensors of one dtype with B·T = ", N,
-              " and ld ≥ r·D + r = ", rows, ", got ", z.sizes(), " and ", base.sizes());
+  TORCH_CHECK(base.is_cuda() && base.is_contiguous() && base.dim() == 2 && base.size(0) == N && base.size(1) >= rows,
+              fn, ": base must be a contiguous (B·T, ld) CUDA tensor with B·T = ", N, " and ld ≥ r·D + r = ", rows,
+              ", got ", base.sizes());
+  TORCH_CHECK(!z.defined() || (z.is_cuda() && z.is_contiguous() && z.scalar_type() == base.scalar_type() &&
+                               z.sizes() == base.sizes()),
+              fn, ": z must be undefined or a contiguous CUDA tensor of base's dtype and sizes ", base.sizes(), ", got ",
+              z.sizes(), " ", z.scalar_type());
+}
+
+template <typename T>
+const T* data_or_null(const torch::Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
 }
 
 int64_t target_threads(const torch::Device& device) {
@@ -649,17 +676,17 @@ void fp_mix_cuda(const torch::Tensor& z, const torch::Tensor& base, const torch:
                  bool sum_form, const DeviceSolverState& state) {
   check_mix_args("fp_mix_cuda", z, base, bx, h, lambda, v, rank);
   const int64_t B = h.size(0), T = h.size(1), D = h.size(2), N = B * T;
-  const int64_t ld = z.size(1);  // rows padded (e.g. to a multiple of 8 for aligned GEMMs); the pad is unread
+  const int64_t ld = base.size(1);  // rows padded (e.g. to a multiple of 8 for aligned GEMMs); the pad is unread
   const c10::cuda::CUDAGuard guard(h.device());
   const int ac = parse_activation(mixer_ac);
   const size_t smem = static_cast<size_t>((sum_form ? 2 : 1) * D) * sizeof(float);
   TORCH_CHECK(smem <= 96 * 1024, "fp_mix_cuda: D = ", D, " is too wide for the fused kernel");
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, z.scalar_type(), "fp_mix_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, base.scalar_type(), "fp_mix_cuda", [&] {
     if (smem > 48 * 1024)
       C10_CUDA_CHECK(cudaFuncSetAttribute(fp_mix_kernel<scalar_t>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           static_cast<int>(smem)));
     fp_mix_kernel<scalar_t><<<N, kThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(
-        z.data_ptr<scalar_t>(), base.data_ptr<scalar_t>(), bx.data_ptr<scalar_t>(), h.data_ptr<float>(),
+        data_or_null<scalar_t>(z), base.data_ptr<scalar_t>(), bx.data_ptr<scalar_t>(), h.data_ptr<float>(),
         lambda.data_ptr<scalar_t>(), v.data_ptr<float>(), T, D, ld, static_cast<int>(rank), ac, static_cast<float>(eps),
         sum_form, state.counters.data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -727,14 +754,29 @@ void fp_scan_cuda(const torch::Tensor& v, const torch::Tensor& lambda, const tor
 
 namespace {
 
-// out[i] = (counters[0] even ? even : odd)[i], converted to out's dtype.
+// out[i] = (counters[0] even ? even : odd)[i], converted to out's dtype; four elements per thread and step
+// (16-byte loads), the last n mod 4 by the first threads.
+template <typename out_t>
+struct alignas(4 * sizeof(out_t)) Pack4 {
+  out_t v[4];
+};
 template <typename out_t>
 __global__ void fp_select_kernel(const float* __restrict__ even, const float* __restrict__ odd, out_t* __restrict__ out,
                                  int64_t n, const int64_t* __restrict__ counters) {
   const float* src = (counters[0] & 1) == 0 ? even : odd;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    out[i] = static_cast<out_t>(src[i]);
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int64_t first = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  const int64_t quads = n / 4;
+  for (int64_t q = first; q < quads; q += stride) {
+    const float4 x = __ldg(reinterpret_cast<const float4*>(src) + q);
+    Pack4<out_t> p;
+    p.v[0] = static_cast<out_t>(x.x);
+    p.v[1] = static_cast<out_t>(x.y);
+    p.v[2] = static_cast<out_t>(x.z);
+    p.v[3] = static_cast<out_t>(x.w);
+    reinterpret_cast<Pack4<out_t>*>(out)[q] = p;
+  }
+  if (first < n - 4 * quads) out[4 * quads + first] = static_cast<out_t>(src[4 * quads + first]);
 }
 
 }  // namespace
@@ -752,7 +794,13 @@ void fp_select_cuda(const DeviceSolverState& state, const torch::Tensor& even, c
   const int64_t n = even.numel();
   if (n == 0) return;
   const c10::cuda::CUDAGuard guard(even.device());
-  const int64_t blocks = std::min<int64_t>((n + kThreads - 1) / kThreads, 65535);
+  // Whole 4-element pieces need 16-byte aligned inputs and an aligned output (tensors from the allocator are).
+  const auto misaligned = [](const torch::Tensor& t, int64_t bytes) {
+    return reinterpret_cast<uintptr_t>(t.data_ptr()) % bytes != 0;
+  };
+  TORCH_CHECK(!misaligned(even, 16) && !misaligned(odd, 16) && !misaligned(out, 4 * out.element_size()),
+              "fp_select_cuda: even, odd and out must start on 16-byte (out: 4-element) boundaries");
+  const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>((n / 4 + kThreads - 1) / kThreads, 65535));
   auto stream = c10::cuda::getCurrentCUDAStream();
   const int64_t* counters = state.counters.data_ptr<int64_t>();
   if (out.scalar_type() == torch::kFloat32)
@@ -792,7 +840,7 @@ void fp_mixscan_cuda(const torch::Tensor& z, const torch::Tensor& base, const to
   TORCH_CHECK(!lowp || (y_lowp->is_cuda() && y_lowp->is_contiguous() && y_lowp->numel() == h.numel() &&
                         (y_lowp->scalar_type() == torch::kBFloat16 || y_lowp->scalar_type() == torch::kHalf)),
               "fp_mixscan_cuda: y_lowp must be a contiguous bfloat16/float16 CUDA tensor of ", h.numel(), " elements");
-  const int64_t ld = z.size(1);
+  const int64_t ld = base.size(1);
   const c10::cuda::CUDAGuard guard(h.device());
   const int ac = parse_activation(mixer_ac);
   FusedControl ctl;
@@ -816,33 +864,36 @@ void fp_mixscan_cuda(const torch::Tensor& z, const torch::Tensor& base, const to
   auto stream = c10::cuda::getCurrentCUDAStream();
   const int cpt = D <= kThreads ? 1 : D <= 2 * kThreads ? 2 : D <= 4 * kThreads ? 4 : 8;
   // The staged kernel copies whole rows in 16-byte pieces: every row and pointer 16-byte aligned, and two
-  // stages in shared memory.
-  const int64_t zsize = static_cast<int64_t>(z.element_size()), rows8 = (rank * D + rank + 7) / 8 * 8;
+  // stages in shared memory. Otherwise the kernel that reads global memory as it goes.
+  const int64_t zsize = static_cast<int64_t>(base.element_size()), rows8 = (rank * D + rank + 7) / 8 * 8;
   const StageLayout layout(D, rows8, zsize);
-  const auto aligned = [](const torch::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; };
+  const auto aligned = [](const torch::Tensor& t) {
+    return !t.defined() || reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
+  };
   const bool staged = (D * 4) % 16 == 0 && (D * zsize) % 16 == 0 && (ld * zsize) % 16 == 0 && rows8 <= ld &&
                       aligned(z) && aligned(base) && aligned(bx) && aligned(h) && aligned(lambda) &&
                       2 * layout.total <= 200 * 1024;
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, z.scalar_type(), "fp_mixscan_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, base.scalar_type(), "fp_mixscan_cuda", [&] {
     auto launch = [&](auto* lowp_ptr, auto cpt_tag) {
       using lt_ = std::remove_pointer_t<decltype(lowp_ptr)>;
       constexpr int kCpt = decltype(cpt_tag)::value;
+      const scalar_t* zp = data_or_null<scalar_t>(z);
       if (staged) {
         const auto kernel = fp_mixscan_staged_kernel<scalar_t, lt_, kCpt>;
         const int smem = static_cast<int>(2 * layout.total);
         if (smem > 48 * 1024)
           C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
         kernel<<<static_cast<unsigned>(B), kThreads, smem, stream>>>(
-            z.data_ptr<scalar_t>(), base.data_ptr<scalar_t>(), bx.data_ptr<scalar_t>(), h.data_ptr<float>(),
-            lambda.data_ptr<scalar_t>(), y.data_ptr<float>(), lowp_ptr, state.stepsize.data_ptr<double>(),
-            state.diff.data_ptr<float>(), state.ymax.data_ptr<float>(), T, D, ld, rows8, static_cast<int>(rank), ac,
-            static_cast<float>(eps), sum_form, state.counters.data_ptr<int64_t>(), ctl);
+            zp, base.data_ptr<scalar_t>(), bx.data_ptr<scalar_t>(), h.data_ptr<float>(), lambda.data_ptr<scalar_t>(),
+            y.data_ptr<float>(), lowp_ptr, state.stepsize.data_ptr<double>(), state.diff.data_ptr<float>(),
+            state.ymax.data_ptr<float>(), T, D, ld, rows8, static_cast<int>(rank), ac, static_cast<float>(eps),
+            sum_form, state.counters.data_ptr<int64_t>(), ctl);
       } else {
         fp_mixscan_kernel<scalar_t, lt_, kCpt><<<static_cast<unsigned>(B), kThreads, 0, stream>>>(
-            z.data_ptr<scalar_t>(), base.data_ptr<scalar_t>(), bx.data_ptr<scalar_t>(), h.data_ptr<float>(),
-            lambda.data_ptr<scalar_t>(), y.data_ptr<float>(), lowp_ptr, state.stepsize.data_ptr<double>(),
-            state.diff.data_ptr<float>(), state.ymax.data_ptr<float>(), T, D, ld, static_cast<int>(rank), ac,
-            static_cast<float>(eps), sum_form, state.counters.data_ptr<int64_t>(), ctl);
+            zp, base.data_ptr<scalar_t>(), bx.data_ptr<scalar_t>(), h.data_ptr<float>(), lambda.data_ptr<scalar_t>(),
+            y.data_ptr<float>(), lowp_ptr, state.stepsize.data_ptr<double>(), state.diff.data_ptr<float>(),
+            state.ymax.data_ptr<float>(), T, D, ld, static_cast<int>(rank), ac, static_cast<float>(eps), sum_form,
+            state.counters.data_ptr<int64_t>(), ctl);
       }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };

@@ -65,6 +65,26 @@ struct InputGatesFunction : public torch::autograd::Function<InputGatesFunction>
   }
 };
 
+struct LinearRowsFunction : public torch::autograd::Function<LinearRowsFunction> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& w,
+                               const torch::Tensor& b) {
+    ctx->save_for_backward({x, w});
+    return torch::addmm(b, x, w.t());
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const torch::Tensor &x = saved[0], &w = saved[1];
+    const torch::Tensor g = grads[0].contiguous();
+    TORCH_CHECK(!torch::GradMode::is_enabled(), "linear_rows: double backward is not supported on CUDA");
+    torch::Tensor dx, dw, db;
+    if (ctx->needs_input_grad(0)) dx = torch::mm(g, w);
+    if (ctx->needs_input_grad(1)) dw = torch::mm(g.t(), x);
+    if (ctx->needs_input_grad(2)) db = column_sum_cuda(g).to(g.scalar_type());
+    return {dx, dw, db};
+  }
+};
+
 struct GatedRmsNormFunction : public torch::autograd::Function<GatedRmsNormFunction> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& z, const torch::Tensor& c,
                                const torch::Tensor& h, const torch::Tensor& weight, double eps) {
@@ -136,7 +156,17 @@ torch::Tensor gated_rmsnorm(const torch::Tensor& z, const torch::Tensor& c, cons
   return y.view(z.sizes());
 }
 
+torch::Tensor linear_rows(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) {
+  TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && b.dim() == 1 && w.size(1) == x.size(1) && b.size(0) == w.size(0),
+              "linear_rows: x (N, K), w (M, K) and b (M) expected, got ", x.sizes(), ", ", w.sizes(), " and ",
+              b.sizes());
+  const bool grads = torch::GradMode::is_enabled() && (x.requires_grad() || w.requires_grad() || b.requires_grad());
+  if (!x.is_cuda() || !grads || x.size(0) == 0) return torch::addmm(b, x, w.t());
+  return LinearRowsFunction::apply(x, w, b);
+}
+
 #ifndef FPRNN_WITH_CUDA
+torch::Tensor column_sum_cuda(const torch::Tensor&) { TORCH_CHECK(false, "column_sum_cuda: this build has no CUDA kernels"); }
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> input_gates_fwd_cuda(const torch::Tensor&,
                                                                              const torch::Tensor&,
                                                                              const torch::Tensor&,

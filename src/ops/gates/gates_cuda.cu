@@ -3,7 +3,7 @@
 // allow (VEC elements per load: 8 in bfloat16, 4 in float32, 2 in float64), accumulation in float32 (float64
 // for float64 inputs).
 //   input_gates:   one thread per VEC elements, forward 3 reads + 3 writes, backward up to 6 reads + 3 writes;
-//                  dl_bias = Σ_rows dl by ATen's sum over the written dl (deterministic).
+//                  dl_bias = Σ_rows dl by column_sum_cuda over the written dl (deterministic).
 //   gated_rmsnorm: one warp per row (the row's sums by warp shuffles), forward 3 reads + 1 write, backward
 //                  4 reads + 3 writes; each warp accumulates its rows' dw in shared memory and each block
 //                  writes one partial row, summed in a fixed order (deterministic for a given device).
@@ -242,6 +242,45 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
+// ---- column_sum --------------------------------------------------------------------------------------
+
+// Partial column sums of a contiguous (N, D) matrix: block (x, y) sums columns x·32·VEC … + 32·VEC − 1 over the
+// rows of slab y (rows_per_slab consecutive rows), each warp every 8th row of the slab, lane l its VEC columns;
+// the 8 warps' sums are then added in warp order. The grid depends on N and D only: deterministic.
+template <typename T, int VEC>
+__global__ void __launch_bounds__(kThreads)
+    column_partial_kernel(const T* __restrict__ m, typename AccType<T>::type* __restrict__ partial, int64_t N,
+                          int64_t D, int64_t rows_per_slab) {
+  using A = typename AccType<T>::type;
+  constexpr int kRowWarps = kThreads / 32;
+  __shared__ A red[kRowWarps][32 * VEC];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t d = (static_cast<int64_t>(blockIdx.x) * 32 + lane) * VEC;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.y) * rows_per_slab, r1 = min(N, r0 + rows_per_slab);
+  A acc[VEC];
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) acc[k] = A(0);
+  if (d < D) {
+    for (int64_t n = r0 + warp; n < r1; n += kRowWarps) {
+      A v[VEC];
+      load<T, VEC, A>(m + n * D + d, v);
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) acc[k] += v[k];
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) red[warp][lane * VEC + k] = acc[k];
+  __syncthreads();
+  for (int c = threadIdx.x; c < 32 * VEC; c += kThreads) {
+    const int64_t col = static_cast<int64_t>(blockIdx.x) * 32 * VEC + c;
+    if (col >= D) continue;
+    A sum = A(0);
+#pragma unroll
+    for (int w = 0; w < kRowWarps; ++w) sum += red[w][c];
+    partial[static_cast<int64_t>(blockIdx.y) * D + col] = sum;
+  }
+}
+
 // ---- host side --------------------------------------------------------------------------------------
 
 bool aligned16(const void* p) { return p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0; }
@@ -373,7 +412,7 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> input_gat
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {db, dx, dl, dl.to(acc).sum(0)};
+  return {db, dx, dl, column_sum_cuda(dl)};
 }
 
 torch::Tensor gated_rmsnorm_fwd_cuda(const torch::Tensor& z, const torch::Tensor& c, const torch::Tensor& h,
@@ -451,6 +490,40 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> gated_rms
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {dz, dc, dh, partial.sum(0)};
+}
+
+torch::Tensor column_sum_cuda(const torch::Tensor& m) {
+  TORCH_CHECK(m.is_cuda() && m.dim() == 2 && m.is_contiguous(), "column_sum_cuda: m must be a contiguous (N, D) CUDA tensor, got ",
+              m.sizes(), " on ", m.device());
+  const int64_t N = m.size(0), D = m.size(1);
+  const auto dtype = m.scalar_type();
+  TORCH_CHECK(dtype == torch::kFloat32 || dtype == torch::kFloat64 || dtype == torch::kBFloat16,
+              "column_sum_cuda: float32, float64 or bfloat16 expected, got ", dtype);
+  const auto acc = dtype == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+  if (N == 0 || D == 0) return torch::zeros({D}, m.options().dtype(acc));
+  const c10::cuda::CUDAGuard guard(m.device());
+  // About 64 rows per slab, at most 128 slabs (then a (slabs, D) partial summed by ATen in its fixed order; a
+  // kernel with one thread per column walking the slabs took 16 µs against ATen's 9 at (128, 1032), H200).
+  const int64_t slabs = std::min<int64_t>(128, (N + 63) / 64), rows_per_slab = (N + slabs - 1) / slabs;
+  torch::Tensor partial = torch::empty({slabs, D}, m.options().dtype(acc));
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, dtype, "column_sum_cuda", [&] {
+    using T = scalar_t;
+    using A = typename AccType<T>::type;
+    constexpr int full = 16 / sizeof(T);
+    const int vec = vector_width<T>(D, D, {m.data_ptr()});
+    auto launch = [&](auto kernel, int v) {
+      const dim3 grid(static_cast<unsigned>((D + 32 * v - 1) / (32 * v)), static_cast<unsigned>(slabs));
+      kernel<<<grid, kThreads, 0, stream>>>(m.data_ptr<T>(), partial.data_ptr<A>(), N, D, rows_per_slab);
+    };
+    if (vec == full) {
+      launch(column_partial_kernel<T, full>, full);
+    } else {
+      launch(column_partial_kernel<T, 1>, 1);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return slabs == 1 ? partial.view({D}) : partial.sum(0);
 }
 
 }  // namespace fprnn::ops
