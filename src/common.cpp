@@ -28,15 +28,17 @@ Tensor shift(const Tensor& x, int64_t n, int64_t dim) {
   dim = dim < 0 ? dim + x.dim() : dim;
   TORCH_CHECK(dim >= 0 && dim < x.dim(), "shift: dim ", dim, " out of range for a ", x.dim(), "-d tensor");
   const int64_t len = x.size(dim);
-  Tensor out = torch::zeros_like(x, torch::MemoryFormat::Contiguous);
   const int64_t k = std::min<int64_t>(std::abs(n), len);
-  if (k == len) return out;
-  if (n >= 0) {
-    out.narrow(dim, k, len - k).copy_(x.narrow(dim, 0, len - k));
-  } else {
-    out.narrow(dim, 0, len - k).copy_(x.narrow(dim, k, len - k));
-  }
-  return out;
+  if (k == 0) return x.clone(torch::MemoryFormat::Contiguous);
+  if (k == len) return torch::zeros_like(x, torch::MemoryFormat::Contiguous);
+  // One concatenation (a single pass that writes every element once) rather than a zero fill and a strided
+  // copy over it (7 + 20 µs at (512, 17, 1024) in bfloat16 on an H200; the FPRNN layer's graphed step did not
+  // change measurably with this form: results/h200/shared_projection/shift_cat/).
+  std::vector<int64_t> pad_shape = x.sizes().vec();
+  pad_shape[dim] = k;
+  const Tensor pad = torch::zeros(pad_shape, x.options());
+  if (n >= 0) return torch::cat({pad, x.narrow(dim, 0, len - k)}, dim);
+  return torch::cat({x.narrow(dim, k, len - k), pad}, dim);
 }
 
 void check_rank(const Tensor& t, int64_t rank, const char* op, const char* name) {

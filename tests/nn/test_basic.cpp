@@ -15,6 +15,15 @@ TEST(BasicTest, ShiftDelaysAlongTime) {
   EXPECT_TRUE(torch::equal(a, torch::tensor({3.0, 4.0, 5.0, 6.0, 0.0, 0.0}, torch::kFloat64).view({1, 3, 2})));
   EXPECT_TRUE(torch::equal(shift(x, 5, 1), torch::zeros_like(x)));
   EXPECT_TRUE(torch::equal(shift(x.narrow(1, 0, 1), 1, 1), torch::zeros({1, 1, 2}, torch::kFloat64)));  // T = 1
+  const Tensor same = shift(x, 0, 1);  // a copy, not a view
+  EXPECT_TRUE(torch::equal(same, x));
+  EXPECT_NE(same.data_ptr(), x.data_ptr());
+  EXPECT_TRUE(torch::equal(shift(x, 1, -1), torch::tensor({0.0, 1.0, 0.0, 3.0, 0.0, 5.0}, torch::kFloat64).view({1, 3, 2})));
+  // Differentiable: the gradient of Σ w ⊙ shift(x) is w advanced by one step.
+  const Tensor xg = x.clone().requires_grad_();
+  const Tensor w = randn({1, 3, 2}, 5);
+  (shift(xg, 1, 1) * w).sum().backward();
+  EXPECT_TRUE(torch::equal(xg.grad(), shift(w, -1, 1)));
 }
 
 TEST(BasicTest, WeightNormLinearEqualsItsEffectiveWeight) {
