@@ -26,6 +26,33 @@ TEST(BasicTest, ShiftDelaysAlongTime) {
   EXPECT_TRUE(torch::equal(xg.grad(), shift(w, -1, 1)));
 }
 
+// shift copies the tensor flat and zeroes the slices that came from the neighbouring outer index: every dim,
+// both directions, several outer indices, a non-contiguous input, and the gradient, against a concatenation.
+TEST(BasicTest, ShiftMatchesAConcatenationEverywhere) {
+  const Tensor x = randn({3, 4, 5, 2}, 7);
+  for (int64_t dim = 0; dim < 4; ++dim) {
+    for (int64_t n : {1, 2, -1, -3}) {
+      const int64_t len = x.size(dim), k = std::min<int64_t>(std::abs(n), len);
+      std::vector<int64_t> pad_shape = x.sizes().vec();
+      pad_shape[dim] = k;
+      const Tensor pad = torch::zeros(pad_shape, x.options());
+      const Tensor want = k == len ? torch::zeros_like(x)
+                          : n > 0  ? torch::cat({pad, x.narrow(dim, 0, len - k)}, dim)
+                                   : torch::cat({x.narrow(dim, k, len - k), pad}, dim);
+      const std::string what = "dim " + std::to_string(dim) + " n " + std::to_string(n);
+      EXPECT_TRUE(torch::equal(shift(x, n, dim), want)) << what;
+      const Tensor xt = x.transpose(0, 3);  // not contiguous
+      const int64_t dt = dim == 0 ? 3 : dim == 3 ? 0 : dim;
+      EXPECT_TRUE(torch::equal(shift(xt, n, dt), want.transpose(0, 3))) << what << " (transposed input)";
+      if (k == len) continue;  // all zeros, not connected to x
+      const Tensor xg = x.clone().requires_grad_();
+      const Tensor w = randn(x.sizes().vec(), 8);
+      (shift(xg, n, dim) * w).sum().backward();
+      EXPECT_TRUE(torch::equal(xg.grad(), shift(w, -n, dim))) << what << " (gradient)";
+    }
+  }
+}
+
 TEST(BasicTest, WeightNormLinearEqualsItsEffectiveWeight) {
   torch::manual_seed(3);
   nn::Linear wn(5, 3, true, true);

@@ -5,6 +5,7 @@
 
 #include "fprnn/common.h"
 #include "fprnn/ops/conv1d.h"
+#include "fprnn/ops/fp_step.h"
 #include "fprnn/ops/householder.h"
 #include "fprnn/ops/kronecker.h"
 #include "fprnn/ops/linrec.h"
@@ -300,6 +301,54 @@ TEST(FpStepCuda, PaddedRowsAndRoundedIterate) {
   Tensor v = torch::empty({B, T, D}, f32);
   auto s = ops::make_device_solver_state(B, T, opt, torch::kCUDA);
   EXPECT_THROW(ops::fp_mix_cuda(too_narrow, too_narrow, bx, h, lambda, v, r, "silu", 1e-6, false, s), c10::Error);
+}
+
+// fp_mix_cuda + fp_scan_cuda against the float64 reference map (ops::fp_step_ref): the warp-per-token mix (one
+// warp: D ≤ 1024, two: D ≤ 2048; aligned rows and not) and the block-per-token one (D = 2100), both mixer forms,
+// float32 and bfloat16 operands, a chunked scan whose chunks end inside a load batch, and the residual maxima.
+// The reference gets the same (rounded) operand values in float64.
+TEST(FpStepCuda, TwoKernelPathMatchesTheReferenceMap) {
+  FPRNN_REQUIRE_GPU();
+  const auto f32 = torch::TensorOptions().dtype(torch::kFloat32).device(torch::kCUDA);
+  for (int64_t D : {24, 300, 512, 768, 1100, 1536, 2048, 2100}) {
+    for (int64_t r : {1, 2}) {
+      for (bool sum_form : {false, true}) {
+        for (auto dtype : {torch::kFloat32, torch::kBFloat16}) {
+          const int64_t B = 2, T = 44, rows = r * D + r;
+          // Rows padded to a multiple of 8 take the 16-byte loads (D a multiple of 8); rows + 5 is never one
+          // here: the element-by-element loads.
+          const bool aligned = D % 8 == 0 && (r == 1 || D == 512);
+          const int64_t ld = aligned ? (rows + 7) / 8 * 8 : rows + 5;
+          const Tensor z = (0.3 * randn({B * T, ld}, 70)).to(dtype), base = randn({B * T, ld}, 71).to(dtype);
+          const Tensor bx = randn({B, T, D}, 72).to(dtype), h = randn({B, T, D}, 73).to(torch::kFloat32);
+          const Tensor lambda = torch::sigmoid(randn({B, T, D}, 74)).to(dtype);
+          ops::DeviceSolverOptions opt;
+          auto st = ops::make_device_solver_state(B, T, opt, torch::kCUDA);
+          Tensor v = torch::empty({B, T, D}, f32), y = torch::empty({B, T, D}, f32);
+          ops::fp_mix_cuda(z.cuda(), base.cuda(), bx.cuda(), h.cuda(), lambda.cuda(), v, r, "silu", 1e-6, sum_form, st);
+          ops::fp_scan_cuda(v, lambda.cuda(), h.cuda(), y, st);
+
+          ops::FpStepInputs in;
+          const auto f64 = [&](const Tensor& t) { return t.to(torch::kFloat64); };
+          in.base = f64(base.narrow(1, 0, rows)).reshape({B, T, rows});
+          in.z = f64(z.narrow(1, 0, rows)).reshape({B, T, rows});
+          in.h = f64(h);
+          in.bx = f64(bx);
+          in.lambda = f64(lambda);
+          ops::FpStepConfig cfg;
+          cfg.rank = r;
+          cfg.norm_eps = 1e-6;
+          cfg.sum_form = sum_form;
+          const auto [y_ref, stats_ref] = ops::fp_step_ref(in, cfg);
+          const std::string what = "D " + std::to_string(D) + " r " + std::to_string(r) + " sum_form " +
+                                   std::to_string(sum_form) + " " + dtype_name(dtype);
+          expect_close(y.cpu(), y_ref, 2e-6, "iterate, " + what);
+          expect_close(st.diff.cpu(), stats_ref.select(2, 0), 2e-6, "max |y − h|, " + what);
+          expect_close(st.ymax.cpu(), stats_ref.select(2, 1), 2e-6, "max |y|, " + what);
+        }
+      }
+    }
+  }
 }
 
 // The one-block-per-sample kernel against fp_mix_cuda + fp_scan_cuda: iterate, rounded copy and residual

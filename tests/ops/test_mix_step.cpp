@@ -112,9 +112,11 @@ double bwd_tol(torch::Dtype dt) { return dt == torch::kFloat64 ? 1e-11 : dt == t
 TEST(MixStepCuda, KernelsMatchTheReference) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
   for (const auto dtype : {torch::kFloat64, torch::kFloat32, torch::kBFloat16}) {
-    // 1, 2, 4 and 8 channels per thread; the last width with rank 1 only (the check's cost).
+    // The block kernels: 1, 2, 4 and 8 channels per thread (the backward always, the forward in float64); the
+    // forward's warp kernel in float32 and bfloat16: one, two and four warps per token (D = 300 element by
+    // element, the others in 16-byte vectors).
     for (const auto& [D, ranks] : std::vector<std::pair<int64_t, std::vector<int64_t>>>{
-             {24, {1, 2, 4}}, {300, {1, 2}}, {1024, {1, 4}}, {2048, {1}}}) {
+             {24, {1, 2, 4}}, {300, {1, 2}}, {1024, {1, 4}}, {1536, {1, 2}}, {2048, {1}}}) {
       for (const int64_t r : ranks) {
         for (bool sum_form : {false, true}) {
           for (const char* act : {"identity", "relu", "silu"}) {

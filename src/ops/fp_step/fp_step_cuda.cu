@@ -8,6 +8,8 @@
 // fp_scan reads v, h (fp32) and λ (bf16) and writes y (fp32) and its bf16 copy: ~126 MB ≈ 32 µs. So about 0.1 ms per iteration, memory-bound outside the GEMM.
 #include "fprnn/ops/fp_step_cuda.h"
 
+#include "ops/cuda_math.cuh"
+
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAFunctions.h>
@@ -129,24 +131,138 @@ __global__ void fp_mix_kernel(const zt* __restrict__ z, const zt* __restrict__ b
     v[n * D + d] = (1.0f - static_cast<float>(lambda[n * D + d])) * (w[d] + hn[d]);
 }
 
+// fp_mix_kernel with WPT warps per token (one or two; kWarpsPerBlock / WPT tokens per block) instead of a
+// block: every operand of the token requested at once, and the dot products are warp sums (plus, for two warps,
+// one exchange through shared memory under a barrier of just those 64 threads). Lane l of the token's warp s holds
+// chunks c = (l + 32s) + 32·WPT·k (k < KV) of 8 channels each in registers, so D ≤ 256·WPT·KV; wider rows keep
+// the one-block kernel. Two warps per token beyond 4 chunks per lane: held in one warp, KV = 6 needed 144
+// registers (one block per SM) and re-reading the directions instead of holding them made the compiler hoist
+// the loads, 225. `vec`: rows and pointers 16-byte aligned and D a multiple of 8, so chunks load as 16-byte
+// vectors; otherwise element by element, the same lanes summing the same channels in the same order, so both
+// give the same bits (FpStepCuda.PaddedRowsAndRoundedIterate). At the LM shape (B, T, D) = (8, 2048, 1536) in
+// bfloat16 the block-per-token kernel took 199 µs per call, bound by its barriers and the latency of each
+// block's few loads.
+constexpr int kWarpsPerBlock = 8;
+using cuda_math::load8;
+using cuda_math::token_sum2;
+
+template <typename zt, int KV, int WPT, bool kSum>
+__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+    fp_mix_warp_kernel(const zt* __restrict__ z, const zt* __restrict__ base, const zt* __restrict__ bx,
+                       const float* __restrict__ h, const zt* __restrict__ lambda, float* __restrict__ v, int64_t N,
+                       int64_t T, int64_t D, int64_t ld, int r, int ac, float eps, bool vec,
+                       const int64_t* __restrict__ counters) {
+  static_assert(WPT == 1 || WPT == 2, "one or two warps per token");
+  constexpr int kTokens = kWarpsPerBlock / WPT;
+  __shared__ float2 partial[kTokens][2][WPT];  // token_sum2's scratch
+  if (counters[1] == 0) return;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, slot = warp / WPT, sub = warp % WPT;
+  const int64_t n = static_cast<int64_t>(blockIdx.x) * kTokens + slot;
+  if (n >= N) return;  // both warps of the token: nothing below synchronises more than the token's warps
+  const int64_t t = n % T;
+  const zt* bn = base + n * ld;
+  const zt* zp = (t > 0 && z != nullptr) ? z + (n - 1) * ld : nullptr;  // raw[b, t] = base[b, t] + z[b, t − 1]
+  const float* hn = h + n * D;
+  const int slane = lane + 32 * sub;
+  auto first = [&](int k) { return 8 * (slane + 32 * WPT * static_cast<int64_t>(k)); };  // chunk k's channel
+  float w[KV][8], delta[kSum ? KV : 1][8];
+#pragma unroll
+  for (int k = 0; k < KV; ++k) {
+    const int64_t d0 = first(k);
+    float hv[8], xv[8];
+    load8(hn + d0, D - d0, vec && d0 < D, hv);
+    load8(bx + n * D + d0, D - d0, vec && d0 < D, xv);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      w[k][j] = xv[j] - hv[j];
+      if constexpr (kSum) delta[k][j] = w[k][j];
+    }
+  }
+  for (int i = 0; i < r; ++i) {
+    float a[KV][8];
+    float uu = 0.0f, uw = 0.0f;
+    const int64_t col = static_cast<int64_t>(i) * D;
+#pragma unroll
+    for (int k = 0; k < KV; ++k) {
+      const int64_t d0 = first(k);
+      float zv[8];
+      load8(bn + col + d0, D - d0, vec && d0 < D, a[k]);
+      if (zp != nullptr) {
+        load8(zp + col + d0, D - d0, vec && d0 < D, zv);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) a[k][j] += zv[j];
+      }
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        a[k][j] = d0 + j < D ? activate(a[k][j], ac) : 0.0f;
+        uu += a[k][j] * a[k][j];
+        uw += a[k][j] * (kSum ? delta[k][j] : w[k][j]);  // DPLR: every dot product against the input δ
+      }
+    }
+    const float2 sums = token_sum2<WPT>(uu, uw, partial[slot], i, sub, slot);
+    const int64_t ja = static_cast<int64_t>(r) * D + i;
+    const float raw_alpha = static_cast<float>(bn[ja]) + (zp != nullptr ? static_cast<float>(zp[ja]) : 0.0f);
+    const float inv = 1.0f / fmaxf(sqrtf(sums.x), eps);  // u = a / max(‖a‖, eps)
+    const float alpha = 1.0f / (1.0f + __expf(-raw_alpha));
+    const float c = -2.0f * alpha * sums.y * inv * inv;  // −2 α (uᵀw) u = c · a
+#pragma unroll
+    for (int k = 0; k < KV; ++k)
+#pragma unroll
+      for (int j = 0; j < 8; ++j) w[k][j] += c * a[k][j];
+  }
+#pragma unroll
+  for (int k = 0; k < KV; ++k) {
+    const int64_t d0 = first(k);
+    if (d0 >= D) continue;
+    float hv[8], lv[8], out[8];
+    load8(hn + d0, D - d0, vec, hv);  // again: a cache hit, cheaper than holding it in registers
+    load8(lambda + n * D + d0, D - d0, vec, lv);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) out[j] = (1.0f - lv[j]) * (w[k][j] + hv[j]);
+    float* vn = v + n * D + d0;
+    if (vec) {
+      reinterpret_cast<float4*>(vn)[0] = make_float4(out[0], out[1], out[2], out[3]);
+      reinterpret_cast<float4*>(vn)[1] = make_float4(out[4], out[5], out[6], out[7]);
+    } else {
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+        if (d0 + j < D) vn[j] = out[j];
+    }
+  }
+}
+
 // The scan over one (b, chunk) per blockIdx.y and channels d across blockIdx.x·blockDim.x + threadIdx.x,
-// as in linrec_cuda.cu; phase 3 also writes the damped iterate and the residual maxima (one atomic per
-// warp and step: the 32 lanes reduce first).
+// as in linrec_cuda.cu; phase 3 also writes the damped iterate and the residual maxima. Both walks request the
+// operands of kScanBatch steps before using any (the loads do not depend on the carried state), so a thread has
+// several loads in flight instead of one round trip per step; the output kernel then reduces each step's maxima
+// over the block (warp redux, shared memory, one barrier per batch) and sends one atomic maximum per block and
+// step, not one per warp: at the LM shape (B, T, D) = (8, 2048, 1536) 6 atomics per token and statistic, not 48.
+constexpr int kScanBatch = 8;
 template <typename lam_t>
-__global__ void fp_scan_summary_kernel(const float* __restrict__ v, const lam_t* __restrict__ lambda, float* end_state,
-                                       float* prod, int64_t T, int64_t D, int64_t NC, int64_t L,
-                                       const int64_t* __restrict__ counters) {
+__global__ void __launch_bounds__(kThreads)
+    fp_scan_summary_kernel(const float* __restrict__ v, const lam_t* __restrict__ lambda, float* end_state,
+                           float* prod, int64_t T, int64_t D, int64_t NC, int64_t L,
+                           const int64_t* __restrict__ counters) {
   if (counters[1] == 0) return;
   const int64_t d = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t bk = blockIdx.y, b = bk / NC, k = bk % NC;
   if (d >= D) return;
   const int64_t t0 = k * L, t1 = min(T, t0 + L);
   float s = 0.0f, p = 1.0f;
-  for (int64_t t = t0; t < t1; ++t) {
-    const int64_t i = (b * T + t) * D + d;
-    const float l = static_cast<float>(lambda[i]);
-    s = l * s + v[i];
-    p *= l;
+  for (int64_t tb = t0; tb < t1; tb += kScanBatch) {
+    float lv[kScanBatch], vv[kScanBatch];
+#pragma unroll
+    for (int u = 0; u < kScanBatch; ++u) {
+      const int64_t i = (b * T + tb + u) * D + d;
+      lv[u] = tb + u < t1 ? static_cast<float>(lambda[i]) : 1.0f;  // past the chunk: the identity step
+      vv[u] = tb + u < t1 ? v[i] : 0.0f;
+    }
+#pragma unroll
+    for (int u = 0; u < kScanBatch; ++u) {
+      if (tb + u >= t1) break;
+      s = lv[u] * s + vv[u];
+      p *= lv[u];
+    }
   }
   end_state[bk * D + d] = s;
   prod[bk * D + d] = p;
@@ -167,36 +283,61 @@ __global__ void fp_scan_carry_kernel(const float* end_state, const float* prod, 
 }
 
 template <typename lam_t, typename lt>
-__global__ void fp_scan_output_kernel(const float* __restrict__ v, const lam_t* __restrict__ lambda,
-                                      const float* __restrict__ h, float* __restrict__ y, lt* __restrict__ y_lowp,
-                                      const float* carry_in,
-                                      const double* __restrict__ stepsize, float* diff, float* ymax, int64_t T,
-                                      int64_t D, int64_t NC, int64_t L, const int64_t* __restrict__ counters) {
+__global__ void __launch_bounds__(kThreads)
+    fp_scan_output_kernel(const float* __restrict__ v, const lam_t* __restrict__ lambda, const float* __restrict__ h,
+                          float* __restrict__ y, lt* __restrict__ y_lowp, const float* carry_in,
+                          const double* __restrict__ stepsize, float* diff, float* ymax, int64_t T, int64_t D,
+                          int64_t NC, int64_t L, const int64_t* __restrict__ counters) {
   if (counters[1] == 0) return;
+  // Per batch: the warps' maxima of each step, [parity][step][statistic][warp]; the two buffers alternate, so a
+  // buffer is written again only after every thread has passed the next batch's barrier (and read it).
+  __shared__ unsigned red[2][kScanBatch][2][kThreads / 32];
   const int64_t d = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t bk = blockIdx.y, b = bk / NC, k = bk % NC;
   const bool live = d < D;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
   const float s_b = static_cast<float>(stepsize[b]);
   const int64_t t0 = k * L, t1 = min(T, t0 + L);
   float state = (live && carry_in != nullptr) ? carry_in[bk * D + d] : 0.0f;
-  for (int64_t t = t0; t < t1; ++t) {
-    const int64_t i = (b * T + t) * D + d;
-    unsigned dev = 0, mag = 0;  // |·| as bits (abs_bits)
-    if (live) {
-      state = static_cast<float>(lambda[i]) * state + v[i];
-      const float old = h[i];
-      const float out = s_b == 1.0f ? state : s_b * state + (1.0f - s_b) * old;
-      y[i] = out;
-      if (y_lowp != nullptr) y_lowp[i] = static_cast<lt>(out);
-      dev = abs_bits(state - old);
-      mag = abs_bits(state);
+  int parity = 0;
+  for (int64_t tb = t0; tb < t1; tb += kScanBatch, parity ^= 1) {
+    const int n = static_cast<int>(t1 - tb < kScanBatch ? t1 - tb : kScanBatch);
+    float lv[kScanBatch], vv[kScanBatch], hv[kScanBatch];
+#pragma unroll
+    for (int u = 0; u < kScanBatch; ++u) {
+      const int64_t i = (b * T + tb + u) * D + d;
+      const bool in = live && u < n;
+      lv[u] = in ? static_cast<float>(lambda[i]) : 0.0f;
+      vv[u] = in ? v[i] : 0.0f;
+      hv[u] = in ? h[i] : 0.0f;
     }
-    dev = __reduce_max_sync(0xffffffffu, dev);
-    mag = __reduce_max_sync(0xffffffffu, mag);
-    if ((threadIdx.x & 31) == 0) {
+#pragma unroll
+    for (int u = 0; u < kScanBatch; ++u) {
+      if (u >= n) break;  // n is the same for the whole block
+      unsigned dev = 0, mag = 0;  // |·| as bits (abs_bits)
+      if (live) {
+        const int64_t i = (b * T + tb + u) * D + d;
+        state = lv[u] * state + vv[u];
+        const float out = s_b == 1.0f ? state : s_b * state + (1.0f - s_b) * hv[u];
+        y[i] = out;
+        if (y_lowp != nullptr) y_lowp[i] = static_cast<lt>(out);
+        dev = abs_bits(state - hv[u]);
+        mag = abs_bits(state);
+      }
+      dev = __reduce_max_sync(0xffffffffu, dev);
+      mag = __reduce_max_sync(0xffffffffu, mag);
+      if (lane == 0) {
+        red[parity][u][0][warp] = dev;
+        red[parity][u][1][warp] = mag;
+      }
+    }
+    __syncthreads();
+    if (threadIdx.x < 2 * n) {
       // Non-negative floats order like their bit patterns; a NaN (positive bits) wins the maximum.
-      atomicMax(reinterpret_cast<unsigned*>(diff) + b * T + t, dev);
-      atomicMax(reinterpret_cast<unsigned*>(ymax) + b * T + t, mag);
+      const int u = threadIdx.x >> 1, which = threadIdx.x & 1;
+      unsigned m = 0;
+      for (int w = 0; w < warps; ++w) m = max(m, red[parity][u][which][w]);
+      atomicMax(reinterpret_cast<unsigned*>(which == 0 ? diff : ymax) + b * T + tb + u, m);
     }
   }
 }
@@ -570,32 +711,48 @@ __global__ void __launch_bounds__(kControllerThreads)
   if (counters[1] == 0) return;
   __shared__ QuantileFacts warp_facts[32];
   QuantileFacts f{0, 0, 0, -INFINITY, INFINITY, 0.0};
-  for (int64_t b = threadIdx.x; b < B; b += blockDim.x) {
-    // The sample's state and up to kRows rows of its scratch are all requested before any is used: one round
-    // trip to memory instead of one per token (the kernel runs once per iteration, on one SM).
+  // A group of g threads per sample (g a power of two ≤ 32, as many as the block has for B samples: 1 at the
+  // usual batch sizes, 32 for the LM shape's 8 samples of 2048 tokens, where one thread walking a sample's
+  // rows took 250 µs). The group's lanes take every g-th row and combine their maxima by shuffles; the maximum
+  // is exact in any order and a NaN is kept by every combination, so r is the sequential loop's, bit for bit.
+  int g = 1;
+  while (g < 32 && static_cast<int64_t>(2 * g) * B <= blockDim.x) g *= 2;
+  const int lane = threadIdx.x % g, groups = blockDim.x / g;
+  for (int64_t b0 = 0; b0 < B; b0 += groups) {  // the same trip count for every thread: the shuffles are warp-wide
+    const int64_t b = b0 + threadIdx.x / g;
+    const bool live = b < B && threadIdx.x / g < groups;
+    // The sample's rows are requested kRows at a time before any is used: a few round trips to memory instead
+    // of one per token (the kernel runs once per iteration, on one SM).
     constexpr int kRows = 16;
-    const double old_best = best[b], old_step = stepsize[b];
-    const int64_t old_patience = patience[b];
     double r = 0.0;
-    const float* db = diff + b * T;
-    const float* yb = ymax + b * T;
-    for (int64_t t0 = 0; t0 < T; t0 += kRows) {
-      float dv[kRows], ym[kRows];
+    if (live) {
+      const float* db = diff + b * T;
+      const float* yb = ymax + b * T;
+      for (int64_t t0 = 0; t0 < T; t0 += static_cast<int64_t>(kRows) * g) {
+        float dv[kRows], ym[kRows];
 #pragma unroll
-      for (int k = 0; k < kRows; ++k) {
-        dv[k] = t0 + k < T ? db[t0 + k] : 0.0f;
-        ym[k] = t0 + k < T ? yb[t0 + k] : 0.0f;
-      }
+        for (int k = 0; k < kRows; ++k) {
+          const int64_t t = t0 + static_cast<int64_t>(k) * g + lane;
+          dv[k] = t < T ? db[t] : 0.0f;
+          ym[k] = t < T ? yb[t] : 0.0f;
+        }
 #pragma unroll
-      for (int k = 0; k < kRows; ++k) {
-        if (t0 + k >= T) break;
-        const double q = static_cast<double>(dv[k]) / (static_cast<double>(ym[k]) + eps);
-        r = (q > r || isnan(q)) ? q : r;
+        for (int k = 0; k < kRows; ++k) {
+          if (t0 + static_cast<int64_t>(k) * g + lane >= T) break;
+          const double q = static_cast<double>(dv[k]) / (static_cast<double>(ym[k]) + eps);
+          r = (q > r || isnan(q)) ? q : r;
+        }
       }
     }
-    const SampleState st = update_sample(b, r, old_best, old_step, old_patience, best, last, stepsize, patience,
-                                         decay_patience, decay);
-    add_fact(f, st.best, st.step, threshold);
+    for (int o = 1; o < g; o <<= 1) {
+      const double other = __shfl_xor_sync(0xffffffffu, r, o);
+      r = (isnan(r) || !(other > r || isnan(other))) ? r : other;
+    }
+    if (live && lane == 0) {
+      const SampleState st = update_sample(b, r, best[b], stepsize[b], patience[b], best, last, stepsize, patience,
+                                           decay_patience, decay);
+      add_fact(f, st.best, st.step, threshold);
+    }
   }
   __syncthreads();  // every thread has read its rows: zero the scratch for the next iteration, coalesced
   for (int64_t i = threadIdx.x; i < B * T; i += blockDim.x) {
@@ -679,6 +836,43 @@ void fp_mix_cuda(const torch::Tensor& z, const torch::Tensor& base, const torch:
   const int64_t ld = base.size(1);  // rows padded (e.g. to a multiple of 8 for aligned GEMMs); the pad is unread
   const c10::cuda::CUDAGuard guard(h.device());
   const int ac = parse_activation(mixer_ac);
+  const int64_t* counters = state.counters.data_ptr<int64_t>();
+  const int64_t kv = (D + 255) / 256;  // chunks of 8 channels per lane in the warp-per-token kernel
+  if (kv <= 8 && (base.scalar_type() == torch::kBFloat16 || base.scalar_type() == torch::kFloat32)) {
+    const auto aligned = [](const torch::Tensor& t) {
+      return !t.defined() || reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
+    };
+    const bool vec = D % 8 == 0 && ld % 8 == 0 && aligned(z) && aligned(base) && aligned(bx) && aligned(h) &&
+                     aligned(lambda) && aligned(v);
+    auto stream = c10::cuda::getCurrentCUDAStream();
+    auto launch = [&](auto* zero, auto kv_tag, auto wpt_tag, auto sum_tag) {
+      using zt = std::remove_pointer_t<decltype(zero)>;
+      constexpr int kWpt = decltype(wpt_tag)::value;
+      const auto blocks = static_cast<unsigned>((N + kWarpsPerBlock / kWpt - 1) / (kWarpsPerBlock / kWpt));
+      fp_mix_warp_kernel<zt, decltype(kv_tag)::value, kWpt, decltype(sum_tag)::value>
+          <<<blocks, kWarpsPerBlock * 32, 0, stream>>>(data_or_null<zt>(z), base.data_ptr<zt>(), bx.data_ptr<zt>(),
+                                                       h.data_ptr<float>(), lambda.data_ptr<zt>(), v.data_ptr<float>(),
+                                                       N, T, D, ld, static_cast<int>(rank), ac, static_cast<float>(eps),
+                                                       vec, counters);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    using One = std::integral_constant<int, 1>;
+    using Two = std::integral_constant<int, 2>;
+    auto with_kv = [&](auto* zero, auto sum_tag) {
+      if (kv <= 2) launch(zero, Two{}, One{}, sum_tag);  // D ≤ 512 (and the narrow ones)
+      else if (kv <= 4) launch(zero, std::integral_constant<int, 4>{}, One{}, sum_tag);
+      else if (kv <= 6) launch(zero, std::integral_constant<int, 3>{}, Two{}, sum_tag);  // the LM shape's D = 1536
+      else launch(zero, std::integral_constant<int, 4>{}, Two{}, sum_tag);
+    };
+    auto with_form = [&](auto* zero) {
+      if (sum_form) with_kv(zero, std::true_type{});
+      else with_kv(zero, std::false_type{});
+    };
+    if (base.scalar_type() == torch::kBFloat16) with_form(static_cast<c10::BFloat16*>(nullptr));
+    else with_form(static_cast<float*>(nullptr));
+    return;
+  }
+  // Wider rows and float64: one block per token.
   const size_t smem = static_cast<size_t>((sum_form ? 2 : 1) * D) * sizeof(float);
   TORCH_CHECK(smem <= 96 * 1024, "fp_mix_cuda: D = ", D, " is too wide for the fused kernel");
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, base.scalar_type(), "fp_mix_cuda", [&] {
@@ -688,7 +882,7 @@ void fp_mix_cuda(const torch::Tensor& z, const torch::Tensor& base, const torch:
     fp_mix_kernel<scalar_t><<<N, kThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(
         data_or_null<scalar_t>(z), base.data_ptr<scalar_t>(), bx.data_ptr<scalar_t>(), h.data_ptr<float>(),
         lambda.data_ptr<scalar_t>(), v.data_ptr<float>(), T, D, ld, static_cast<int>(rank), ac, static_cast<float>(eps),
-        sum_form, state.counters.data_ptr<int64_t>());
+        sum_form, counters);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }

@@ -30,6 +30,11 @@ namespace {
 using detail::linrec_acc_t;
 
 constexpr int kThreads = 256;
+// Phases 1 and 3 request the operands of kBatch steps before using any (they do not depend on the carried
+// state), so a thread has several loads in flight instead of one round trip per step; the arithmetic and its
+// order are unchanged. At the LM shape (8, 2048, 1536) in bfloat16 on an H200 the one-step-at-a-time loops took
+// 100 + 99 µs forward and 68 + 180 µs backward (summary + output), 3–5× their bytes' time.
+constexpr int kBatch = 8;
 
 // Threads the chip should have in flight (132 SMs × 2048 on an H200); read off the device at run time.
 int64_t target_threads() {
@@ -81,7 +86,7 @@ __device__ __forceinline__ void chunk_range(int64_t k, int64_t L, int64_t T, int
 
 // Phase 1: per (b, chunk, d), the chunk's end state from 0 and the product of its coefficients.
 template <typename scalar_t, bool kBwd>
-__global__ void scan_summary_kernel(ScanArgs<scalar_t, kBwd> a, linrec_acc_t<scalar_t>* end_state,
+__global__ void __launch_bounds__(kThreads) scan_summary_kernel(ScanArgs<scalar_t, kBwd> a, linrec_acc_t<scalar_t>* end_state,
                                     linrec_acc_t<scalar_t>* prod) {
   using acc_t = linrec_acc_t<scalar_t>;
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -90,12 +95,27 @@ __global__ void scan_summary_kernel(ScanArgs<scalar_t, kBwd> a, linrec_acc_t<sca
   const int64_t base = b * a.T * a.D + d;
   int64_t first, count;
   chunk_range(k, a.L, a.T, a.dir, first, count);
+  // Pointers to the chunk's first step, advanced by `step` per step: the loads need no 64-bit index arithmetic
+  // or range tests (coef_at's only out-of-range case, the backward scan's very first step, is `c_zero`).
+  const int64_t step = a.dir * a.D;
+  const scalar_t* xp = a.x + base + first * a.D;
+  const scalar_t* cp = a.c + base + (first - (kBwd ? a.dir : 0)) * a.D;
+  const bool c_zero = kBwd && k == 0;
   acc_t h = 0, p = 1;
-  for (int64_t s = 0; s < count; ++s) {
-    const int64_t t = first + s * a.dir;
-    const acc_t c = coef_at(a, base, t);
-    h = c * h + static_cast<acc_t>(a.x[base + t * a.D]);
-    p *= c;
+  for (int64_t s0 = 0; s0 < count; s0 += kBatch) {
+    acc_t cv[kBatch], xv[kBatch];
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const bool in = s0 + u < count;
+      cv[u] = !in ? acc_t(1) : (c_zero && s0 + u == 0) ? acc_t(0) : static_cast<acc_t>(cp[(s0 + u) * step]);
+      xv[u] = in ? static_cast<acc_t>(xp[(s0 + u) * step]) : acc_t(0);
+    }
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      if (s0 + u >= count) break;
+      h = cv[u] * h + xv[u];
+      p *= cv[u];
+    }
   }
   end_state[idx] = h;
   prod[idx] = p;
@@ -118,7 +138,7 @@ __global__ void scan_carry_kernel(const acc_t* end_state, const acc_t* prod, acc
 
 // Phase 3 (or the whole scan when NC = 1): rescan each chunk from its incoming state, writing outputs.
 template <typename scalar_t, bool kBwd>
-__global__ void scan_output_kernel(ScanArgs<scalar_t, kBwd> a, const linrec_acc_t<scalar_t>* carry_in) {
+__global__ void __launch_bounds__(kThreads) scan_output_kernel(ScanArgs<scalar_t, kBwd> a, const linrec_acc_t<scalar_t>* carry_in) {
   using acc_t = linrec_acc_t<scalar_t>;
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= a.B * a.NC * a.D) return;
@@ -126,15 +146,32 @@ __global__ void scan_output_kernel(ScanArgs<scalar_t, kBwd> a, const linrec_acc_
   const int64_t base = b * a.T * a.D + d;
   int64_t first, count;
   chunk_range(k, a.L, a.T, a.dir, first, count);
+  const int64_t step = a.dir * a.D;
+  const int64_t first_i = base + first * a.D;
+  const scalar_t* xp = a.x + first_i;
+  const scalar_t* cp = a.c + base + (first - (kBwd ? a.dir : 0)) * a.D;
+  const bool c_zero = kBwd && k == 0;  // the backward scan's very first step has no coefficient
+  // dc_t = du_t · y_{t+dir} (y_{t−1} for a forward-in-time recurrence); y_{t+dir} is past the end only at the
+  // scan's last step, global step T − 1 (step s of chunk k is global step k·L + s).
+  const scalar_t* yp = kBwd ? a.y + first_i + step : nullptr;
+  const int64_t y_count = min(count, a.T - 1 - k * a.L);
   acc_t h = carry_in != nullptr ? carry_in[idx] : acc_t(0);
-  for (int64_t s = 0; s < count; ++s) {
-    const int64_t t = first + s * a.dir;
-    h = coef_at(a, base, t) * h + static_cast<acc_t>(a.x[base + t * a.D]);
-    a.out[base + t * a.D] = static_cast<scalar_t>(h);
-    if constexpr (kBwd) {
-      const int64_t tp = t + a.dir;  // dc_t = du_t · y_{t+dir} (y_{t−1} for a forward-in-time recurrence)
-      const acc_t yp = (tp >= 0 && tp < a.T) ? static_cast<acc_t>(a.y[base + tp * a.D]) : acc_t(0);
-      a.dc[base + t * a.D] = static_cast<scalar_t>(h * yp);
+  for (int64_t s0 = 0; s0 < count; s0 += kBatch) {
+    acc_t cv[kBatch], xv[kBatch], yv[kBwd ? kBatch : 1];
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const bool in = s0 + u < count;
+      cv[u] = (!in || (c_zero && s0 + u == 0)) ? acc_t(0) : static_cast<acc_t>(cp[(s0 + u) * step]);
+      xv[u] = in ? static_cast<acc_t>(xp[(s0 + u) * step]) : acc_t(0);
+      if constexpr (kBwd) yv[u] = s0 + u < y_count ? static_cast<acc_t>(yp[(s0 + u) * step]) : acc_t(0);
+    }
+    scalar_t* op = a.out + first_i + s0 * step;
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      if (s0 + u >= count) break;
+      h = cv[u] * h + xv[u];
+      op[u * step] = static_cast<scalar_t>(h);
+      if constexpr (kBwd) a.dc[first_i + (s0 + u) * step] = static_cast<scalar_t>(h * yv[u]);
     }
   }
 }
