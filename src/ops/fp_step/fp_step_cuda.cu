@@ -546,9 +546,11 @@ __device__ __forceinline__ void scan_token(const float (&w)[CPT], const float (&
 // fp_mix_kernel and the unchunked fp_scan_output_kernel in one: one block of kThreads threads per sample b
 // walks its T tokens in order; thread k holds channels d = k + j·kThreads (j < CPT) of the mix in registers
 // and carries their scan state from token to token, so the float32 scan input never goes through memory.
-// The arithmetic is that of the two kernels, operation for operation (the same per-thread channel order and
-// block sums for the mix, v = (1 − λ)(w + h) rounded before the scan's λ·s + v). The residual maxima go out as
-// one atomic maximum per warp and token, as in fp_scan_output_kernel (the controller zeroes them).
+// The arithmetic is that of the block-per-token fp_mix_kernel and the scan (the same per-thread channel order
+// and block sums for the mix, v = (1 − λ)(w + h) rounded before the scan's λ·s + v); the warp-per-token mix the
+// two-kernel path runs for D ≤ 2048 sums the dot products in another order, so the two paths agree to rounding
+// (the tests compare them at 1e-6). The residual maxima go out as one atomic maximum per warp and token (the
+// controller zeroes them).
 //
 // One token: hn, bxn, ln (D values each), bn (the token's parameter row) and zp (the previous token's GEMM row,
 // nullptr at t = 0) may point to global or shared memory; yn, yln, the token's outputs.
