@@ -722,7 +722,7 @@ __global__ void __launch_bounds__(kControllerThreads)
   const int lane = threadIdx.x % g, groups = blockDim.x / g;
   for (int64_t b0 = 0; b0 < B; b0 += groups) {  // the same trip count for every thread: the shuffles are warp-wide
     const int64_t b = b0 + threadIdx.x / g;
-    const bool live = b < B && threadIdx.x / g < groups;
+    const bool live = b < B;  // g divides blockDim.x: every thread is in a group
     // The sample's rows are requested kRows at a time before any is used: a few round trips to memory instead
     // of one per token (the kernel runs once per iteration, on one SM).
     constexpr int kRows = 16;
