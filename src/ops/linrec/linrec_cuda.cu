@@ -67,15 +67,6 @@ struct ScanArgs {
   int dir;
 };
 
-template <typename scalar_t, bool kBwd>
-__device__ __forceinline__ linrec_acc_t<scalar_t> coef_at(const ScanArgs<scalar_t, kBwd>& a, int64_t base,
-                                                          int64_t t) {
-  using acc_t = linrec_acc_t<scalar_t>;
-  const int64_t tc = kBwd ? t - a.dir : t;
-  if (tc < 0 || tc >= a.T) return acc_t(0);
-  return static_cast<acc_t>(a.c[base + tc * a.D]);
-}
-
 // Chunk k's steps in visit order: first = k·L (dir = +1) or T − 1 − k·L (dir = −1), at most L of them.
 __device__ __forceinline__ void chunk_range(int64_t k, int64_t L, int64_t T, int dir, int64_t& first,
                                             int64_t& count) {
@@ -86,8 +77,8 @@ __device__ __forceinline__ void chunk_range(int64_t k, int64_t L, int64_t T, int
 
 // Phase 1: per (b, chunk, d), the chunk's end state from 0 and the product of its coefficients.
 template <typename scalar_t, bool kBwd>
-__global__ void __launch_bounds__(kThreads) scan_summary_kernel(ScanArgs<scalar_t, kBwd> a, linrec_acc_t<scalar_t>* end_state,
-                                    linrec_acc_t<scalar_t>* prod) {
+__global__ void __launch_bounds__(kThreads)
+    scan_summary_kernel(ScanArgs<scalar_t, kBwd> a, linrec_acc_t<scalar_t>* end_state, linrec_acc_t<scalar_t>* prod) {
   using acc_t = linrec_acc_t<scalar_t>;
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= a.B * a.NC * a.D) return;
@@ -96,7 +87,8 @@ __global__ void __launch_bounds__(kThreads) scan_summary_kernel(ScanArgs<scalar_
   int64_t first, count;
   chunk_range(k, a.L, a.T, a.dir, first, count);
   // Pointers to the chunk's first step, advanced by `step` per step: the loads need no 64-bit index arithmetic
-  // or range tests (coef_at's only out-of-range case, the backward scan's very first step, is `c_zero`).
+  // or range tests. The coefficient of step t is c[t] forward and c[t − dir] backward (the step visited
+  // before); the latter falls outside [0, T) only at the backward scan's very first step (`c_zero`: 0).
   const int64_t step = a.dir * a.D;
   const scalar_t* xp = a.x + base + first * a.D;
   const scalar_t* cp = a.c + base + (first - (kBwd ? a.dir : 0)) * a.D;
@@ -138,7 +130,8 @@ __global__ void scan_carry_kernel(const acc_t* end_state, const acc_t* prod, acc
 
 // Phase 3 (or the whole scan when NC = 1): rescan each chunk from its incoming state, writing outputs.
 template <typename scalar_t, bool kBwd>
-__global__ void __launch_bounds__(kThreads) scan_output_kernel(ScanArgs<scalar_t, kBwd> a, const linrec_acc_t<scalar_t>* carry_in) {
+__global__ void __launch_bounds__(kThreads)
+    scan_output_kernel(ScanArgs<scalar_t, kBwd> a, const linrec_acc_t<scalar_t>* carry_in) {
   using acc_t = linrec_acc_t<scalar_t>;
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= a.B * a.NC * a.D) return;
