@@ -44,9 +44,11 @@ FPRNNLayerImpl::Inputs FPRNNLayerImpl::prepare(const Tensor& u) {
   if (u.is_cuda()) {
     // Two GEMMs on the weight's halves rather than one and two column slices: x comes out contiguous (the
     // convolutions would copy a slice), and the backward has no zero-filled (B, T, 2D) gradient to assemble.
-    const Tensor w = input_trans->weight().to(u.scalar_type());
-    x = torch::nn::functional::linear(u, w.narrow(0, 0, D));
-    in.z = torch::nn::functional::linear(u, w.narrow(0, D, D));
+    // The halves by split, whose backward concatenates their gradients in one pass (two narrows' backward
+    // zero-fills the whole weight twice and adds).
+    const auto w = input_trans->weight().to(u.scalar_type()).split(D, 0);
+    x = torch::nn::functional::linear(u, w[0]);
+    in.z = torch::nn::functional::linear(u, w[1]);
   } else {
     const Tensor xz = input_trans->forward(u);
     x = xz.narrow(2, 0, D);
@@ -74,10 +76,10 @@ FPRNNLayerImpl::Inputs FPRNNLayerImpl::prepare(const Tensor& u) {
     std::tie(in.bx, in.lambda, in.one_minus_lambda) = ops::input_gates(b_proj->forward(x_b), x, l, lambda_proj->bias);
     auto* hh = dynamic_cast<HouseholderMixerImpl*>(mixer.get());
     if (hh != nullptr && cfg.mixer_h_dep && hh->u_proj->stages.size() == 1 && ops::mix_step_cuda_fits(D, hh->rank)) {
-      const auto [w, b] = hh->padded_projection(x.scalar_type(), x.device());
       const bool concat = !cfg.symm_mixer;  // param = [x_mix, shift(h)] or x_mix + shift(h)
-      in.raw_base = ops::linear_rows(in.x_mix.reshape({-1, D}), concat ? w.narrow(1, 0, D) : w, b);
-      in.w_h = concat ? w.narrow(1, D, D) : w;
+      const auto [w, b] = hh->padded_projection(x.scalar_type(), x.device(), concat ? 2 : 1);
+      in.raw_base = ops::linear_rows(in.x_mix.reshape({-1, D}), w.front(), b);
+      in.w_h = w.back();
     }
     return in;
   }

@@ -3,6 +3,7 @@
 #include "fprnn/nn/mixer.h"
 
 #include "fprnn/ops/householder.h"
+#include "fprnn/ops/weight_norm.h"
 
 #include <torch/torch.h>
 
@@ -33,7 +34,9 @@ HouseholderMixerImpl::HouseholderMixerImpl(int64_t in_features, int64_t n, int64
   alpha_proj = register_module("alpha_proj", Projection(in_features, rank, -1, /*bias=*/true, weight_norm));
 }
 
-std::pair<Tensor, Tensor> HouseholderMixerImpl::padded_projection(torch::Dtype dtype, const torch::Device& device) {
+std::pair<std::vector<Tensor>, Tensor> HouseholderMixerImpl::padded_projection(torch::Dtype dtype,
+                                                                             const torch::Device& device,
+                                                                             int64_t blocks) {
   TORCH_CHECK(u_proj->stages.size() == 1, "padded_projection: the direction projection is low-rank");
   // Zero rows up to a multiple of 8: alpha_proj alone (r output columns) and a width of r·n + r both make
   // cuBLAS fall back to unaligned kernels, forward and backward, at several times the cost of the aligned GEMM.
@@ -41,23 +44,32 @@ std::pair<Tensor, Tensor> HouseholderMixerImpl::padded_projection(torch::Dtype d
   Linear& a = alpha_proj->stages.front();
   const int64_t rows = raw_size(), padded = (rows + 7) / 8 * 8;
   const auto opt = torch::TensorOptions().dtype(dtype).device(device);
-  std::vector<Tensor> w{u->weight().to(opt), a->weight().to(opt)};
   std::vector<Tensor> b{torch::zeros({rank * n}, opt), a->bias.to(opt)};
-  if (padded > rows) {
-    w.push_back(torch::zeros({padded - rows, in_features}, opt));
-    b.push_back(torch::zeros({padded - rows}, opt));
+  if (padded > rows) b.push_back(torch::zeros({padded - rows}, opt));
+  const Tensor bias = torch::cat(b, 0);
+  const Tensor& pv = u->weight_norm ? u->weight_v : u->weight_plain;
+  const auto pt = pv.scalar_type();
+  if (u->weight_norm == a->weight_norm && pv.device() == device && (pt == torch::kFloat32 || pt == torch::kFloat64)) {
+    // One op: both weights normalised, stacked, padded, cast and cut into blocks (ops/weight_norm.h).
+    std::vector<Tensor> v{pv, a->weight_norm ? a->weight_v : a->weight_plain}, g;
+    if (u->weight_norm) g = {u->weight_g, a->weight_g};
+    return {ops::weight_norm_blocks(v, g, padded, blocks, dtype), bias};
   }
-  return {torch::cat(w, 0), torch::cat(b, 0)};
+  std::vector<Tensor> w{u->weight().to(opt), a->weight().to(opt)};
+  if (padded > rows) w.push_back(torch::zeros({padded - rows, in_features}, opt));
+  std::vector<Tensor> out;
+  for (const auto& blk : torch::cat(w, 0).chunk(blocks, 1)) out.push_back(blk.contiguous());
+  return {out, bias};
 }
 
 Tensor HouseholderMixerImpl::project_padded(const Tensor& param) {
   if (!param.is_cuda() || u_proj->stages.size() != 1) return project(param);
   // On the GPU one GEMM computes both parts, its output width padded (padded_projection).
-  const auto [w, b] = padded_projection(param.scalar_type(), param.device());
+  const auto [w, b] = padded_projection(param.scalar_type(), param.device(), 1);
   // As (rows, P) so that the bias is added by the GEMM (a batched input adds it in a separate pass).
   std::vector<int64_t> shape(param.sizes().begin(), param.sizes().end() - 1);
-  shape.push_back(w.size(0));
-  return torch::nn::functional::linear(param.reshape({-1, in_features}), w, b).view(shape);
+  shape.push_back(w[0].size(0));
+  return torch::nn::functional::linear(param.reshape({-1, in_features}), w[0], b).view(shape);
 }
 
 Tensor HouseholderMixerImpl::project(const Tensor& param) {

@@ -75,8 +75,11 @@ class HouseholderMixerImpl : public MixerImpl {
   // a multiple of 8, (…, ⌈raw_size()/8⌉·8) (project() is its first raw_size() columns); elsewhere project().
   Tensor project_padded(const Tensor& param);
   // The matrix and bias project_padded applies (single-stage projections only): W (⌈raw_size()/8⌉·8,
-  // in_features) and b in `dtype` on `device`, zero rows and entries past raw_size(); differentiable.
-  std::pair<Tensor, Tensor> padded_projection(torch::Dtype dtype, const torch::Device& device);
+  // in_features) cut into `blocks` contiguous column blocks of equal width (the x and h halves of [x, shift(h)]
+  // with 2), and b, in `dtype` on `device`, zero rows and entries past raw_size(); differentiable. Float32/64
+  // parameters on `device` go through one op (ops::weight_norm_blocks), others through Linear::weight().
+  std::pair<std::vector<Tensor>, Tensor> padded_projection(torch::Dtype dtype, const torch::Device& device,
+                                                           int64_t blocks);
 
   // raw → (u (B, T, r, n) unit directions, alpha (B, T, r)).
   std::pair<Tensor, Tensor> factors(const Tensor& raw) const;
