@@ -236,6 +236,59 @@ TEST(GatesCuda, GatedRmsNormMatchesTheReference) {
   }
 }
 
+// The block-per-row kernels against the warp-per-row loops (the same terms summed in another order) and the
+// reference: every width that gives a block of 32 to 512 threads (and some that do not: the loop runs both
+// times, bit for bit), a strided z, more rows than the grid (each block walks several), and dweight's partial
+// rows summed deterministically.
+TEST(GatesCuda, GatedRmsNormBlockKernelsMatchTheWarpKernels) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  for (const auto dtype : {torch::kFloat32, torch::kBFloat16}) {
+    for (const int64_t D : {24, 256, 512, 520, 776, 1024, 1536, 2048, 4096, 8192, 2056}) {
+      for (const bool strided : {false, true}) {
+        const int64_t N = D >= 4096 ? 3000 : 37;  // more rows than the grid at the widest blocks
+        const std::string what = "gated_rmsnorm " + std::string(c10::toString(dtype)) + " D = " + std::to_string(D) +
+                                 (strided ? " strided z" : "");
+        const NormArgs n = norm_args({N, D}, 120, dtype);
+        const torch::Tensor w = n.w.to(torch::kFloat32).cuda();
+        torch::Tensor z = n.z.cuda();
+        if (strided) z = torch::cat({z, randn({N, D}, 121, dtype).cuda()}, 1).narrow(1, 0, D);
+        const torch::Tensor c = n.c.cuda(), h = n.h.cuda(), gy = randn({N, D}, 122, dtype).cuda();
+        const auto y = gated_rmsnorm_fwd_cuda(z, c, h, w, 1e-5, true);
+        const auto y_loop = gated_rmsnorm_fwd_cuda(z, c, h, w, 1e-5, false);
+        const auto reg = gated_rmsnorm_bwd_cuda(gy, z, c, h, w, 1e-5, true);
+        const auto loop = gated_rmsnorm_bwd_cuda(gy, z, c, h, w, 1e-5, false);
+        const int64_t threads = D / (dtype == torch::kBFloat16 ? 8 : 4);
+        if (threads % 32 != 0 || threads > 512) {
+          EXPECT_TRUE(torch::equal(y, y_loop)) << what << ": y (the warp kernel both times)";
+          EXPECT_TRUE(torch::equal(std::get<0>(reg), std::get<0>(loop))) << what << ": dz (the warp kernel both times)";
+          EXPECT_TRUE(torch::equal(std::get<3>(reg), std::get<3>(loop))) << what << ": dweight (the warp kernel both times)";
+        }
+        // Agreement to the rounding of the output dtype (the row sums differ in their last bits).
+        const double tight = dtype == torch::kBFloat16 ? 4e-3 : 1e-6;
+        expect_close(y.cpu().to(torch::kFloat64), y_loop.cpu().to(torch::kFloat64), tight, what + ": y");
+        expect_close(std::get<0>(reg).cpu().to(torch::kFloat64), std::get<0>(loop).cpu().to(torch::kFloat64),
+                     dtype == torch::kBFloat16 ? 1e-2 : 1e-5, what + ": dz");
+        expect_close(std::get<1>(reg).cpu().to(torch::kFloat64), std::get<1>(loop).cpu().to(torch::kFloat64),
+                     dtype == torch::kBFloat16 ? 1e-2 : 1e-5, what + ": dc");
+        expect_close(std::get<2>(reg).cpu().to(torch::kFloat64), std::get<2>(loop).cpu().to(torch::kFloat64),
+                     dtype == torch::kBFloat16 ? 1e-2 : 1e-5, what + ": dh");
+        expect_close(std::get<3>(reg).cpu().to(torch::kFloat64), std::get<3>(loop).cpu().to(torch::kFloat64), 1e-5,
+                     what + ": dweight");
+        EXPECT_TRUE(torch::equal(std::get<3>(reg), std::get<3>(gated_rmsnorm_bwd_cuda(gy, z, c, h, w, 1e-5, true))))
+            << what << ": dweight not deterministic";
+        if (D == 1536 || D == 2048 || D == 8192) {
+          const double tol = tolerance(dtype), btol = dtype == torch::kBFloat16 ? 2e-2 : 10 * tol;
+          expect_close(y.cpu().to(torch::kFloat64), gated_rmsnorm_fwd_ref(n.z, n.c, n.h, w.cpu(), 1e-5), tol,
+                       what + ": y against the reference");
+          const auto ref = gated_rmsnorm_bwd_ref(gy.cpu(), n.z, n.c, n.h, w.cpu(), 1e-5);
+          expect_close(std::get<0>(reg).cpu().to(torch::kFloat64), std::get<0>(ref), btol, what + ": dz against the reference");
+          expect_close(std::get<2>(reg).cpu().to(torch::kFloat64), std::get<2>(ref), btol, what + ": dh against the reference");
+        }
+      }
+    }
+  }
+}
+
 // The autograd entries on a GPU: float64 gradients of the fused path against the references, and the same
 // outputs as the CPU composites.
 TEST(GatesCuda, EntriesMatchTheReferencesThroughAutograd) {

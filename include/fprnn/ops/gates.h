@@ -70,7 +70,10 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> gated_rms
 // takes λ (the forward's output) instead of l and l_bias, and any of the three upstream gradients may be
 // undefined. gated_rmsnorm: z (N, D) with unit column stride and any row stride, c, h, gy contiguous (N, D), w (D)
 // contiguous in the accumulation dtype (float32, or float64 for float64 activations); dweight is summed over
-// fixed row sets in a fixed order (deterministic) and returned in that dtype. Without CUDA they throw.
+// fixed row sets in a fixed order (deterministic) and returned in that dtype. gated_rmsnorm runs a block per row
+// (a thread per 16 bytes of the row) where D is 32 to 512 such threads and the rows are 16-byte aligned, else a
+// warp per row; `block_per_row = false` forces the warp kernels (the tests compare the two). Without CUDA they
+// throw.
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> input_gates_fwd_cuda(const torch::Tensor& b,
                                                                              const torch::Tensor& x,
                                                                              const torch::Tensor& l,
@@ -79,10 +82,10 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> input_gat
     const torch::Tensor& g_bx, const torch::Tensor& g_lambda, const torch::Tensor& g_one_minus, const torch::Tensor& b,
     const torch::Tensor& x, const torch::Tensor& lambda);
 torch::Tensor gated_rmsnorm_fwd_cuda(const torch::Tensor& z, const torch::Tensor& c, const torch::Tensor& h,
-                                     const torch::Tensor& weight, double eps);
+                                     const torch::Tensor& weight, double eps, bool block_per_row = true);
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> gated_rmsnorm_bwd_cuda(
     const torch::Tensor& gy, const torch::Tensor& z, const torch::Tensor& c, const torch::Tensor& h,
-    const torch::Tensor& weight, double eps);
+    const torch::Tensor& weight, double eps, bool block_per_row = true);
 // Σ over the rows of a contiguous (N, D) matrix, (D) in the accumulation dtype (float32; float64 for float64):
 // partial sums over fixed row slabs, each in a fixed order, then summed in a fixed order (deterministic).
 torch::Tensor column_sum_cuda(const torch::Tensor& m);

@@ -179,12 +179,12 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> input_gat
   TORCH_CHECK(false, "input_gates_bwd_cuda: this build has no CUDA kernels");
 }
 torch::Tensor gated_rmsnorm_fwd_cuda(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
-                                     const torch::Tensor&, double) {
+                                     const torch::Tensor&, double, bool) {
   TORCH_CHECK(false, "gated_rmsnorm_fwd_cuda: this build has no CUDA kernels");
 }
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> gated_rmsnorm_bwd_cuda(
     const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
-    double) {
+    double, bool) {
   TORCH_CHECK(false, "gated_rmsnorm_bwd_cuda: this build has no CUDA kernels");
 }
 #endif

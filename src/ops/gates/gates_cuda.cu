@@ -4,9 +4,11 @@
 // for float64 inputs).
 //   input_gates:   one thread per VEC elements, forward 3 reads + 3 writes, backward up to 6 reads + 3 writes;
 //                  dl_bias = Σ_rows dl by column_sum_cuda over the written dl (deterministic).
-//   gated_rmsnorm: one warp per row (the row's sums by warp shuffles), forward 3 reads + 1 write, backward
-//                  4 reads + 3 writes; each warp accumulates its rows' dw in shared memory and each block
-//                  writes one partial row, summed in a fixed order (deterministic for a given device).
+//   gated_rmsnorm: a block per row where the row is 32–512 threads of 16 bytes (else one warp per row), the
+//                  row's sums by warp shuffles (and the warps' partials), forward 3 reads + 1 write, backward
+//                  4 reads + 3 writes; dw accumulated per thread (block kernel) or per warp in shared memory
+//                  (warp kernel), each block writing one partial row, summed in a fixed order (deterministic
+//                  for a given device).
 // Napkin math at the A5 shape (8704 rows × 1024, bf16, 17.8 MB per tensor): input_gates forward ≈ 107 MB ≈
 // 27 µs, gated_rmsnorm forward ≈ 71 MB ≈ 18 µs at 4 TB/s; the ATen composites they replace made 5 and 11
 // full passes (≈ 75 and 195 µs measured).
@@ -27,6 +29,9 @@ namespace {
 
 constexpr int kWarps = 4;  // gated_rmsnorm: rows in flight per block (one per warp)
 constexpr int kThreads = 256;
+// gated_rmsnorm's block-per-row kernels: at most this many threads (16 bytes of the row each), so that the
+// backward may keep 128 registers (at 1024 threads it spilled).
+constexpr int kMaxRowThreads = 512;
 
 using cuda_math::AccType;
 using cuda_math::ex;
@@ -242,6 +247,122 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
+// ---- gated_rmsnorm, a block per row --------------------------------------------------------------------
+
+// Where a row is D = blockDim.x · VEC channels (a multiple of 32 threads, at most kMaxRowThreads): thread t
+// holds the 16 bytes at channel t·VEC of z, c, h (and gy) in registers, the row's sums are warp shuffles then the warps'
+// partials in warp order (shared memory, double-buffered so one barrier per row suffices), and the block walks
+// rows n = blockIdx.x, + gridDim.x, …. The warp-per-row loops above read each row twice (the second time mostly
+// from L2) and evaluate the sigmoids twice: 42 % of DRAM bandwidth and 71 % of the SM's issue slots forward,
+// 48 % / 53 % backward, at (16384, 1536) in bfloat16 on an H200 (ncu); holding a whole row per lane instead
+// took 150–255 registers. The sums are the same terms in another order (agreement to rounding).
+template <typename A>
+__device__ __forceinline__ A block_row_sum(A v, A (*red)[32], int parity) {
+  v = warp_sum(v);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  if (lane == 0) red[parity][warp] = v;
+  __syncthreads();
+  A tot = A(0);
+  for (int w = 0; w < warps; ++w) tot += red[parity][w];
+  return tot;
+}
+
+template <typename T, int VEC>
+__global__ void __launch_bounds__(kMaxRowThreads)
+    gated_rmsnorm_fwd_block_kernel(const T* __restrict__ z, int64_t ldz, const T* __restrict__ c,
+                                   const T* __restrict__ h, const typename AccType<T>::type* __restrict__ w,
+                                   T* __restrict__ y, int64_t N, int64_t D, double eps) {
+  using A = typename AccType<T>::type;
+  __shared__ A red[2][32];
+  const int64_t d = static_cast<int64_t>(threadIdx.x) * VEC;
+  A vw[VEC];
+  load<A, VEC, A>(w + d, vw);
+  int parity = 0;
+  for (int64_t n = blockIdx.x; n < N; n += gridDim.x, parity ^= 1) {
+    A vz[VEC], vc[VEC], vh[VEC], g[VEC];
+    load<T, VEC, A>(z + n * ldz + d, vz);
+    load<T, VEC, A>(c + n * D + d, vc);
+    load<T, VEC, A>(h + n * D + d, vh);
+    A ss = A(0);
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) {
+      g[k] = vz[k] * sigm(vz[k]) * (vc[k] * sigm(vc[k])) * vh[k];
+      ss += g[k] * g[k];
+    }
+    ss = block_row_sum(ss, red, parity);
+    const A r = A(1) / sqrt(ss / static_cast<A>(D) + static_cast<A>(eps));
+    A out[VEC];
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) out[k] = vw[k] * g[k] * r;
+    store<T, VEC, A>(y + n * D + d, out);
+  }
+}
+
+// The backward: dw accumulated per thread over the block's rows (in row order) and written as partial[block].
+template <typename T, int VEC>
+__global__ void __launch_bounds__(kMaxRowThreads)
+    gated_rmsnorm_bwd_block_kernel(const T* __restrict__ gy, const T* __restrict__ z, int64_t ldz,
+                                   const T* __restrict__ c, const T* __restrict__ h,
+                                   const typename AccType<T>::type* __restrict__ w, T* __restrict__ dz,
+                                   T* __restrict__ dc, T* __restrict__ dh,
+                                   typename AccType<T>::type* __restrict__ partial, int64_t N, int64_t D,
+                                   double eps) {
+  using A = typename AccType<T>::type;
+  __shared__ A red_ss[2][32], red_s[2][32];
+  const int64_t d = static_cast<int64_t>(threadIdx.x) * VEC;
+  A vw[VEC], dwacc[VEC];
+  load<A, VEC, A>(w + d, vw);
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) dwacc[k] = A(0);
+  int parity = 0;
+  for (int64_t n = blockIdx.x; n < N; n += gridDim.x, parity ^= 1) {
+    A vz[VEC], vc[VEC], vh[VEC], vg[VEC];
+    load<T, VEC, A>(z + n * ldz + d, vz);
+    load<T, VEC, A>(c + n * D + d, vc);
+    load<T, VEC, A>(h + n * D + d, vh);
+    load<T, VEC, A>(gy + n * D + d, vg);
+    A ss = A(0), s = A(0);
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) {
+      const A g = vz[k] * sigm(vz[k]) * (vc[k] * sigm(vc[k])) * vh[k];
+      ss += g * g;
+      s += vg[k] * vw[k] * g;
+    }
+    // Two sums, one barrier: both partials are written before it.
+    ss = warp_sum(ss);
+    s = warp_sum(s);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    if (lane == 0) {
+      red_ss[parity][warp] = ss;
+      red_s[parity][warp] = s;
+    }
+    __syncthreads();
+    ss = A(0);
+    s = A(0);
+    for (int i = 0; i < warps; ++i) {
+      ss += red_ss[parity][i];
+      s += red_s[parity][i];
+    }
+    const A r = A(1) / sqrt(ss / static_cast<A>(D) + static_cast<A>(eps));
+    const A coef = r * r * r * s / static_cast<A>(D);
+    A o_dz[VEC], o_dc[VEC], o_dh[VEC];
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) {
+      const A sgz = sigm(vz[k]), sgc = sigm(vc[k]);
+      const A sz = vz[k] * sgz, sc = vc[k] * sgc, g = sz * sc * vh[k];
+      const A dg = r * vw[k] * vg[k] - coef * g;
+      dwacc[k] += r * g * vg[k];
+      o_dz[k] = dg * sc * vh[k] * (sgz * (A(1) + vz[k] * (A(1) - sgz)));
+      o_dc[k] = dg * sz * vh[k] * (sgc * (A(1) + vc[k] * (A(1) - sgc)));
+      o_dh[k] = dg * sz * sc;
+    }
+    store<T, VEC, A>(dz + n * D + d, o_dz);
+    store<T, VEC, A>(dc + n * D + d, o_dc);
+    store<T, VEC, A>(dh + n * D + d, o_dh);
+  }
+  store<A, VEC, A>(partial + static_cast<int64_t>(blockIdx.x) * D + d, dwacc);
+}
+
 // ---- column_sum --------------------------------------------------------------------------------------
 
 // Partial column sums of a contiguous (N, D) matrix: block (x, y) sums columns x·32·VEC … + 32·VEC − 1 over the
@@ -416,7 +537,7 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> input_gat
 }
 
 torch::Tensor gated_rmsnorm_fwd_cuda(const torch::Tensor& z, const torch::Tensor& c, const torch::Tensor& h,
-                                     const torch::Tensor& weight, double eps) {
+                                     const torch::Tensor& weight, double eps, bool block_per_row) {
   check_norm_args("gated_rmsnorm_fwd_cuda", z, c, h, weight, eps);
   const int64_t N = c.size(0), D = c.size(1);
   const auto dtype = c.scalar_type();
@@ -435,7 +556,12 @@ torch::Tensor gated_rmsnorm_fwd_cuda(const torch::Tensor& z, const torch::Tensor
                                                weight.data_ptr<A>(), y.data_ptr<T>(), N, D, eps);
     };
     constexpr int full = 16 / sizeof(T);
-    if (vec == full) {
+    const int64_t threads = D / full;
+    if (block_per_row && vec == full && D % full == 0 && threads % 32 == 0 && threads <= kMaxRowThreads) {
+      const int grid_b = static_cast<int>(std::min<int64_t>(N, sm_count() * std::max<int64_t>(1, 2048 / threads)));
+      gated_rmsnorm_fwd_block_kernel<T, full><<<grid_b, static_cast<unsigned>(threads), 0, stream>>>(
+          z.data_ptr<T>(), ldz, c.data_ptr<T>(), h.data_ptr<T>(), weight.data_ptr<A>(), y.data_ptr<T>(), N, D, eps);
+    } else if (vec == full) {
       launch(gated_rmsnorm_fwd_kernel<T, full>);
     } else {
       launch(gated_rmsnorm_fwd_kernel<T, 1>);
@@ -447,7 +573,7 @@ torch::Tensor gated_rmsnorm_fwd_cuda(const torch::Tensor& z, const torch::Tensor
 
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> gated_rmsnorm_bwd_cuda(
     const torch::Tensor& gy, const torch::Tensor& z, const torch::Tensor& c, const torch::Tensor& h,
-    const torch::Tensor& weight, double eps) {
+    const torch::Tensor& weight, double eps, bool block_per_row) {
   const char* fn = "gated_rmsnorm_bwd_cuda";
   check_norm_args(fn, z, c, h, weight, eps);
   const int64_t N = c.size(0), D = c.size(1);
@@ -459,13 +585,7 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> gated_rms
   if (N == 0) return {dz, dc, dh, torch::zeros({D}, c.options().dtype(acc))};
   const auto stream = at::cuda::getCurrentCUDAStream();
   const int64_t ldz = z.stride(0);
-  const int grid = static_cast<int>(std::min<int64_t>((N + kWarps - 1) / kWarps, sm_count() * 8));
-  torch::Tensor partial = torch::empty({grid, D}, c.options().dtype(acc));
-  const size_t smem = static_cast<size_t>(kWarps) * D * (acc == torch::kFloat64 ? 8 : 4);
-  int max_smem = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, c.get_device()));
-  TORCH_CHECK(smem <= static_cast<size_t>(max_smem), fn, ": D = ", D, " needs ", smem,
-              " bytes of shared memory per block, more than the device's ", max_smem);
+  torch::Tensor partial;
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, dtype, "gated_rmsnorm_bwd_cuda", [&] {
     using T = scalar_t;
     using A = typename AccType<T>::type;
@@ -473,6 +593,24 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> gated_rms
                                                                              h.data_ptr(), dz.data_ptr(), dc.data_ptr(),
                                                                              dh.data_ptr()})
                                                  : 1;
+    constexpr int full = 16 / sizeof(T);
+    const int64_t threads = D / full;
+    if (block_per_row && vec == full && D % full == 0 && threads % 32 == 0 && threads <= kMaxRowThreads) {
+      const int grid_b = static_cast<int>(std::min<int64_t>(N, sm_count() * std::max<int64_t>(1, 2048 / threads)));
+      partial = torch::empty({grid_b, D}, c.options().dtype(acc));
+      gated_rmsnorm_bwd_block_kernel<T, full><<<grid_b, static_cast<unsigned>(threads), 0, stream>>>(
+          gy.data_ptr<T>(), z.data_ptr<T>(), ldz, c.data_ptr<T>(), h.data_ptr<T>(), weight.data_ptr<A>(),
+          dz.data_ptr<T>(), dc.data_ptr<T>(), dh.data_ptr<T>(), partial.data_ptr<A>(), N, D, eps);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      return;
+    }
+    const int grid = static_cast<int>(std::min<int64_t>((N + kWarps - 1) / kWarps, sm_count() * 8));
+    partial = torch::empty({grid, D}, c.options().dtype(acc));
+    const size_t smem = static_cast<size_t>(kWarps) * D * sizeof(A);
+    int max_smem = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, c.get_device()));
+    TORCH_CHECK(smem <= static_cast<size_t>(max_smem), fn, ": D = ", D, " needs ", smem,
+                " bytes of shared memory per block, more than the device's ", max_smem);
     auto launch = [&](auto kernel) {
       if (smem > 48 * 1024) {
         C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
@@ -481,7 +619,6 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> gated_rms
                                                   h.data_ptr<T>(), weight.data_ptr<A>(), dz.data_ptr<T>(),
                                                   dc.data_ptr<T>(), dh.data_ptr<T>(), partial.data_ptr<A>(), N, D, eps);
     };
-    constexpr int full = 16 / sizeof(T);
     if (vec == full) {
       launch(gated_rmsnorm_bwd_kernel<T, full>);
     } else {

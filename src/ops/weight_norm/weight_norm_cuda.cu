@@ -67,7 +67,9 @@ __device__ __forceinline__ void block_sum2(A& a, A& b, A* red) {
 }
 
 // The column blocks are walked with a compile-time index (unrolled, stopping at `blocks`) so that their
-// pointers stay in the parameter space; a runtime index would copy the array to local memory.
+// pointers stay in the parameter space; a runtime index would copy the array to local memory. The column loops
+// are unrolled by 4 so that a thread has 4 loads in flight (the first version, one at a time, took 22 µs forward
+// and 37 µs backward at the LM-like shape).
 template <typename V, typename T>
 __global__ void __launch_bounds__(kThreads)
     weight_norm_fwd_kernel(Sources<V> src, BlockPtrs<T*> out, int blocks, int64_t K, int64_t width) {
@@ -79,6 +81,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int b = 0; b < kWeightNormMaxBlocks; ++b) {
       if (b >= blocks) break;
+      #pragma unroll 4
       for (int64_t c = threadIdx.x; c < width; c += kThreads) out.p[b][r * width + c] = T(0);
     }
     return;
@@ -87,6 +90,7 @@ __global__ void __launch_bounds__(kThreads)
   A scale = A(1);
   if (src.g[i] != nullptr) {
     A ss = A(0), unused = A(0);
+    #pragma unroll 4
     for (int64_t c = threadIdx.x; c < K; c += kThreads) {
       const A x = vr[c];
       ss += x * x;
@@ -97,6 +101,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
   for (int b = 0; b < kWeightNormMaxBlocks; ++b) {
     if (b >= blocks) break;
+    #pragma unroll 4
     for (int64_t c = threadIdx.x; c < width; c += kThreads) out.p[b][r * width + c] = T(vr[b * width + c] * scale);
   }
 }
@@ -119,6 +124,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int b = 0; b < kWeightNormMaxBlocks; ++b) {
       if (b >= blocks) break;
       const T* d = dW.p[b];
+      #pragma unroll 4
       for (int64_t c = threadIdx.x; c < width; c += kThreads) {
         const A x = vr[b * width + c];
         if (d != nullptr) s += x * A(d[r * width + c]);
@@ -133,6 +139,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int b = 0; b < kWeightNormMaxBlocks; ++b) {
     if (b >= blocks) break;
     const T* d = dW.p[b];
+    #pragma unroll 4
     for (int64_t c = threadIdx.x; c < width; c += kThreads) {
       const A grad = d == nullptr ? A(0) : A(d[r * width + c]);
       dvr[b * width + c] = normed ? coef * (grad - A(vr[b * width + c]) * proj) : grad;
