@@ -120,6 +120,15 @@ Tensor CausalConv1dImpl::forward(const Tensor& x) { return causal_conv(*this, x,
 
 Tensor CausalConv1dImpl::forward_silu(const Tensor& x) { return causal_conv(*this, x, /*silu=*/true); }
 
+Tensor CausalConv1dImpl::forward_silu_pair(const Tensor& x1, const Tensor& x2) {
+  TORCH_CHECK(x1.dim() == 3 && x2.dim() == 3 && x1.size(2) + x2.size(2) == channels,
+              "CausalConv1d: inputs must be (B, T, C1) and (B, T, C2) with C1 + C2 = ", channels, ", got ", x1.sizes(),
+              " and ", x2.sizes());
+  const Tensor w = weight.to(x1.scalar_type());
+  const Tensor b = bias.defined() ? bias.to(x1.scalar_type()) : Tensor();
+  return ops::causal_conv1d_pair(x1, x2, w, b, /*silu=*/true);
+}
+
 std::vector<Tensor> forward_silu_shared_input(const std::vector<CausalConv1d>& convs, const Tensor& x) {
   TORCH_CHECK(!convs.empty(), "forward_silu_shared_input: no convolutions");
   const CausalConv1dImpl& first = *convs.front();

@@ -120,7 +120,9 @@ Tensor FPRNNLayerImpl::step(const Inputs& in, const Tensor& h) {
 Tensor FPRNNLayerImpl::output(const Inputs& in, const Tensor& h) {
   Tensor x_c;
   if (cfg.use_short_conv) {
-    x_c = conv1d_c->forward_silu(torch::cat({in.x, h}, -1));  // sees h_t and the 3 steps before
+    // Sees h_t and the 3 steps before; on CUDA without forming [x, h] (its gradient's halves come back
+    // contiguous, so the sums with the other gradients of x and h are vectorised).
+    x_c = conv1d_c->forward_silu_pair(in.x, h);
   } else {
     x_c = torch::cat({in.x, shift(h, 1, 1)}, -1);
   }

@@ -553,5 +553,62 @@ TEST(Conv1dEntry, CudaInputsMatchCpu) {
   }
 }
 
+// causal_conv1d_pair(x1, x2) is the convolution of cat({x1, x2}, -1): on the CPU by construction (checked with
+// float64 gradients against finite differences); on a GPU its kernels against the float64 reference of the
+// concatenation, forward and backward, in float64, float32 and bfloat16, with C1 a multiple of the block's 32
+// channels and not (channel blocks straddling x1 and x2), K = 3, 4 and 7, with and without bias and SiLU, and
+// the autograd entry's gradients split back into x1's and x2's.
+TEST(Conv1dPair, IsTheConvolutionOfTheConcatenation) {
+  const Args a = make_args({2, 7, 10, 4}, 130, torch::kFloat64, true);
+  const torch::Tensor x1 = a.x.narrow(2, 0, 6).contiguous(), x2 = a.x.narrow(2, 6, 4).contiguous();
+  expect_close(causal_conv1d_pair(x1, x2, a.weight, a.bias, true), causal_conv1d(a.x, a.weight, a.bias, true), 0.0,
+               "pair on the CPU");
+  fprnn::testing::check_gradients([&] { return causal_conv1d_pair(x1, x2, a.weight, a.bias, true); },
+                                  {x1, x2, a.weight, a.bias}, 1e-7, "pair gradients");
+  EXPECT_THROW(causal_conv1d_pair(x1, x2.narrow(1, 0, 5), a.weight, a.bias, true), c10::Error);
+}
+
+TEST(Conv1dPair, CudaKernelsMatchTheReference) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  struct Case {
+    int64_t B, T, C1, C2, K;
+  };
+  for (const auto dtype : {torch::kFloat64, torch::kFloat32, torch::kBFloat16}) {
+    for (const Case& c : {Case{3, 17, 64, 64, 4}, Case{2, 40, 40, 24, 3}, Case{9, 33, 5, 70, 7}}) {
+      for (const bool with_bias : {false, true}) {
+        for (const bool silu : {false, true}) {
+          const std::string what = std::string(c10::toString(dtype)) + " C1 = " + std::to_string(c.C1) +
+                                   " C2 = " + std::to_string(c.C2) + " K = " + std::to_string(c.K) +
+                                   (with_bias ? " bias" : "") + (silu ? " silu" : "");
+          const Args a = make_args({c.B, c.T, c.C1 + c.C2, c.K}, 140, dtype, with_bias);
+          const torch::Tensor x1 = a.x.narrow(2, 0, c.C1).contiguous(), x2 = a.x.narrow(2, c.C1, c.C2).contiguous();
+          const torch::Tensor b = with_bias ? a.bias.cuda() : torch::Tensor();
+          const torch::Tensor y = causal_conv1d_pair_fwd_cuda(x1.cuda(), x2.cuda(), a.weight.cuda(), b, silu);
+          const double tol = tolerance(dtype);
+          expect_close(y.cpu().to(torch::kFloat64), causal_conv1d_fwd_ref(a.x, a.weight, a.bias, silu).to(torch::kFloat64),
+                       tol, what + ": y");
+          auto [dx1, dx2, dw, db] = causal_conv1d_pair_bwd_cuda(a.grad.cuda(), x1.cuda(), x2.cuda(), a.weight.cuda(), b, silu);
+          auto [rdx, rdw, rdb] = causal_conv1d_bwd_ref(a.grad, a.x, a.weight, a.bias, silu);
+          ASSERT_TRUE(dx1.is_contiguous() && dx2.is_contiguous()) << what;
+          expect_close(dx1.cpu().to(torch::kFloat64), rdx.narrow(2, 0, c.C1).to(torch::kFloat64), tol, what + ": dx1");
+          expect_close(dx2.cpu().to(torch::kFloat64), rdx.narrow(2, c.C1, c.C2).to(torch::kFloat64), tol, what + ": dx2");
+          ASSERT_EQ(dw.sizes(), a.weight.sizes()) << what;
+          expect_close(dw.cpu().to(torch::kFloat64), rdw.to(torch::kFloat64), dtype == torch::kBFloat16 ? 2e-2 : tol,
+                       what + ": dweight");
+          if (with_bias)
+            expect_close(db.cpu().to(torch::kFloat64), rdb.to(torch::kFloat64), dtype == torch::kBFloat16 ? 2e-2 : tol,
+                         what + ": dbias");
+        }
+      }
+    }
+  }
+  // The entry through autograd in float64 against finite differences, its gradients split back.
+  const Args a = make_args({2, 9, 40, 4}, 150, torch::kFloat64, true);
+  const torch::Tensor x1 = a.x.narrow(2, 0, 32).contiguous(), x2 = a.x.narrow(2, 32, 8).contiguous();
+  fprnn::testing::check_gradients(
+      [&] { return causal_conv1d_pair(x1.cuda(), x2.cuda(), a.weight.cuda(), a.bias.cuda(), true).cpu(); },
+      {x1, x2, a.weight, a.bias}, 1e-7, "pair gradients on CUDA");
+}
+
 }  // namespace
 }  // namespace fprnn::ops

@@ -56,6 +56,8 @@ class CausalConv1dImpl : public torch::nn::Module {
   Tensor forward(const Tensor& x);
   // silu(forward(x)), fused into the same pass.
   Tensor forward_silu(const Tensor& x);
+  // forward_silu(cat({x1, x2}, -1)) without forming the concatenation on CUDA (ops::causal_conv1d_pair).
+  Tensor forward_silu_pair(const Tensor& x1, const Tensor& x2);
   int64_t channels, kernel_size;
   Tensor weight, bias;
 };

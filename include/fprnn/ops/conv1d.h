@@ -31,6 +31,13 @@ torch::Tensor causal_conv1d(const torch::Tensor& x, const torch::Tensor& weight,
 std::vector<torch::Tensor> causal_conv1d_multi(const torch::Tensor& x, const torch::Tensor& weight,
                                                const torch::Tensor& bias, bool silu);
 
+// causal_conv1d(cat({x1, x2}, -1), weight, bias, silu), differentiable, for x1 (B, T, C1), x2 (B, T, C2) and
+// weight (C1 + C2, K): on CUDA without the concatenation (the kernels read channels c < C1 from x1, the rest from
+// x2, and the backward writes dx1 and dx2 as two contiguous tensors, where the concatenation's backward gave
+// strided slices that every later gradient sum read element by element); elsewhere the concatenation.
+torch::Tensor causal_conv1d_pair(const torch::Tensor& x1, const torch::Tensor& x2, const torch::Tensor& weight,
+                                 const torch::Tensor& bias, bool silu);
+
 // Plain loops in float64, never optimised: the reference the kernels are tested against. Results are in the
 // dtype and on the device of x.
 torch::Tensor causal_conv1d_fwd_ref(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
@@ -68,6 +75,13 @@ std::vector<torch::Tensor> causal_conv1d_multi_fwd_cuda(const torch::Tensor& x, 
                                                         const torch::Tensor& bias, bool silu);
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> causal_conv1d_multi_bwd_cuda(
     const std::vector<torch::Tensor>& grads, const torch::Tensor& x, const torch::Tensor& weight,
+    const torch::Tensor& bias, bool silu);
+// The pair's kernels: x1 (B, T, C1), x2 (B, T, C2) contiguous; weight (C, K) or (C, 1, K) and bias (C) (or
+// undefined) contiguous, C = C1 + C2. The backward returns (dx1, dx2, dweight shaped like weight, dbias).
+torch::Tensor causal_conv1d_pair_fwd_cuda(const torch::Tensor& x1, const torch::Tensor& x2,
+                                          const torch::Tensor& weight, const torch::Tensor& bias, bool silu);
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> causal_conv1d_pair_bwd_cuda(
+    const torch::Tensor& grad, const torch::Tensor& x1, const torch::Tensor& x2, const torch::Tensor& weight,
     const torch::Tensor& bias, bool silu);
 
 }  // namespace fprnn::ops

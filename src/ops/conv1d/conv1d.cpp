@@ -193,6 +193,34 @@ struct CausalConv1dMultiFunction : public torch::autograd::Function<CausalConv1d
     return {dx, dw, db, torch::Tensor(), torch::Tensor()};
   }
 };
+
+// One convolution of [x1, x2] (channels concatenated) on CUDA, the concatenation never formed: the kernels read
+// channels c < C1 from x1 and the rest from x2, and write dx1, dx2 as they are. weight (C, K), bias (C) (or the
+// placeholder), contiguous.
+struct CausalConv1dPairFunction : public torch::autograd::Function<CausalConv1dPairFunction> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x1, const torch::Tensor& x2,
+                               const torch::Tensor& weight, const torch::Tensor& bias, bool has_bias, bool silu) {
+    const torch::Tensor b = has_bias ? bias : torch::Tensor();
+    ctx->save_for_backward({x1, x2, weight, b});
+    ctx->saved_data["silu"] = silu;
+    return causal_conv1d_pair_fwd_cuda(x1, x2, weight, b, silu);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const auto saved = ctx->get_saved_variables();
+    const torch::Tensor &x1 = saved[0], &x2 = saved[1], &weight = saved[2], &bias = saved[3];
+    const bool silu = ctx->saved_data["silu"].toBool();
+    const torch::Tensor g = grad_outputs[0].to(x1.scalar_type()).contiguous();
+    if (torch::GradMode::is_enabled()) {
+      // create_graph: the kernel is not differentiable, so take the same formulas in ATen ops.
+      const auto d = bwd_aten(g, torch::cat({x1, x2}, -1), weight, bias, silu);
+      const int64_t C1 = x1.size(2);
+      return {d[0].narrow(2, 0, C1), d[0].narrow(2, C1, x2.size(2)), d[1], d[2], torch::Tensor(), torch::Tensor()};
+    }
+    auto [dx1, dx2, dw, db] = causal_conv1d_pair_bwd_cuda(g, x1, x2, weight, bias, silu);
+    return {dx1, dx2, dw, db, torch::Tensor(), torch::Tensor()};
+  }
+};
 #endif
 
 }  // namespace
@@ -210,6 +238,14 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> causal_conv1d_multi_bwd_
 }
 torch::Tensor causal_conv1d_fwd_cuda(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, bool) {
   TORCH_CHECK(false, "causal_conv1d_fwd_cuda: this build has no CUDA kernels");
+}
+torch::Tensor causal_conv1d_pair_fwd_cuda(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
+                                          const torch::Tensor&, bool) {
+  TORCH_CHECK(false, "causal_conv1d_pair_fwd_cuda: this build has no CUDA kernels");
+}
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> causal_conv1d_pair_bwd_cuda(
+    const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, bool) {
+  TORCH_CHECK(false, "causal_conv1d_pair_bwd_cuda: this build has no CUDA kernels");
 }
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> causal_conv1d_bwd_cuda(const torch::Tensor&,
                                                                                const torch::Tensor&,
@@ -256,6 +292,32 @@ std::vector<torch::Tensor> causal_conv1d_multi(const torch::Tensor& x, const tor
   std::vector<torch::Tensor> ys;
   for (int64_t j = 0; j < n; ++j) ys.push_back(causal_conv1d(x, weight[j], bias.defined() ? bias[j] : bias, silu));
   return ys;
+}
+
+torch::Tensor causal_conv1d_pair(const torch::Tensor& x1, const torch::Tensor& x2, const torch::Tensor& weight,
+                                 const torch::Tensor& bias, bool silu) {
+  TORCH_CHECK(x1.defined() && x2.defined() && x1.dim() == 3 && x2.dim() == 3 && x1.size(0) == x2.size(0) &&
+                  x1.size(1) == x2.size(1),
+              "causal_conv1d_pair: x1 and x2 must be (B, T, C1) and (B, T, C2), got ",
+              x1.defined() ? x1.sizes() : at::IntArrayRef{}, " and ", x2.defined() ? x2.sizes() : at::IntArrayRef{});
+  TORCH_CHECK(x2.scalar_type() == x1.scalar_type() && x2.device() == x1.device(), "causal_conv1d_pair: x2 is ",
+              x2.scalar_type(), " on ", x2.device(), " but x1 ", x1.scalar_type(), " on ", x1.device());
+#ifdef FPRNN_WITH_CUDA
+  if (x1.is_cuda()) {
+    const int64_t C = x1.size(2) + x2.size(2);
+    // The checks of one convolution of C channels (a zero-size stand-in for [x1, x2]).
+    detail::conv1d_check_args("causal_conv1d_pair", torch::empty({0, 0, C}, x1.options()), weight, bias,
+                              torch::Tensor(), /*cpu_contiguous=*/false);
+    TORCH_CHECK(weight.size(-1) <= 16, "causal_conv1d_pair: kernel size must be at most 16 on CUDA, got ",
+                weight.size(-1));
+    const bool has_bias = bias.defined();
+    return CausalConv1dPairFunction::apply(x1.contiguous(), x2.contiguous(),
+                                           weight.reshape({C, weight.size(-1)}).contiguous(),
+                                           has_bias ? bias.contiguous() : torch::empty({0}, x1.options()), has_bias,
+                                           silu);
+  }
+#endif
+  return causal_conv1d(torch::cat({x1, x2}, -1), weight, bias, silu);
 }
 
 }  // namespace fprnn::ops

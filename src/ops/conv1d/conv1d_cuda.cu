@@ -45,6 +45,25 @@ struct Ins {
   const scalar_t* p[kMaxConvs];
 };
 
+// Where the input x (and its gradient dx) lives: channels c < C1 in p1, rows of C1 channels; channels C1 … C − 1
+// in p2, rows of C − C1 (the pair entry: the concatenation [x1, x2] along channels, never formed). One tensor:
+// p2 null and C1 = C.
+template <typename P>
+struct Split {
+  P* p1;
+  P* p2;
+  int C1;
+  // The element (b, 0, c) and the row stride of channel c.
+  __device__ __forceinline__ P* at(int b, int T, int C, int c, int& stride) const {
+    if (c < C1) {
+      stride = C1;
+      return p1 + static_cast<int64_t>(b) * T * C1 + c;
+    }
+    stride = C - C1;
+    return p2 + static_cast<int64_t>(b) * T * (C - C1) + (c - C1);
+  }
+};
+
 // σ(z): the exact exp for float64, the hardware approximation for float32 (≈ 2 ulp; the bfloat16 outputs and the
 // float32 tolerance of the tests are far coarser).
 __device__ __forceinline__ float sigmoid(float z) { return __fdividef(1.0f, 1.0f + __expf(-z)); }
@@ -97,7 +116,7 @@ __device__ __forceinline__ void init_window(const scalar_t* __restrict__ xs, int
 //   forward: after the shift at step t, xwin[m] = x_{t−KW+1+m} and z_j = b_j + Σ_m wpad[j][m] xwin[m].
 template <typename scalar_t, int KW, int N>
 __global__ void __launch_bounds__(kChannels* kLanes)
-    conv_fwd_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ w, const scalar_t* __restrict__ bias,
+    conv_fwd_kernel(Split<const scalar_t> x, const scalar_t* __restrict__ w, const scalar_t* __restrict__ bias,
                     Outs<scalar_t> y, int B, int T, int C, int K, int n, int NC, int L, bool silu) {
   using acc_t = detail::conv1d_acc_t<scalar_t>;
   const Walk wk(B, T, C, NC, L);
@@ -105,14 +124,15 @@ __global__ void __launch_bounds__(kChannels* kLanes)
   acc_t wpad[N][KW], b0[N];
   load_taps<scalar_t, acc_t, KW, N>(w, bias, wk.c, C, K, n, wpad, b0);
   const int64_t base = static_cast<int64_t>(wk.b) * T * C + wk.c;
-  const scalar_t* xs = x + base;
+  int xc = C;  // x's row stride for this channel
+  const scalar_t* xs = x.at(wk.b, T, C, wk.c, xc);
   acc_t xwin[KW];
-  init_window<scalar_t, acc_t, KW>(xs, wk.t0, C, K, xwin);
+  init_window<scalar_t, acc_t, KW>(xs, wk.t0, xc, K, xwin);
   for (int t = wk.t0; t < wk.t1; t += kUnroll) {
     acc_t xv[kUnroll];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u)
-      xv[u] = t + u < wk.t1 ? static_cast<acc_t>(xs[static_cast<int64_t>(t + u) * C]) : acc_t(0);
+      xv[u] = t + u < wk.t1 ? static_cast<acc_t>(xs[static_cast<int64_t>(t + u) * xc]) : acc_t(0);
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       if (t + u >= wk.t1) break;
@@ -142,8 +162,8 @@ __global__ void __launch_bounds__(kChannels* kLanes)
 // (80 registers, a few spilled to L1) took 146 µs, four (64) 152 µs (ncu, results/h200/conv_multi/).
 template <typename scalar_t, int KW, int N, int MinB>
 __global__ void __launch_bounds__(kChannels* kLanes, MinB)
-    conv_bwd_kernel(Ins<scalar_t> g, const scalar_t* __restrict__ x, const scalar_t* __restrict__ w,
-                    const scalar_t* __restrict__ bias, scalar_t* __restrict__ dx,
+    conv_bwd_kernel(Ins<scalar_t> g, Split<const scalar_t> x, const scalar_t* __restrict__ w,
+                    const scalar_t* __restrict__ bias, Split<scalar_t> dx,
                     detail::conv1d_acc_t<scalar_t>* __restrict__ partial, int B, int T, int C, int K, int n, int NC,
                     int L, bool silu) {
   using acc_t = detail::conv1d_acc_t<scalar_t>;
@@ -159,9 +179,11 @@ __global__ void __launch_bounds__(kChannels* kLanes, MinB)
   }
   if (wk.active) {
     const int64_t base = static_cast<int64_t>(wk.b) * T * C + wk.c;
-    const scalar_t* xs = x + base;
+    int xc = C;  // x's and dx's row stride for this channel
+    const scalar_t* xs = x.at(wk.b, T, C, wk.c, xc);
+    scalar_t* dxs = dx.at(wk.b, T, C, wk.c, xc);
     acc_t xwin[KW], dxacc[KW];
-    init_window<scalar_t, acc_t, KW>(xs, wk.t0, C, K, xwin);
+    init_window<scalar_t, acc_t, KW>(xs, wk.t0, xc, K, xwin);
 #pragma unroll
     for (int m = 0; m < KW; ++m) dxacc[m] = 0;
     const int t_end = wk.t1 + KW - 1;   // the walk, look-ahead included
@@ -172,7 +194,7 @@ __global__ void __launch_bounds__(kChannels* kLanes, MinB)
       for (int u = 0; u < kUnroll; ++u) {
         const bool live = t + u < t_rows;
         const int64_t o = base + static_cast<int64_t>(t + u) * C;
-        xv[u] = live ? static_cast<acc_t>(x[o]) : acc_t(0);
+        xv[u] = live ? static_cast<acc_t>(xs[static_cast<int64_t>(t + u) * xc]) : acc_t(0);
 #pragma unroll
         for (int j = 0; j < N; ++j) gv[j][u] = (live && j < n) ? static_cast<acc_t>(g.p[j][o]) : acc_t(0);
       }
@@ -202,7 +224,7 @@ __global__ void __launch_bounds__(kChannels* kLanes, MinB)
           for (int m = 0; m < KW; ++m) dxacc[m] += wpad[j][m] * gz;
         }
         const int s = t + u - KW + 1;
-        if (s >= wk.t0) dx[base + static_cast<int64_t>(s) * C] = static_cast<scalar_t>(dxacc[0]);
+        if (s >= wk.t0) dxs[static_cast<int64_t>(s) * xc] = static_cast<scalar_t>(dxacc[0]);
 #pragma unroll
         for (int m = 0; m < KW - 1; ++m) dxacc[m] = dxacc[m + 1];
         dxacc[KW - 1] = 0;
@@ -257,89 +279,105 @@ int chunks_for(int64_t B, int64_t T, int64_t C, const torch::Device& device) {
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({want, T / 16, 65535 / std::max<int64_t>(1, groups)})));
 }
 
-// x (B, T, C) contiguous CUDA; weight (n, C, K) contiguous, 1 ≤ n ≤ 4, 1 ≤ K ≤ 16; bias (n, C) or undefined.
-void check_cuda(const char* fn, const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
-  TORCH_CHECK(x.is_cuda() && x.is_contiguous() && x.dim() == 3, fn, ": x must be a contiguous CUDA (B, T, C) tensor");
-  TORCH_CHECK(weight.dim() == 3 && weight.is_contiguous() && weight.size(1) == x.size(2) && weight.size(0) >= 1 &&
+// x1 (B, T, C1) and x2 (B, T, C2) (or undefined: C2 = 0) contiguous CUDA tensors of one dtype, the input
+// [x1, x2] of C = C1 + C2 channels; weight (n, C, K) contiguous, 1 ≤ n ≤ 4, 1 ≤ K ≤ 16; bias (n, C) or
+// undefined. Returns C.
+int64_t check_cuda(const char* fn, const torch::Tensor& x1, const torch::Tensor& x2, const torch::Tensor& weight,
+                   const torch::Tensor& bias) {
+  TORCH_CHECK(x1.is_cuda() && x1.is_contiguous() && x1.dim() == 3, fn, ": x must be a contiguous CUDA (B, T, C) tensor");
+  if (x2.defined()) {
+    TORCH_CHECK(x2.is_cuda() && x2.is_contiguous() && x2.dim() == 3 && x2.size(0) == x1.size(0) &&
+                    x2.size(1) == x1.size(1) && x2.scalar_type() == x1.scalar_type() && x2.device() == x1.device(),
+                fn, ": x2 must be a contiguous CUDA (B, T, C2) tensor like x1 ", x1.sizes(), " ", x1.scalar_type(),
+                ", got ", x2.sizes(), " ", x2.scalar_type(), " on ", x2.device());
+  }
+  const int64_t C = x1.size(2) + (x2.defined() ? x2.size(2) : 0);
+  TORCH_CHECK(weight.dim() == 3 && weight.is_contiguous() && weight.size(1) == C && weight.size(0) >= 1 &&
                   weight.size(0) <= kMaxConvs,
-              fn, ": weight must be a contiguous (n, C, K) tensor with 1 ≤ n ≤ ", kMaxConvs, " and C = ", x.size(2),
+              fn, ": weight must be a contiguous (n, C, K) tensor with 1 ≤ n ≤ ", kMaxConvs, " and C = ", C,
               ", got ", weight.sizes());
   TORCH_CHECK(weight.size(2) >= 1 && weight.size(2) <= kMaxK, fn, ": kernel size must be in [1, ", kMaxK, "], got ",
               weight.size(2));
   TORCH_CHECK(!bias.defined() || (bias.is_contiguous() && bias.dim() == 2 && bias.size(0) == weight.size(0) &&
-                                  bias.size(1) == x.size(2)),
+                                  bias.size(1) == C),
               fn, ": bias must be a contiguous (n, C) tensor, got ", bias.sizes());
-  TORCH_CHECK(x.size(1) < (int64_t{1} << 30) && x.size(2) < (int64_t{1} << 30) && x.size(0) <= 65535 * kLanes, fn,
-              ": input ", x.sizes(), " is too large for the kernels (at most ", 65535 * kLanes,
+  TORCH_CHECK(x1.size(1) < (int64_t{1} << 30) && C < (int64_t{1} << 30) && x1.size(0) <= 65535 * kLanes, fn,
+              ": input ", x1.sizes(), " is too large for the kernels (at most ", 65535 * kLanes,
               " samples, 2^30 steps and channels)");
+  return C;
 }
 
-}  // namespace
-
-std::vector<torch::Tensor> causal_conv1d_multi_fwd_cuda(const torch::Tensor& x, const torch::Tensor& weight,
-                                                        const torch::Tensor& bias, bool silu) {
-  check_cuda("causal_conv1d_multi_fwd_cuda", x, weight, bias);
-  const c10::cuda::CUDAGuard guard(x.device());
-  const int64_t B = x.size(0), T = x.size(1), C = x.size(2);
+// The n outputs (B, T, C) of the convolutions of [x1, x2].
+std::vector<torch::Tensor> fwd_launch(const char* fn, const torch::Tensor& x1, const torch::Tensor& x2,
+                                      const torch::Tensor& weight, const torch::Tensor& bias, bool silu) {
+  const int64_t C = check_cuda(fn, x1, x2, weight, bias);
+  const c10::cuda::CUDAGuard guard(x1.device());
+  const int64_t B = x1.size(0), T = x1.size(1);
   const int K = static_cast<int>(weight.size(2)), n = static_cast<int>(weight.size(0));
   std::vector<torch::Tensor> ys;
-  for (int j = 0; j < n; ++j) ys.push_back(torch::empty_like(x));
-  if (x.numel() == 0) return ys;
-  const int NC = chunks_for(B, T, C, x.device());
+  for (int j = 0; j < n; ++j) ys.push_back(torch::empty({B, T, C}, x1.options()));
+  if (B * T * C == 0) return ys;
+  const int NC = chunks_for(B, T, C, x1.device());
   const int L = static_cast<int>((T + NC - 1) / NC);
   const dim3 block(kChannels, kLanes);
   const dim3 grid(static_cast<unsigned>((C + kChannels - 1) / kChannels),
                   static_cast<unsigned>((B + kLanes - 1) / kLanes * NC));
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "causal_conv1d_multi_fwd_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x1.scalar_type(), "causal_conv1d_fwd_cuda", [&] {
     Outs<scalar_t> out{};
     for (int j = 0; j < n; ++j) out.p[j] = ys[j].data_ptr<scalar_t>();
+    const Split<const scalar_t> xin{x1.data_ptr<scalar_t>(), x2.defined() ? x2.data_ptr<scalar_t>() : nullptr,
+                                    static_cast<int>(x1.size(2))};
     with_shape(K, n, [&](auto kw, auto nn) {
       conv_fwd_kernel<scalar_t, decltype(kw)::value, decltype(nn)::value>
           <<<grid, block, 0, c10::cuda::getCurrentCUDAStream()>>>(
-              x.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(),
-              bias.defined() ? bias.data_ptr<scalar_t>() : nullptr, out, static_cast<int>(B), static_cast<int>(T),
-              static_cast<int>(C), K, n, NC, L, silu);
+              xin, weight.data_ptr<scalar_t>(), bias.defined() ? bias.data_ptr<scalar_t>() : nullptr, out,
+              static_cast<int>(B), static_cast<int>(T), static_cast<int>(C), K, n, NC, L, silu);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
   return ys;
 }
 
-std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> causal_conv1d_multi_bwd_cuda(
-    const std::vector<torch::Tensor>& grads, const torch::Tensor& x, const torch::Tensor& weight,
-    const torch::Tensor& bias, bool silu) {
-  check_cuda("causal_conv1d_multi_bwd_cuda", x, weight, bias);
-  const int64_t B = x.size(0), T = x.size(1), C = x.size(2);
+// (dx1, dx2 (undefined without x2), dweight (n, C, K), dbias (n, C) or undefined) for the n output gradients.
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> bwd_launch(
+    const char* fn, const std::vector<torch::Tensor>& grads, const torch::Tensor& x1, const torch::Tensor& x2,
+    const torch::Tensor& weight, const torch::Tensor& bias, bool silu) {
+  const int64_t C = check_cuda(fn, x1, x2, weight, bias);
+  const int64_t B = x1.size(0), T = x1.size(1);
   const int K = static_cast<int>(weight.size(2)), n = static_cast<int>(weight.size(0));
-  TORCH_CHECK(static_cast<int>(grads.size()) == n, "causal_conv1d_multi_bwd_cuda: ", n, " convolutions but ",
-              grads.size(), " gradients");
+  TORCH_CHECK(static_cast<int>(grads.size()) == n, fn, ": ", n, " convolutions but ", grads.size(), " gradients");
+  const std::vector<int64_t> shape{B, T, C};
   for (const auto& g : grads) {
-    TORCH_CHECK(g.is_contiguous() && g.sizes() == x.sizes() && g.scalar_type() == x.scalar_type() &&
-                    g.device() == x.device(),
-                "causal_conv1d_multi_bwd_cuda: every gradient must be contiguous, ", x.sizes(), ", ",
-                x.scalar_type(), " on ", x.device(), "; got ", g.sizes(), " ", g.scalar_type(), " on ", g.device());
+    TORCH_CHECK(g.is_contiguous() && g.sizes() == at::IntArrayRef(shape) && g.scalar_type() == x1.scalar_type() &&
+                    g.device() == x1.device(),
+                fn, ": every gradient must be contiguous, (", B, ", ", T, ", ", C, "), ", x1.scalar_type(), " on ",
+                x1.device(), "; got ", g.sizes(), " ", g.scalar_type(), " on ", g.device());
   }
-  const c10::cuda::CUDAGuard guard(x.device());
-  torch::Tensor dx = torch::empty_like(x);
-  const auto acc_dtype = x.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+  const c10::cuda::CUDAGuard guard(x1.device());
+  torch::Tensor dx1 = torch::empty_like(x1), dx2 = x2.defined() ? torch::empty_like(x2) : torch::Tensor();
+  const auto acc_dtype = x1.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
   const dim3 block(kChannels, kLanes);
-  const int NC = x.numel() == 0 ? 1 : chunks_for(B, T, C, x.device());
+  const bool empty = B * T * C == 0;
+  const int NC = empty ? 1 : chunks_for(B, T, C, x1.device());
   const int L = static_cast<int>((T + NC - 1) / NC);
   const unsigned gy = static_cast<unsigned>((B + kLanes - 1) / kLanes * NC);
   // Every block writes all its partials, so no zero fill is needed (empty inputs: see below).
-  torch::Tensor partial = x.numel() > 0 ? torch::empty({static_cast<int64_t>(gy), n, C, K + 1}, x.options().dtype(acc_dtype))
-                                        : torch::zeros({static_cast<int64_t>(gy), n, C, K + 1}, x.options().dtype(acc_dtype));
-  if (x.numel() > 0) {
+  const auto popt = x1.options().dtype(acc_dtype);
+  torch::Tensor partial = !empty ? torch::empty({static_cast<int64_t>(gy), n, C, K + 1}, popt)
+                                 : torch::zeros({static_cast<int64_t>(gy), n, C, K + 1}, popt);
+  if (!empty) {
     const dim3 grid(static_cast<unsigned>((C + kChannels - 1) / kChannels), gy);
-    AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "causal_conv1d_multi_bwd_cuda", [&] {
+    AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x1.scalar_type(), "causal_conv1d_bwd_cuda", [&] {
       Ins<scalar_t> in{};
       for (int j = 0; j < n; ++j) in.p[j] = grads[j].data_ptr<scalar_t>();
+      const int C1 = static_cast<int>(x1.size(2));
+      const Split<const scalar_t> xin{x1.data_ptr<scalar_t>(), x2.defined() ? x2.data_ptr<scalar_t>() : nullptr, C1};
+      const Split<scalar_t> dxo{dx1.data_ptr<scalar_t>(), x2.defined() ? dx2.data_ptr<scalar_t>() : nullptr, C1};
       with_shape(K, n, [&](auto kw, auto nn) {
         constexpr int kN = decltype(nn)::value;
         conv_bwd_kernel<scalar_t, decltype(kw)::value, kN, kN == 1 ? 1 : 3>
             <<<grid, block, 0, c10::cuda::getCurrentCUDAStream()>>>(
-                in, x.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(),
-                bias.defined() ? bias.data_ptr<scalar_t>() : nullptr, dx.data_ptr<scalar_t>(),
+                in, xin, weight.data_ptr<scalar_t>(), bias.defined() ? bias.data_ptr<scalar_t>() : nullptr, dxo,
                 partial.data_ptr<detail::conv1d_acc_t<scalar_t>>(), static_cast<int>(B), static_cast<int>(T),
                 static_cast<int>(C), K, n, NC, L, silu);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -347,9 +385,42 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> causal_conv1d_multi_bwd_
     });
   }
   const torch::Tensor sums = partial.sum(0);  // (n, C, K + 1), a fixed reduction order
-  torch::Tensor dw = sums.narrow(2, 0, K).to(x.scalar_type()).contiguous();
-  torch::Tensor db = bias.defined() ? sums.select(2, K).to(x.scalar_type()).contiguous() : torch::Tensor();
+  torch::Tensor dw = sums.narrow(2, 0, K).to(x1.scalar_type()).contiguous();
+  torch::Tensor db = bias.defined() ? sums.select(2, K).to(x1.scalar_type()).contiguous() : torch::Tensor();
+  return {dx1, dx2, dw, db};
+}
+
+}  // namespace
+
+std::vector<torch::Tensor> causal_conv1d_multi_fwd_cuda(const torch::Tensor& x, const torch::Tensor& weight,
+                                                        const torch::Tensor& bias, bool silu) {
+  return fwd_launch("causal_conv1d_multi_fwd_cuda", x, torch::Tensor(), weight, bias, silu);
+}
+
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> causal_conv1d_multi_bwd_cuda(
+    const std::vector<torch::Tensor>& grads, const torch::Tensor& x, const torch::Tensor& weight,
+    const torch::Tensor& bias, bool silu) {
+  auto [dx, unused, dw, db] = bwd_launch("causal_conv1d_multi_bwd_cuda", grads, x, torch::Tensor(), weight, bias, silu);
   return {dx, dw, db};
+}
+
+torch::Tensor causal_conv1d_pair_fwd_cuda(const torch::Tensor& x1, const torch::Tensor& x2,
+                                          const torch::Tensor& weight, const torch::Tensor& bias, bool silu) {
+  TORCH_CHECK(x1.dim() == 3 && x2.dim() == 3, "causal_conv1d_pair_fwd_cuda: x1, x2 must be (B, T, C1), (B, T, C2)");
+  const int64_t C = x1.size(2) + x2.size(2);
+  return fwd_launch("causal_conv1d_pair_fwd_cuda", x1, x2, weight.reshape({1, C, weight.size(-1)}),
+                    bias.defined() ? bias.reshape({1, C}) : bias, silu)[0];
+}
+
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> causal_conv1d_pair_bwd_cuda(
+    const torch::Tensor& grad, const torch::Tensor& x1, const torch::Tensor& x2, const torch::Tensor& weight,
+    const torch::Tensor& bias, bool silu) {
+  TORCH_CHECK(x1.dim() == 3 && x2.dim() == 3, "causal_conv1d_pair_bwd_cuda: x1, x2 must be (B, T, C1), (B, T, C2)");
+  const int64_t C = x1.size(2) + x2.size(2);
+  auto [dx1, dx2, dw, db] = bwd_launch("causal_conv1d_pair_bwd_cuda", {grad}, x1, x2,
+                                       weight.reshape({1, C, weight.size(-1)}), bias.defined() ? bias.reshape({1, C}) : bias,
+                                       silu);
+  return {dx1, dx2, dw.reshape(weight.sizes()), db.defined() ? db.reshape({C}) : db};
 }
 
 torch::Tensor causal_conv1d_fwd_cuda(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
