@@ -114,7 +114,10 @@ __device__ __forceinline__ void init_window(const scalar_t* __restrict__ xs, int
 }
 
 //   forward: after the shift at step t, xwin[m] = x_{t−KW+1+m} and z_j = b_j + Σ_m wpad[j][m] xwin[m].
-template <typename scalar_t, int KW, int N>
+// PAIR: x is two tensors (Split); otherwise x.p1 alone with rows of C, addressed exactly as before the pair
+// existed (the per-channel pointer and stride cost the one-tensor kernels 8–37 % at the LM-like shape: more
+// registers, and the four-convolution backward spilled).
+template <typename scalar_t, int KW, int N, bool PAIR>
 __global__ void __launch_bounds__(kChannels* kLanes)
     conv_fwd_kernel(Split<const scalar_t> x, const scalar_t* __restrict__ w, const scalar_t* __restrict__ bias,
                     Outs<scalar_t> y, int B, int T, int C, int K, int n, int NC, int L, bool silu) {
@@ -125,14 +128,15 @@ __global__ void __launch_bounds__(kChannels* kLanes)
   load_taps<scalar_t, acc_t, KW, N>(w, bias, wk.c, C, K, n, wpad, b0);
   const int64_t base = static_cast<int64_t>(wk.b) * T * C + wk.c;
   int xc = C;  // x's row stride for this channel
-  const scalar_t* xs = x.at(wk.b, T, C, wk.c, xc);
+  const scalar_t* xs = PAIR ? x.at(wk.b, T, C, wk.c, xc) : x.p1 + base;
+  if constexpr (!PAIR) xc = C;
   acc_t xwin[KW];
   init_window<scalar_t, acc_t, KW>(xs, wk.t0, xc, K, xwin);
   for (int t = wk.t0; t < wk.t1; t += kUnroll) {
     acc_t xv[kUnroll];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u)
-      xv[u] = t + u < wk.t1 ? static_cast<acc_t>(xs[static_cast<int64_t>(t + u) * xc]) : acc_t(0);
+      xv[u] = t + u < wk.t1 ? static_cast<acc_t>(xs[static_cast<int64_t>(t + u) * (PAIR ? xc : C)]) : acc_t(0);
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       if (t + u >= wk.t1) break;
@@ -160,7 +164,7 @@ __global__ void __launch_bounds__(kChannels* kLanes)
 // MinB: blocks per SM the register allocation must allow. For four convolutions the unconstrained kernel takes
 // 102 registers (two blocks, 16 warps per SM) and stalls on its loads: 203 µs at the A5 shape; three blocks
 // (80 registers, a few spilled to L1) took 146 µs, four (64) 152 µs (ncu, results/h200/conv_multi/).
-template <typename scalar_t, int KW, int N, int MinB>
+template <typename scalar_t, int KW, int N, int MinB, bool PAIR>
 __global__ void __launch_bounds__(kChannels* kLanes, MinB)
     conv_bwd_kernel(Ins<scalar_t> g, Split<const scalar_t> x, const scalar_t* __restrict__ w,
                     const scalar_t* __restrict__ bias, Split<scalar_t> dx,
@@ -179,9 +183,9 @@ __global__ void __launch_bounds__(kChannels* kLanes, MinB)
   }
   if (wk.active) {
     const int64_t base = static_cast<int64_t>(wk.b) * T * C + wk.c;
-    int xc = C;  // x's and dx's row stride for this channel
-    const scalar_t* xs = x.at(wk.b, T, C, wk.c, xc);
-    scalar_t* dxs = dx.at(wk.b, T, C, wk.c, xc);
+    int xc = C;  // x's and dx's row stride for this channel (PAIR)
+    const scalar_t* xs = PAIR ? x.at(wk.b, T, C, wk.c, xc) : x.p1 + base;
+    scalar_t* dxs = PAIR ? dx.at(wk.b, T, C, wk.c, xc) : dx.p1;
     acc_t xwin[KW], dxacc[KW];
     init_window<scalar_t, acc_t, KW>(xs, wk.t0, xc, K, xwin);
 #pragma unroll
@@ -194,7 +198,11 @@ __global__ void __launch_bounds__(kChannels* kLanes, MinB)
       for (int u = 0; u < kUnroll; ++u) {
         const bool live = t + u < t_rows;
         const int64_t o = base + static_cast<int64_t>(t + u) * C;
-        xv[u] = live ? static_cast<acc_t>(xs[static_cast<int64_t>(t + u) * xc]) : acc_t(0);
+        if constexpr (PAIR) {
+          xv[u] = live ? static_cast<acc_t>(xs[static_cast<int64_t>(t + u) * xc]) : acc_t(0);
+        } else {
+          xv[u] = live ? static_cast<acc_t>(x.p1[o]) : acc_t(0);
+        }
 #pragma unroll
         for (int j = 0; j < N; ++j) gv[j][u] = (live && j < n) ? static_cast<acc_t>(g.p[j][o]) : acc_t(0);
       }
@@ -224,7 +232,13 @@ __global__ void __launch_bounds__(kChannels* kLanes, MinB)
           for (int m = 0; m < KW; ++m) dxacc[m] += wpad[j][m] * gz;
         }
         const int s = t + u - KW + 1;
-        if (s >= wk.t0) dxs[static_cast<int64_t>(s) * xc] = static_cast<scalar_t>(dxacc[0]);
+        if (s >= wk.t0) {
+          if constexpr (PAIR) {
+            dxs[static_cast<int64_t>(s) * xc] = static_cast<scalar_t>(dxacc[0]);
+          } else {
+            dxs[base + static_cast<int64_t>(s) * C] = static_cast<scalar_t>(dxacc[0]);
+          }
+        }
 #pragma unroll
         for (int m = 0; m < KW - 1; ++m) dxacc[m] = dxacc[m + 1];
         dxacc[KW - 1] = 0;
@@ -328,10 +342,21 @@ std::vector<torch::Tensor> fwd_launch(const char* fn, const torch::Tensor& x1, c
     const Split<const scalar_t> xin{x1.data_ptr<scalar_t>(), x2.defined() ? x2.data_ptr<scalar_t>() : nullptr,
                                     static_cast<int>(x1.size(2))};
     with_shape(K, n, [&](auto kw, auto nn) {
-      conv_fwd_kernel<scalar_t, decltype(kw)::value, decltype(nn)::value>
-          <<<grid, block, 0, c10::cuda::getCurrentCUDAStream()>>>(
-              xin, weight.data_ptr<scalar_t>(), bias.defined() ? bias.data_ptr<scalar_t>() : nullptr, out,
-              static_cast<int>(B), static_cast<int>(T), static_cast<int>(C), K, n, NC, L, silu);
+      constexpr int kN = decltype(nn)::value;
+      auto launch = [&](auto kernel) {
+        kernel<<<grid, block, 0, c10::cuda::getCurrentCUDAStream()>>>(
+            xin, weight.data_ptr<scalar_t>(), bias.defined() ? bias.data_ptr<scalar_t>() : nullptr, out,
+            static_cast<int>(B), static_cast<int>(T), static_cast<int>(C), K, n, NC, L, silu);
+      };
+      if constexpr (kN == 1) {
+        if (x2.defined()) {
+          launch(conv_fwd_kernel<scalar_t, decltype(kw)::value, kN, true>);
+        } else {
+          launch(conv_fwd_kernel<scalar_t, decltype(kw)::value, kN, false>);
+        }
+      } else {
+        launch(conv_fwd_kernel<scalar_t, decltype(kw)::value, kN, false>);
+      }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
@@ -375,11 +400,21 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> bwd_launc
       const Split<scalar_t> dxo{dx1.data_ptr<scalar_t>(), x2.defined() ? dx2.data_ptr<scalar_t>() : nullptr, C1};
       with_shape(K, n, [&](auto kw, auto nn) {
         constexpr int kN = decltype(nn)::value;
-        conv_bwd_kernel<scalar_t, decltype(kw)::value, kN, kN == 1 ? 1 : 3>
-            <<<grid, block, 0, c10::cuda::getCurrentCUDAStream()>>>(
-                in, xin, weight.data_ptr<scalar_t>(), bias.defined() ? bias.data_ptr<scalar_t>() : nullptr, dxo,
-                partial.data_ptr<detail::conv1d_acc_t<scalar_t>>(), static_cast<int>(B), static_cast<int>(T),
-                static_cast<int>(C), K, n, NC, L, silu);
+        auto launch = [&](auto kernel) {
+          kernel<<<grid, block, 0, c10::cuda::getCurrentCUDAStream()>>>(
+              in, xin, weight.data_ptr<scalar_t>(), bias.defined() ? bias.data_ptr<scalar_t>() : nullptr, dxo,
+              partial.data_ptr<detail::conv1d_acc_t<scalar_t>>(), static_cast<int>(B), static_cast<int>(T),
+              static_cast<int>(C), K, n, NC, L, silu);
+        };
+        if constexpr (kN == 1) {
+          if (x2.defined()) {
+            launch(conv_bwd_kernel<scalar_t, decltype(kw)::value, kN, 1, true>);
+          } else {
+            launch(conv_bwd_kernel<scalar_t, decltype(kw)::value, kN, 1, false>);
+          }
+        } else {
+          launch(conv_bwd_kernel<scalar_t, decltype(kw)::value, kN, 3, false>);
+        }
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
     });
