@@ -81,7 +81,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int b = 0; b < kWeightNormMaxBlocks; ++b) {
       if (b >= blocks) break;
-      #pragma unroll 4
+#pragma unroll 4
       for (int64_t c = threadIdx.x; c < width; c += kThreads) out.p[b][r * width + c] = T(0);
     }
     return;
@@ -90,7 +90,7 @@ __global__ void __launch_bounds__(kThreads)
   A scale = A(1);
   if (src.g[i] != nullptr) {
     A ss = A(0), unused = A(0);
-    #pragma unroll 4
+#pragma unroll 4
     for (int64_t c = threadIdx.x; c < K; c += kThreads) {
       const A x = vr[c];
       ss += x * x;
@@ -101,7 +101,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
   for (int b = 0; b < kWeightNormMaxBlocks; ++b) {
     if (b >= blocks) break;
-    #pragma unroll 4
+#pragma unroll 4
     for (int64_t c = threadIdx.x; c < width; c += kThreads) out.p[b][r * width + c] = T(vr[b * width + c] * scale);
   }
 }
@@ -124,7 +124,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int b = 0; b < kWeightNormMaxBlocks; ++b) {
       if (b >= blocks) break;
       const T* d = dW.p[b];
-      #pragma unroll 4
+#pragma unroll 4
       for (int64_t c = threadIdx.x; c < width; c += kThreads) {
         const A x = vr[b * width + c];
         if (d != nullptr) s += x * A(d[r * width + c]);
@@ -139,7 +139,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int b = 0; b < kWeightNormMaxBlocks; ++b) {
     if (b >= blocks) break;
     const T* d = dW.p[b];
-    #pragma unroll 4
+#pragma unroll 4
     for (int64_t c = threadIdx.x; c < width; c += kThreads) {
       const A grad = d == nullptr ? A(0) : A(d[r * width + c]);
       dvr[b * width + c] = normed ? coef * (grad - A(vr[b * width + c]) * proj) : grad;
