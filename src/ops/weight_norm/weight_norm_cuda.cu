@@ -68,8 +68,8 @@ __device__ __forceinline__ void block_sum2(A& a, A& b, A* red) {
 
 // The column blocks are walked with a compile-time index (unrolled, stopping at `blocks`) so that their
 // pointers stay in the parameter space; a runtime index would copy the array to local memory. The column loops
-// are unrolled by 4 so that a thread has 4 loads in flight (the first version, one at a time, took 22 µs forward
-// and 37 µs backward at the LM-like shape).
+// are unrolled by 4 (loads of 4 columns in flight); that did not change the times at the LM-like shape: 22 µs
+// forward and 37 µs backward with and without it (ncu), ≈ 45–52 % of DRAM bandwidth.
 template <typename V, typename T>
 __global__ void __launch_bounds__(kThreads)
     weight_norm_fwd_kernel(Sources<V> src, BlockPtrs<T*> out, int blocks, int64_t K, int64_t width) {
