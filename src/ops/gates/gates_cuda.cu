@@ -40,6 +40,24 @@ __device__ __forceinline__ A sigm(A v) {
   return A(1) / (A(1) + ex(-v));
 }
 
+// gated_rmsnorm's per-element formulas, shared by its warp and block kernels: g = silu(z) silu(c) h, and the
+// backward of one element given the row's r = (mean(g²) + eps)^{-1/2} and coef = r³ S / D (S = Σ gy w g):
+// dg = r w gy − coef g, dw += r g gy, dz = dg silu(c) h silu'(z), dc = dg silu(z) h silu'(c), dh = dg silu(z) silu(c).
+template <typename A>
+__device__ __forceinline__ A gate(A z, A c, A h) {
+  return z * sigm(z) * (c * sigm(c)) * h;
+}
+template <typename A>
+__device__ __forceinline__ void gate_grad(A z, A c, A h, A gy, A w, A r, A coef, A& dw, A& dz, A& dc, A& dh) {
+  const A sgz = sigm(z), sgc = sigm(c);
+  const A sz = z * sgz, sc = c * sgc, g = sz * sc * h;
+  const A dg = r * w * gy - coef * g;
+  dw += r * g * gy;
+  dz = dg * sc * h * (sgz * (A(1) + z * (A(1) - sgz)));
+  dc = dg * sz * h * (sgc * (A(1) + c * (A(1) - sgc)));
+  dh = dg * sz * sc;
+}
+
 template <typename T, int VEC>
 struct alignas(sizeof(T) * VEC) Vec {
   T v[VEC];
@@ -156,7 +174,7 @@ __global__ void __launch_bounds__(kWarps * 32)
       load<T, VEC, A>(hn + d, vh);
 #pragma unroll
       for (int k = 0; k < VEC; ++k) {
-        const A g = vz[k] * sigm(vz[k]) * (vc[k] * sigm(vc[k])) * vh[k];
+        const A g = gate(vz[k], vc[k], vh[k]);
         ss += g * g;
       }
     }
@@ -169,7 +187,7 @@ __global__ void __launch_bounds__(kWarps * 32)
       load<T, VEC, A>(hn + d, vh);
       load<A, VEC, A>(w + d, vw);
 #pragma unroll
-      for (int k = 0; k < VEC; ++k) out[k] = vw[k] * (vz[k] * sigm(vz[k]) * (vc[k] * sigm(vc[k])) * vh[k]) * r;
+      for (int k = 0; k < VEC; ++k) out[k] = vw[k] * gate(vz[k], vc[k], vh[k]) * r;
       store<T, VEC, A>(y + n * D + d, out);
     }
   }
@@ -203,7 +221,7 @@ __global__ void __launch_bounds__(kWarps * 32)
       load<A, VEC, A>(w + d, vw);
 #pragma unroll
       for (int k = 0; k < VEC; ++k) {
-        const A g = vz[k] * sigm(vz[k]) * (vc[k] * sigm(vc[k])) * vh[k];
+        const A g = gate(vz[k], vc[k], vh[k]);
         ss += g * g;
         s += vg[k] * vw[k] * g;
       }
@@ -223,15 +241,8 @@ __global__ void __launch_bounds__(kWarps * 32)
       Vec<A, VEC>& dw_ref = *reinterpret_cast<Vec<A, VEC>*>(dw + d);
       Vec<A, VEC> dwv = dw_ref;
 #pragma unroll
-      for (int k = 0; k < VEC; ++k) {
-        const A sgz = sigm(vz[k]), sgc = sigm(vc[k]);
-        const A sz = vz[k] * sgz, sc = vc[k] * sgc, g = sz * sc * vh[k];
-        const A dg = r * vw[k] * vg[k] - coef * g;
-        dwv.v[k] += r * g * vg[k];
-        o_dz[k] = dg * sc * vh[k] * (sgz * (A(1) + vz[k] * (A(1) - sgz)));
-        o_dc[k] = dg * sz * vh[k] * (sgc * (A(1) + vc[k] * (A(1) - sgc)));
-        o_dh[k] = dg * sz * sc;
-      }
+      for (int k = 0; k < VEC; ++k)
+        gate_grad(vz[k], vc[k], vh[k], vg[k], vw[k], r, coef, dwv.v[k], o_dz[k], o_dc[k], o_dh[k]);
       dw_ref = dwv;
       store<T, VEC, A>(dz + n * D + d, o_dz);
       store<T, VEC, A>(dc + n * D + d, o_dc);
@@ -256,15 +267,23 @@ __global__ void __launch_bounds__(kWarps * 32)
 // from L2) and evaluate the sigmoids twice: 42 % of DRAM bandwidth and 71 % of the SM's issue slots forward,
 // 48 % / 53 % backward, at (16384, 1536) in bfloat16 on an H200 (ncu); holding a whole row per lane instead
 // took 150–255 registers. The sums are the same terms in another order (agreement to rounding).
-template <typename A>
-__device__ __forceinline__ A block_row_sum(A v, A (*red)[32], int parity) {
-  v = warp_sum(v);
+// The block's sums of a (and of b when TWO) over its warps, each warp's partials added in warp order.
+template <bool TWO, typename A>
+__device__ __forceinline__ void block_row_sums(A& a, A& b, A (*red_a)[32], A (*red_b)[32], int parity) {
+  a = warp_sum(a);
+  if (TWO) b = warp_sum(b);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  if (lane == 0) red[parity][warp] = v;
-  __syncthreads();
-  A tot = A(0);
-  for (int w = 0; w < warps; ++w) tot += red[parity][w];
-  return tot;
+  if (lane == 0) {
+    red_a[parity][warp] = a;
+    if (TWO) red_b[parity][warp] = b;
+  }
+  __syncthreads();  // one barrier for both sums: their partials are written before it
+  a = A(0);
+  if (TWO) b = A(0);
+  for (int w = 0; w < warps; ++w) {
+    a += red_a[parity][w];
+    if (TWO) b += red_b[parity][w];
+  }
 }
 
 template <typename T, int VEC>
@@ -286,10 +305,11 @@ __global__ void __launch_bounds__(kMaxRowThreads)
     A ss = A(0);
 #pragma unroll
     for (int k = 0; k < VEC; ++k) {
-      g[k] = vz[k] * sigm(vz[k]) * (vc[k] * sigm(vc[k])) * vh[k];
+      g[k] = gate(vz[k], vc[k], vh[k]);
       ss += g[k] * g[k];
     }
-    ss = block_row_sum(ss, red, parity);
+    A unused = A(0);
+    block_row_sums<false>(ss, unused, red, red, parity);
     const A r = A(1) / sqrt(ss / static_cast<A>(D) + static_cast<A>(eps));
     A out[VEC];
 #pragma unroll
@@ -324,38 +344,17 @@ __global__ void __launch_bounds__(kMaxRowThreads)
     A ss = A(0), s = A(0);
 #pragma unroll
     for (int k = 0; k < VEC; ++k) {
-      const A g = vz[k] * sigm(vz[k]) * (vc[k] * sigm(vc[k])) * vh[k];
+      const A g = gate(vz[k], vc[k], vh[k]);
       ss += g * g;
       s += vg[k] * vw[k] * g;
     }
-    // Two sums, one barrier: both partials are written before it.
-    ss = warp_sum(ss);
-    s = warp_sum(s);
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    if (lane == 0) {
-      red_ss[parity][warp] = ss;
-      red_s[parity][warp] = s;
-    }
-    __syncthreads();
-    ss = A(0);
-    s = A(0);
-    for (int i = 0; i < warps; ++i) {
-      ss += red_ss[parity][i];
-      s += red_s[parity][i];
-    }
+    block_row_sums<true>(ss, s, red_ss, red_s, parity);
     const A r = A(1) / sqrt(ss / static_cast<A>(D) + static_cast<A>(eps));
     const A coef = r * r * r * s / static_cast<A>(D);
     A o_dz[VEC], o_dc[VEC], o_dh[VEC];
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) {
-      const A sgz = sigm(vz[k]), sgc = sigm(vc[k]);
-      const A sz = vz[k] * sgz, sc = vc[k] * sgc, g = sz * sc * vh[k];
-      const A dg = r * vw[k] * vg[k] - coef * g;
-      dwacc[k] += r * g * vg[k];
-      o_dz[k] = dg * sc * vh[k] * (sgz * (A(1) + vz[k] * (A(1) - sgz)));
-      o_dc[k] = dg * sz * vh[k] * (sgc * (A(1) + vc[k] * (A(1) - sgc)));
-      o_dh[k] = dg * sz * sc;
-    }
+    for (int k = 0; k < VEC; ++k)
+      gate_grad(vz[k], vc[k], vh[k], vg[k], vw[k], r, coef, dwacc[k], o_dz[k], o_dc[k], o_dh[k]);
     store<T, VEC, A>(dz + n * D + d, o_dz);
     store<T, VEC, A>(dc + n * D + d, o_dc);
     store<T, VEC, A>(dh + n * D + d, o_dh);
