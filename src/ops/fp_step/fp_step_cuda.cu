@@ -35,7 +35,10 @@ Activation parse_activation(const std::string& name) {
 }
 
 __device__ __forceinline__ float activate(float x, int ac) {
-  if (ac == kSilu) return x / (1.0f + __expf(-x));
+  // SiLU divides by __fdividef (an approximate reciprocal and a product, ≤ 2 ulp) instead of an IEEE division
+  // (about ten instructions with a slow path): once per channel, token and reflection it is a tenth of the
+  // mix + scan kernel's instructions. Where 1 + e^{−x} > 2^126 (x < −87) the quotient is 0, the limit.
+  if (ac == kSilu) return __fdividef(x, 1.0f + __expf(-x));
   if (ac == kRelu) return x > 0.0f ? x : 0.0f;
   return x;
 }
@@ -550,10 +553,11 @@ __device__ __forceinline__ void scan_token(const float (&w)[CPT], const float (&
 // and block sums for the mix, v = (1 − λ)(w + h) rounded before the scan's λ·s + v); the warp-per-token mix the
 // two-kernel path runs for D ≤ 2048 sums the dot products in another order, so the two paths agree to rounding
 // (the tests compare them at 1e-6). The residual maxima go out as one atomic maximum per warp and token (the
-// controller zeroes them).
+// controller zeroes them). This strided layout serves the kernel that reads global memory directly (rows not
+// 16-byte aligned); the staged kernel gives each thread consecutive channels (mixscan_token_rows).
 //
 // One token: hn, bxn, ln (D values each), bn (the token's parameter row) and zp (the previous token's GEMM row,
-// nullptr at t = 0) may point to global or shared memory; yn, yln, the token's outputs.
+// nullptr at t = 0) in global memory; yn, yln, the token's outputs.
 template <typename zt, typename lt, int CPT>
 __device__ __forceinline__ void mixscan_token(const float* hn, const zt* bxn, const zt* ln, const zt* bn,
                                               const zt* zp, float (&state)[CPT], float s_b, float* __restrict__ yn,
@@ -651,11 +655,173 @@ struct StageLayout {
   }
 };
 
+// CPT consecutive values of a row in shared memory (or an aligned global row), as floats: 16-, 8- or 4-byte
+// loads where the type allows (the caller aligns p to CPT elements), one value at a time otherwise.
+template <int CPT, typename T>
+__device__ __forceinline__ void load_row(const T* p, float (&v)[CPT]) {
+#pragma unroll
+  for (int j = 0; j < CPT; ++j) v[j] = static_cast<float>(p[j]);
+}
+template <int CPT>
+__device__ __forceinline__ void load_row(const float* p, float (&v)[CPT]) {
+  if constexpr (CPT % 4 == 0) {
+#pragma unroll
+    for (int q = 0; q < CPT / 4; ++q) {
+      const float4 x = reinterpret_cast<const float4*>(p)[q];
+      v[4 * q] = x.x;
+      v[4 * q + 1] = x.y;
+      v[4 * q + 2] = x.z;
+      v[4 * q + 3] = x.w;
+    }
+  } else if constexpr (CPT == 2) {
+    const float2 x = *reinterpret_cast<const float2*>(p);
+    v[0] = x.x;
+    v[1] = x.y;
+  } else {
+    v[0] = p[0];
+  }
+}
+// bfloat16 → float is exact: the 16 bits become the high half of the float (element 0 in the low half-word).
+__device__ __forceinline__ void unpack_bf16x2(unsigned w, float& lo, float& hi) {
+  lo = __uint_as_float(w << 16);
+  hi = __uint_as_float(w & 0xffff0000u);
+}
+template <int CPT>
+__device__ __forceinline__ void load_row(const c10::BFloat16* p, float (&v)[CPT]) {
+  if constexpr (CPT == 8) {
+    const uint4 x = *reinterpret_cast<const uint4*>(p);
+    unpack_bf16x2(x.x, v[0], v[1]);
+    unpack_bf16x2(x.y, v[2], v[3]);
+    unpack_bf16x2(x.z, v[4], v[5]);
+    unpack_bf16x2(x.w, v[6], v[7]);
+  } else if constexpr (CPT == 4) {
+    const uint2 x = *reinterpret_cast<const uint2*>(p);
+    unpack_bf16x2(x.x, v[0], v[1]);
+    unpack_bf16x2(x.y, v[2], v[3]);
+  } else if constexpr (CPT == 2) {
+    unpack_bf16x2(*reinterpret_cast<const unsigned*>(p), v[0], v[1]);
+  } else {
+    v[0] = static_cast<float>(p[0]);
+  }
+}
+
+// CPT consecutive outputs: float32 in 16-byte (or smaller) stores; a 16-bit type rounded as static_cast does and
+// packed two to a 32-bit word.
+template <int CPT>
+__device__ __forceinline__ void store_row(float* p, const float (&v)[CPT]) {
+  if constexpr (CPT % 4 == 0) {
+#pragma unroll
+    for (int q = 0; q < CPT / 4; ++q)
+      reinterpret_cast<float4*>(p)[q] = make_float4(v[4 * q], v[4 * q + 1], v[4 * q + 2], v[4 * q + 3]);
+  } else if constexpr (CPT == 2) {
+    *reinterpret_cast<float2*>(p) = make_float2(v[0], v[1]);
+  } else {
+    p[0] = v[0];
+  }
+}
+template <int CPT, typename lt>
+__device__ __forceinline__ void store_row(lt* p, const float (&v)[CPT]) {
+  static_assert(sizeof(lt) == 2, "the rounded copy is a 16-bit type");
+  if constexpr (CPT == 1) {
+    p[0] = static_cast<lt>(v[0]);
+  } else {
+    unsigned words[CPT / 2];
+#pragma unroll
+    for (int q = 0; q < CPT / 2; ++q)
+      words[q] = static_cast<unsigned>(static_cast<lt>(v[2 * q]).x) |
+                 (static_cast<unsigned>(static_cast<lt>(v[2 * q + 1]).x) << 16);
+    if constexpr (CPT == 8)
+      *reinterpret_cast<uint4*>(p) = make_uint4(words[0], words[1], words[2], words[3]);
+    else if constexpr (CPT == 4)
+      *reinterpret_cast<uint2*>(p) = make_uint2(words[0], words[1]);
+    else
+      *reinterpret_cast<unsigned*>(p) = words[0];
+  }
+}
+
+// mixscan_token with thread k holding the consecutive channels [CPT·k, CPT·k + CPT) (D a multiple of CPT), its
+// operands read from the stage in 16-byte (or CPT-element) loads and its outputs written the same way: a quarter
+// of the shared-memory loads and global stores of the strided layout at CPT = 4, for the same per-element
+// arithmetic (the block sums add the channels in another order). `st`: the token's stage; `has_z`: whether it
+// holds the previous token's GEMM row.
+template <typename zt, typename lt, int CPT>
+__device__ __forceinline__ void mixscan_token_rows(const char* st, const StageLayout& L, bool has_z, float (&state)[CPT],
+                                                   float s_b, float* __restrict__ yn, lt* __restrict__ yln,
+                                                   unsigned* diff_n, unsigned* ymax_n, int D, int r, int ac, float eps,
+                                                   bool sum_form, float* scratch, int& reductions) {
+  const int c0 = static_cast<int>(threadIdx.x) * CPT;
+  const bool live = c0 < D;
+  const zt* bn = reinterpret_cast<const zt*>(st + L.base);
+  const zt* zp = reinterpret_cast<const zt*>(st + L.z);
+  float w[CPT], delta[CPT], hv[CPT];
+  if (live) {
+    load_row<CPT>(reinterpret_cast<const float*>(st + L.h) + c0, hv);
+    load_row<CPT>(reinterpret_cast<const zt*>(st + L.bx) + c0, w);
+  }
+#pragma unroll
+  for (int j = 0; j < CPT; ++j) {
+    if (!live) hv[j] = w[j] = 0.0f;
+    w[j] -= hv[j];
+    delta[j] = w[j];
+  }
+  for (int i = 0; i < r; ++i) {
+    float a[CPT], zr[CPT];
+    float uu = 0.0f, uw = 0.0f;
+    if (live) {
+      load_row<CPT>(bn + i * D + c0, a);
+      if (has_z) load_row<CPT>(zp + i * D + c0, zr);
+#pragma unroll
+      for (int j = 0; j < CPT; ++j) {
+        a[j] = activate(a[j] + (has_z ? zr[j] : 0.0f), ac);  // raw = base + z of the previous token
+        uu += a[j] * a[j];
+        uw += a[j] * (sum_form ? delta[j] : w[j]);  // DPLR: every dot product against the input δ
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < CPT; ++j) a[j] = 0.0f;
+    }
+    const float2 sums = block_sum2(uu, uw, scratch, reductions++);
+    const float inv = 1.0f / fmaxf(sqrtf(sums.x), eps);  // u = a / max(‖a‖, eps)
+    const int ia = r * D + i;
+    const float raw_alpha = static_cast<float>(bn[ia]) + (has_z ? static_cast<float>(zp[ia]) : 0.0f);
+    const float alpha = 1.0f / (1.0f + __expf(-raw_alpha));
+    const float c = -2.0f * alpha * sums.y * inv * inv;  // −2 α (uᵀw) u = c · a
+#pragma unroll
+    for (int j = 0; j < CPT; ++j) w[j] += c * a[j];
+  }
+  unsigned dev = 0, mag = 0;  // |·| as bits (abs_bits)
+  if (live) {
+    float lv[CPT], out[CPT];
+    load_row<CPT>(reinterpret_cast<const zt*>(st + L.lam) + c0, lv);
+#pragma unroll
+    for (int j = 0; j < CPT; ++j) {
+      const float l = lv[j];
+      const float v = __fmul_rn(1.0f - l, w[j] + hv[j]);  // the mix kernel's stored scan input
+      state[j] = fmaf(l, state[j], v);
+      out[j] = s_b == 1.0f ? state[j] : s_b * state[j] + (1.0f - s_b) * hv[j];
+      dev = max(dev, abs_bits(state[j] - hv[j]));
+      mag = max(mag, abs_bits(state[j]));
+    }
+    store_row<CPT>(yn + c0, out);
+    if (yln != nullptr) store_row<CPT>(yln + c0, out);
+  }
+  dev = __reduce_max_sync(0xffffffffu, dev);
+  mag = __reduce_max_sync(0xffffffffu, mag);
+  if ((threadIdx.x & 31) == 0) {
+    // Non-negative floats order like their bit patterns; a NaN (positive bits) wins the maximum.
+    atomicMax(diff_n, dev);
+    atomicMax(ymax_n, mag);
+  }
+}
+
 // The same walk with the operands staged: while token t is mixed and scanned from shared memory, the copies of
 // token t + 1's operands are in flight (two stages, cp.async), so the walk is no longer a chain of
-// global-memory round trips. Needs 16-byte aligned rows (see fp_mixscan_cuda). At the A5 shape this took the
-// kernel from 78 µs (operands prefetched into registers) to 75 µs, and four stages gave no more: the walk is
-// then bound by its per-token block reduction and barriers, not by memory.
+// global-memory round trips. Needs 16-byte aligned rows and D a multiple of CPT (see fp_mixscan_cuda). At the
+// A5 shape this took the kernel from 78 µs (operands prefetched into registers) to 75 µs, and four stages gave
+// no more. `ncu` then showed the walk issue-bound, not memory-bound (SM throughput 66 %, an instruction issued
+// on 72 % of the cycles, DRAM at 45 %: `results/h200/mixscan_rows/`), with one shared-memory load per operand
+// and two global stores per channel and token in the strided layout of mixscan_token; consecutive channels per
+// thread (mixscan_token_rows) load and store CPT at a time.
 template <typename zt, typename lt, int CPT>
 __global__ void __launch_bounds__(kThreads) fp_mixscan_staged_kernel(
     const zt* __restrict__ z, const zt* __restrict__ base, const zt* __restrict__ bx, const float* __restrict__ h,
@@ -690,13 +856,11 @@ __global__ void __launch_bounds__(kThreads) fp_mixscan_staged_kernel(
     copy_async_wait_all();  // this thread's copies of token t have landed
     __syncthreads();        // everyone's have, and everyone is done with token t − 1's stage
     issue(t + 1);           // into token t − 1's stage
-    const char* st = stage_mem + (t & 1) * L.total;
     const int64_t n = b * T + t;
-    mixscan_token<zt, lt, CPT>(reinterpret_cast<const float*>(st + L.h), reinterpret_cast<const zt*>(st + L.bx),
-                               reinterpret_cast<const zt*>(st + L.lam), reinterpret_cast<const zt*>(st + L.base),
-                               (t > 0 && z != nullptr) ? reinterpret_cast<const zt*>(st + L.z) : nullptr, state, s_b, y + n * D,
-                               y_lowp != nullptr ? y_lowp + n * D : nullptr, reinterpret_cast<unsigned*>(diff) + n,
-                               reinterpret_cast<unsigned*>(ymax) + n, D, r, ac, eps, sum_form, scratch, reductions);
+    mixscan_token_rows<zt, lt, CPT>(stage_mem + (t & 1) * L.total, L, t > 0 && z != nullptr, state, s_b, y + n * D,
+                                    y_lowp != nullptr ? y_lowp + n * D : nullptr, reinterpret_cast<unsigned*>(diff) + n,
+                                    reinterpret_cast<unsigned*>(ymax) + n, static_cast<int>(D), r, ac, eps, sum_form,
+                                    scratch, reductions);
   }
   if (ctl.counters != nullptr) fused_control(b, T, diff, ymax, ctl);
 }
@@ -1066,9 +1230,11 @@ void fp_mixscan_cuda(const torch::Tensor& z, const torch::Tensor& base, const to
   const auto aligned = [](const torch::Tensor& t) {
     return !t.defined() || reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
   };
+  // It also writes CPT consecutive channels of y (and y_lowp) per thread, so those are 16-byte aligned and D is
+  // a multiple of CPT.
   const bool staged = (D * 4) % 16 == 0 && (D * zsize) % 16 == 0 && (ld * zsize) % 16 == 0 && rows8 <= ld &&
-                      aligned(z) && aligned(base) && aligned(bx) && aligned(h) && aligned(lambda) &&
-                      2 * layout.total <= 200 * 1024;
+                      D % cpt == 0 && aligned(z) && aligned(base) && aligned(bx) && aligned(h) && aligned(lambda) &&
+                      aligned(y) && (!lowp || aligned(*y_lowp)) && 2 * layout.total <= 200 * 1024;
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, base.scalar_type(), "fp_mixscan_cuda", [&] {
     auto launch = [&](auto* lowp_ptr, auto cpt_tag) {
       using lt_ = std::remove_pointer_t<decltype(lowp_ptr)>;
