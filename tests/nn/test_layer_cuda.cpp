@@ -150,26 +150,44 @@ TEST(DeviceLoop, OneBlockPerSampleMatchesTheCpu) {
 }
 #endif
 
+// Also in bfloat16, where the result is the scan's rounded copy of the last executed iteration: the no-op
+// iterations queued after the stop (check_every 3 and 16) must leave it as the stop left it. Two shapes: the
+// two-kernel iteration (few channels) and, with CUDA, the one-block-per-sample kernel.
 TEST(DeviceLoop, CheckIntervalDoesNotChangeTheResult) {
   FPRNN_REQUIRE_GPU();
-  SolverConfig sc;
-  sc.threshold = 1e-3;
-  Tensor first;
-  int64_t first_iters = -1;
-  for (int64_t every : {1, 3, 16}) {
-    sc.device_check_every = every;
-    auto pair = make_pair("householderproduct", 2, sc);
-    pair.gpu->eval();
-    torch::NoGradGuard no_grad;
-    Tensor h;
-    pair.gpu->forward(randn({4, 30, 16}, 3, torch::kFloat32).cuda(), &h);
-    if (!first.defined()) {
-      first = h.cpu();
-      first_iters = pair.gpu->last_stats().iterations;
-      continue;
+  struct Shape {
+    int64_t B, T, d_model;
+  };
+  std::vector<Shape> shapes{{4, 30, 16}};
+#ifdef FPRNN_WITH_CUDA
+  int64_t wide_b = 8;
+  while (!ops::fp_mixscan_fits(wide_b, 5, 1024, torch::Device(torch::kCUDA))) wide_b += 8;
+  shapes.push_back({wide_b, 5, 512});
+#endif
+  for (const auto& shape : shapes) {
+    for (auto dtype : {torch::kFloat32, torch::kBFloat16}) {
+      const std::string what = "B " + std::to_string(shape.B) + " " + std::string(c10::toString(dtype));
+      SolverConfig sc;
+      sc.threshold = 1e-3;
+      Tensor first;
+      int64_t first_iters = -1;
+      for (int64_t every : {1, 3, 16}) {
+        sc.device_check_every = every;
+        auto pair = make_pair("householderproduct", 2, sc, shape.d_model);
+        pair.gpu->eval();
+        torch::NoGradGuard no_grad;
+        Tensor h;
+        pair.gpu->forward(randn({shape.B, shape.T, shape.d_model}, 3, torch::kFloat32).cuda().to(dtype), &h);
+        ASSERT_EQ(h.scalar_type(), dtype) << what;
+        if (!first.defined()) {
+          first = h.cpu();
+          first_iters = pair.gpu->last_stats().iterations;
+          continue;
+        }
+        EXPECT_EQ(pair.gpu->last_stats().iterations, first_iters) << "check_every " << every << ", " << what;
+        EXPECT_TRUE(torch::equal(h.cpu(), first)) << "check_every " << every << " changed the iterate, " << what;
+      }
     }
-    EXPECT_EQ(pair.gpu->last_stats().iterations, first_iters) << "check_every " << every;
-    EXPECT_TRUE(torch::equal(h.cpu(), first)) << "check_every " << every << " changed the iterate";
   }
 }
 
