@@ -36,8 +36,8 @@ Activation parse_activation(const std::string& name) {
 
 __device__ __forceinline__ float activate(float x, int ac) {
   // SiLU divides by __fdividef (an approximate reciprocal and a product, ≤ 2 ulp) instead of an IEEE division
-  // (about ten instructions with a slow path): once per channel, token and reflection it is a tenth of the
-  // mix + scan kernel's instructions. Where 1 + e^{−x} > 2^126 (x < −87) the quotient is 0, the limit.
+  // (about ten instructions and a slow path, once per channel, token and reflection; in the mix + scan kernel
+  // that path also held 10 more registers). Where 1 + e^{−x} > 2^126 (x < −87) the quotient is 0, the limit.
   if (ac == kSilu) return __fdividef(x, 1.0f + __expf(-x));
   if (ac == kRelu) return x > 0.0f ? x : 0.0f;
   return x;
