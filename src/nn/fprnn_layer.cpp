@@ -422,7 +422,8 @@ Tensor FastStep::solve_device(const solver::SolverOptions& opt, int64_t check_ev
     // Every executed iteration's scan wrote its iterate rounded to the compute dtype into h_c, and the queued
     // iterations after the stop write nothing (nor does the GEMM they still run, which only reads it): h_c holds
     // the counted iterate rounded as fp_select_cuda would round buf[counters[0] mod 2], without that pass over
-    // the float32 buffers (14 µs at the A5 shape).
+    // the float32 buffers (14 µs at the A5 shape). The first iteration always runs (max_iter ≥ 1:
+    // make_device_solver_state checks it), so h_c has been written.
     return h_c.view({B, T, D});
   }
   Tensor h = torch::empty({B, T, D}, in_.x.options());
