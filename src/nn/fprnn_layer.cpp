@@ -377,8 +377,10 @@ Tensor FastStep::solve_device(const solver::SolverOptions& opt, int64_t check_ev
   const Tensor lambda = in_.lambda.contiguous();
   const Tensor base = base_.contiguous();  // (B·T, rows) in the compute dtype
   const bool cast = base.scalar_type() != torch::kFloat32;
-  // buf[n % 2] holds the iterate after n iterations; a queued iteration after the stop writes nothing.
-  Tensor buf[2] = {torch::zeros({B, T, D}, f32), torch::empty({B, T, D}, f32)};
+  // buf[n % 2] holds the iterate after n iterations; a queued iteration after the stop writes nothing. The first
+  // iteration reads the zero iterate as an undefined h (no fill); max_iter ≥ 1 (make_device_solver_state checks
+  // it), so buf[0] is never selected before an iteration has written it.
+  Tensor buf[2] = {torch::empty({B, T, D}, f32), torch::empty({B, T, D}, f32)};
   // Where the batch's channels fill the chip, the mix and the scan run as one kernel (one block per sample).
   const bool mixscan = ops::fp_mixscan_fits(B, T, D, in_.x.device());
   Tensor v = mixscan ? Tensor() : torch::empty({B, T, D}, f32);
@@ -398,9 +400,9 @@ Tensor FastStep::solve_device(const solver::SolverOptions& opt, int64_t check_ev
   while (queued < opt.max_iter) {
     const int64_t n = std::min(every, opt.max_iter - queued);
     for (int64_t k = 0; k < n; ++k, ++queued) {
-      const Tensor& h = buf[queued % 2];
+      // The first iteration starts from h = 0, whose GEMM row is 0: the kernels take an undefined h and z as that.
+      const Tensor h = queued == 0 ? Tensor() : buf[queued % 2];
       Tensor& y = buf[(queued + 1) % 2];
-      // The first iteration starts from h = 0, whose GEMM row is 0: the kernels take an undefined z as that.
       const Tensor zn = queued == 0 ? Tensor() : z;
       if (queued > 0) at::mm_out(z, cast ? h_c : h.view({B * T, D}), w_h_t_);
       if (mixscan) {

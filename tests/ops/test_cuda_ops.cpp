@@ -517,8 +517,9 @@ TEST(FpStepCuda, MixScanWithFusedControlMatchesTheController) {
   }
 }
 
-// An undefined z stands for the GEMM row of a zero iterate (the solve's first iteration skips that GEMM): every
-// kernel (staged, direct; fp_mix) gives exactly what a z of zeros gives.
+// An undefined z stands for the GEMM row of a zero iterate (the solve's first iteration skips that GEMM), and an
+// undefined h for that iterate itself (no zero fill): every kernel (staged, direct; fp_mix, fp_scan) gives
+// exactly what tensors of zeros give.
 TEST(FpStepCuda, UndefinedZIsAZeroGemmRow) {
   FPRNN_REQUIRE_GPU();
   const auto f32 = torch::TensorOptions().dtype(torch::kFloat32).device(torch::kCUDA);
@@ -555,6 +556,33 @@ TEST(FpStepCuda, UndefinedZIsAZeroGemmRow) {
       ops::fp_mix_cuda(zeros, base, bx, h, lambda, v1, r, "silu", 1e-6, sum_form, s1);
       ops::fp_mix_cuda(Tensor(), base, bx, h, lambda, v2, r, "silu", 1e-6, sum_form, s2);
       EXPECT_TRUE(torch::equal(v1, v2)) << "mix, " << what << " sum_form " << sum_form;
+
+      // h undefined as well (with and without a bfloat16 copy and damping): mix + scan, then mix and scan.
+      for (double step : {1.0, 0.6}) {
+        ops::DeviceSolverOptions o;
+        o.stepsize = step;
+        auto a1 = ops::make_device_solver_state(B, T, o, torch::kCUDA);
+        auto a2 = ops::make_device_solver_state(B, T, o, torch::kCUDA);
+        Tensor y3 = place(torch::empty({B, T, D}, f32)), y4 = place(torch::empty({B, T, D}, f32));
+        Tensor low3 = torch::empty({B * T, D}, f32.dtype(torch::kBFloat16)), low4 = torch::empty_like(low3);
+        ops::fp_mixscan_cuda(zeros, base, bx, h, lambda, y3, r, "silu", 1e-6, sum_form, a1, &low3);
+        ops::fp_mixscan_cuda(Tensor(), base, bx, Tensor(), lambda, y4, r, "silu", 1e-6, sum_form, a2, &low4);
+        const std::string hw = what + " sum_form " + std::to_string(sum_form) + " step " + std::to_string(step);
+        EXPECT_TRUE(torch::equal(y3, y4)) << "mix + scan, undefined h, " << hw;
+        EXPECT_TRUE(torch::equal(low3, low4)) << "rounded copy, undefined h, " << hw;
+        EXPECT_TRUE(torch::equal(a1.diff, a2.diff)) << "residual maxima, undefined h, " << hw;
+        EXPECT_TRUE(torch::equal(a1.ymax, a2.ymax)) << "residual maxima, undefined h, " << hw;
+        Tensor v3 = torch::empty({B, T, D}, f32), v4 = torch::empty({B, T, D}, f32);
+        ops::fp_mix_cuda(zeros, base, bx, h, lambda, v3, r, "silu", 1e-6, sum_form, a1);
+        ops::fp_mix_cuda(Tensor(), base, bx, Tensor(), lambda, v4, r, "silu", 1e-6, sum_form, a2);
+        EXPECT_TRUE(torch::equal(v3, v4)) << "mix, undefined h, " << hw;
+        Tensor y5 = torch::empty({B, T, D}, f32), y6 = torch::empty({B, T, D}, f32);
+        ops::fp_scan_cuda(v3, lambda, h, y5, a1, &low3);
+        ops::fp_scan_cuda(v3, lambda, Tensor(), y6, a2, &low4);
+        EXPECT_TRUE(torch::equal(y5, y6)) << "scan, undefined h, " << hw;
+        EXPECT_TRUE(torch::equal(low3, low4)) << "scan's rounded copy, undefined h, " << hw;
+        EXPECT_TRUE(torch::equal(a1.diff, a2.diff)) << "scan's residual maxima, undefined h, " << hw;
+      }
     }
   }
   // A z of another shape or dtype than base is refused.

@@ -13,7 +13,9 @@
 // compute dtype (float32 or bfloat16), with a leading dimension ld ≥ rows = r·D + r (reflection i in
 // columns i·D..(i+1)·D, the α logits after them, columns ≥ rows unread: callers pad ld to a multiple of 8
 // so that cuBLAS picks aligned tensor-core kernels). z may be an undefined tensor: the iterate is zero (the
-// solve's first iteration), so is its GEMM, and the kernels read base alone.
+// solve's first iteration), so is its GEMM, and the kernels read base alone. So may h, for the same iterate:
+// the kernels then read it as zeros (bit for bit what a tensor of zeros gives), and the solve needs no zero
+// fill of its first buffer.
 #pragma once
 
 #include <torch/torch.h>

@@ -108,9 +108,9 @@ __global__ void fp_mix_kernel(const zt* __restrict__ z, const zt* __restrict__ b
   const zt* bn = base + n * ld;
   const zt* zp = (t > 0 && z != nullptr) ? z + (n - 1) * ld : nullptr;  // raw[b, t] = base[b, t] + z[b, t − 1]
   auto raw = [&](int64_t j) { return static_cast<float>(bn[j]) + (zp != nullptr ? static_cast<float>(zp[j]) : 0.0f); };
-  const float* hn = h + n * D;
+  const float* hn = h != nullptr ? h + n * D : nullptr;  // nullptr: the zero iterate (the solve's first step)
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
-    const float x = static_cast<float>(bx[n * D + d]) - hn[d];
+    const float x = static_cast<float>(bx[n * D + d]) - (hn != nullptr ? hn[d] : 0.0f);
     w[d] = x;
     if (sum_form) delta[d] = x;
   }
@@ -131,7 +131,7 @@ __global__ void fp_mix_kernel(const zt* __restrict__ z, const zt* __restrict__ b
     __syncthreads();
   }
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x)
-    v[n * D + d] = (1.0f - static_cast<float>(lambda[n * D + d])) * (w[d] + hn[d]);
+    v[n * D + d] = (1.0f - static_cast<float>(lambda[n * D + d])) * (w[d] + (hn != nullptr ? hn[d] : 0.0f));
 }
 
 // fp_mix_kernel with WPT warps per token (one or two; kWarpsPerBlock / WPT tokens per block) instead of a
@@ -165,15 +165,23 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   const int64_t t = n % T;
   const zt* bn = base + n * ld;
   const zt* zp = (t > 0 && z != nullptr) ? z + (n - 1) * ld : nullptr;  // raw[b, t] = base[b, t] + z[b, t − 1]
-  const float* hn = h + n * D;
+  const float* hn = h != nullptr ? h + n * D : nullptr;  // nullptr: the zero iterate (the solve's first step)
   const int slane = lane + 32 * sub;
+  auto load_h = [&](int64_t d0, bool v8, float (&hv)[8]) {
+    if (hn != nullptr) {
+      load8(hn + d0, D - d0, v8, hv);
+    } else {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) hv[j] = 0.0f;
+    }
+  };
   auto first = [&](int k) { return 8 * (slane + 32 * WPT * static_cast<int64_t>(k)); };  // chunk k's channel
   float w[KV][8], delta[kSum ? KV : 1][8];
 #pragma unroll
   for (int k = 0; k < KV; ++k) {
     const int64_t d0 = first(k);
     float hv[8], xv[8];
-    load8(hn + d0, D - d0, vec && d0 < D, hv);
+    load_h(d0, vec && d0 < D, hv);
     load8(bx + n * D + d0, D - d0, vec && d0 < D, xv);
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
@@ -218,7 +226,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     const int64_t d0 = first(k);
     if (d0 >= D) continue;
     float hv[8], lv[8], out[8];
-    load8(hn + d0, D - d0, vec, hv);  // again: a cache hit, cheaper than holding it in registers
+    load_h(d0, vec, hv);  // again: a cache hit, cheaper than holding it in registers
     load8(lambda + n * D + d0, D - d0, vec, lv);
 #pragma unroll
     for (int j = 0; j < 8; ++j) out[j] = (1.0f - lv[j]) * (w[k][j] + hv[j]);
@@ -312,7 +320,7 @@ __global__ void __launch_bounds__(kThreads)
       const bool in = live && u < n;
       lv[u] = in ? static_cast<float>(lambda[i]) : 0.0f;
       vv[u] = in ? v[i] : 0.0f;
-      hv[u] = in ? h[i] : 0.0f;
+      hv[u] = in && h != nullptr ? h[i] : 0.0f;  // h nullptr: the zero iterate (the solve's first step)
     }
 #pragma unroll
     for (int u = 0; u < kScanBatch; ++u) {
@@ -569,7 +577,7 @@ __device__ __forceinline__ void mixscan_token(const float* hn, const zt* bxn, co
 #pragma unroll
   for (int j = 0; j < CPT; ++j) {
     const int64_t d = threadIdx.x + static_cast<int64_t>(j) * kThreads;
-    hv[j] = d < D ? hn[d] : 0.0f;
+    hv[j] = d < D && hn != nullptr ? hn[d] : 0.0f;  // hn nullptr: the zero iterate
     w[j] = d < D ? static_cast<float>(bxn[d]) - hv[j] : 0.0f;
     delta[j] = w[j];
   }
@@ -619,7 +627,7 @@ __global__ void __launch_bounds__(kThreads) fp_mixscan_kernel(
   for (int j = 0; j < CPT; ++j) state[j] = 0.0f;
   for (int64_t t = 0; t < T; ++t) {
     const int64_t n = b * T + t;
-    mixscan_token<zt, lt, CPT>(h + n * D, bx + n * D, lambda + n * D, base + n * ld,
+    mixscan_token<zt, lt, CPT>(h != nullptr ? h + n * D : nullptr, bx + n * D, lambda + n * D, base + n * ld,
                                (t > 0 && z != nullptr) ? z + (n - 1) * ld : nullptr,
                                state, s_b, y + n * D, y_lowp != nullptr ? y_lowp + n * D : nullptr,
                                reinterpret_cast<unsigned*>(diff) + n, reinterpret_cast<unsigned*>(ymax) + n, D, r, ac, eps,
@@ -745,7 +753,8 @@ __device__ __forceinline__ void store_row(lt* p, const float (&v)[CPT]) {
 // arithmetic (the block sums add the channels in another order). `st`: the token's stage; `has_z`: whether it
 // holds the previous token's GEMM row.
 template <typename zt, typename lt, int CPT>
-__device__ __forceinline__ void mixscan_token_rows(const char* st, const StageLayout& L, bool has_z, float (&state)[CPT],
+__device__ __forceinline__ void mixscan_token_rows(const char* st, const StageLayout& L, bool has_h, bool has_z,
+                                                   float (&state)[CPT],
                                                    float s_b, float* __restrict__ yn, lt* __restrict__ yln,
                                                    unsigned* diff_n, unsigned* ymax_n, int D, int r, int ac, float eps,
                                                    bool sum_form, float* scratch, int& reductions) {
@@ -755,12 +764,13 @@ __device__ __forceinline__ void mixscan_token_rows(const char* st, const StageLa
   const zt* zp = reinterpret_cast<const zt*>(st + L.z);
   float w[CPT], delta[CPT], hv[CPT];
   if (live) {
-    load_row<CPT>(reinterpret_cast<const float*>(st + L.h) + c0, hv);
+    if (has_h) load_row<CPT>(reinterpret_cast<const float*>(st + L.h) + c0, hv);
     load_row<CPT>(reinterpret_cast<const zt*>(st + L.bx) + c0, w);
   }
 #pragma unroll
   for (int j = 0; j < CPT; ++j) {
-    if (!live) hv[j] = w[j] = 0.0f;
+    if (!live || !has_h) hv[j] = 0.0f;
+    if (!live) w[j] = 0.0f;
     w[j] -= hv[j];
     delta[j] = w[j];
   }
@@ -840,7 +850,7 @@ __global__ void __launch_bounds__(kThreads) fp_mixscan_staged_kernel(
     if (t < T) {
       char* st = stage_mem + (t & 1) * L.total;
       const int64_t n = b * T + t;
-      copy_async(st + L.h, h + n * D, D * 4);
+      if (h != nullptr) copy_async(st + L.h, h + n * D, D * 4);
       copy_async(st + L.bx, bx + n * D, D * static_cast<int64_t>(sizeof(zt)));
       copy_async(st + L.lam, lambda + n * D, D * static_cast<int64_t>(sizeof(zt)));
       copy_async(st + L.base, base + n * ld, rows8 * static_cast<int64_t>(sizeof(zt)));
@@ -857,10 +867,10 @@ __global__ void __launch_bounds__(kThreads) fp_mixscan_staged_kernel(
     __syncthreads();        // everyone's have, and everyone is done with token t − 1's stage
     issue(t + 1);           // into token t − 1's stage
     const int64_t n = b * T + t;
-    mixscan_token_rows<zt, lt, CPT>(stage_mem + (t & 1) * L.total, L, t > 0 && z != nullptr, state, s_b, y + n * D,
-                                    y_lowp != nullptr ? y_lowp + n * D : nullptr, reinterpret_cast<unsigned*>(diff) + n,
-                                    reinterpret_cast<unsigned*>(ymax) + n, static_cast<int>(D), r, ac, eps, sum_form,
-                                    scratch, reductions);
+    mixscan_token_rows<zt, lt, CPT>(stage_mem + (t & 1) * L.total, L, h != nullptr, t > 0 && z != nullptr, state, s_b,
+                                    y + n * D, y_lowp != nullptr ? y_lowp + n * D : nullptr,
+                                    reinterpret_cast<unsigned*>(diff) + n, reinterpret_cast<unsigned*>(ymax) + n,
+                                    static_cast<int>(D), r, ac, eps, sum_form, scratch, reductions);
   }
   if (ctl.counters != nullptr) fused_control(b, T, diff, ymax, ctl);
 }
@@ -935,19 +945,20 @@ void check_f32(const torch::Tensor& t, const char* name, c10::IntArrayRef sizes)
               t.sizes(), " ", t.scalar_type());
 }
 
-// The mixer step's arguments (fp_mix_cuda: out = v; fp_mixscan_cuda: out = y): h and out float32 (B, T, D);
-// bx and λ in base's dtype; base (B·T, ld ≥ r·D + r) and z, undefined (the iterate is zero, so its GEMM row is
+// The mixer step's arguments (fp_mix_cuda: out = v; fp_mixscan_cuda: out = y): out float32 (B, T, D); h
+// float32 of out's sizes, or undefined (the zero iterate: the solve's first step, which needs no zero fill); bx
+// and λ in base's dtype; base (B·T, ld ≥ r·D + r) and z, undefined (the iterate is zero, so its GEMM row is
 // too) or of base's dtype and sizes; all contiguous CUDA tensors.
 void check_mix_args(const char* fn, const torch::Tensor& z, const torch::Tensor& base, const torch::Tensor& bx,
                     const torch::Tensor& h, const torch::Tensor& lambda, const torch::Tensor& out, int64_t rank) {
-  TORCH_CHECK(h.dim() == 3, fn, ": h must be (B, T, D), got ", h.sizes());
-  const int64_t N = h.size(0) * h.size(1), rows = rank * h.size(2) + rank;
-  check_f32(h, "h", h.sizes());
-  check_f32(out, "the output", h.sizes());
+  TORCH_CHECK(out.defined() && out.dim() == 3, fn, ": the output must be (B, T, D)");
+  const int64_t N = out.size(0) * out.size(1), rows = rank * out.size(2) + rank;
+  check_f32(out, "the output", out.sizes());
+  if (h.defined()) check_f32(h, "h", out.sizes());
   TORCH_CHECK(base.defined(), fn, ": base is undefined");
   for (const auto& [t, name] : {std::pair<const torch::Tensor&, const char*>{bx, "bx"}, {lambda, "lambda"}})
-    TORCH_CHECK(t.is_cuda() && t.is_contiguous() && t.scalar_type() == base.scalar_type() && t.sizes() == h.sizes(),
-                fn, ": ", name, " must be a contiguous CUDA tensor of sizes ", h.sizes(), " in base's dtype ",
+    TORCH_CHECK(t.is_cuda() && t.is_contiguous() && t.scalar_type() == base.scalar_type() && t.sizes() == out.sizes(),
+                fn, ": ", name, " must be a contiguous CUDA tensor of sizes ", out.sizes(), " in base's dtype ",
                 base.scalar_type(), ", got ", t.sizes(), " ", t.scalar_type());
   TORCH_CHECK(rank >= 1, fn, ": rank must be ≥ 1");
   TORCH_CHECK(base.is_cuda() && base.is_contiguous() && base.dim() == 2 && base.size(0) == N && base.size(1) >= rows,
@@ -998,9 +1009,9 @@ void fp_mix_cuda(const torch::Tensor& z, const torch::Tensor& base, const torch:
                  const torch::Tensor& lambda, torch::Tensor& v, int64_t rank, const std::string& mixer_ac, double eps,
                  bool sum_form, const DeviceSolverState& state) {
   check_mix_args("fp_mix_cuda", z, base, bx, h, lambda, v, rank);
-  const int64_t B = h.size(0), T = h.size(1), D = h.size(2), N = B * T;
+  const int64_t B = v.size(0), T = v.size(1), D = v.size(2), N = B * T;
   const int64_t ld = base.size(1);  // rows padded (e.g. to a multiple of 8 for aligned GEMMs); the pad is unread
-  const c10::cuda::CUDAGuard guard(h.device());
+  const c10::cuda::CUDAGuard guard(v.device());
   const int ac = parse_activation(mixer_ac);
   const int64_t* counters = state.counters.data_ptr<int64_t>();
   const int64_t kv = (D + 255) / 256;  // chunks of 8 channels per lane in the warp-per-token kernel
@@ -1017,7 +1028,7 @@ void fp_mix_cuda(const torch::Tensor& z, const torch::Tensor& base, const torch:
       const auto blocks = static_cast<unsigned>((N + kWarpsPerBlock / kWpt - 1) / (kWarpsPerBlock / kWpt));
       fp_mix_warp_kernel<zt, decltype(kv_tag)::value, kWpt, decltype(sum_tag)::value>
           <<<blocks, kWarpsPerBlock * 32, 0, stream>>>(data_or_null<zt>(z), base.data_ptr<zt>(), bx.data_ptr<zt>(),
-                                                       h.data_ptr<float>(), lambda.data_ptr<zt>(), v.data_ptr<float>(),
+                                                       data_or_null<float>(h), lambda.data_ptr<zt>(), v.data_ptr<float>(),
                                                        N, T, D, ld, static_cast<int>(rank), ac, static_cast<float>(eps),
                                                        vec, counters);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -1046,7 +1057,7 @@ void fp_mix_cuda(const torch::Tensor& z, const torch::Tensor& base, const torch:
       C10_CUDA_CHECK(cudaFuncSetAttribute(fp_mix_kernel<scalar_t>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           static_cast<int>(smem)));
     fp_mix_kernel<scalar_t><<<N, kThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(
-        data_or_null<scalar_t>(z), base.data_ptr<scalar_t>(), bx.data_ptr<scalar_t>(), h.data_ptr<float>(),
+        data_or_null<scalar_t>(z), base.data_ptr<scalar_t>(), bx.data_ptr<scalar_t>(), data_or_null<float>(h),
         lambda.data_ptr<scalar_t>(), v.data_ptr<float>(), T, D, ld, static_cast<int>(rank), ac, static_cast<float>(eps),
         sum_form, counters);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -1057,8 +1068,8 @@ void fp_scan_cuda(const torch::Tensor& v, const torch::Tensor& lambda, const tor
                   const DeviceSolverState& state, torch::Tensor* y_lowp) {
   TORCH_CHECK(v.dim() == 3, "fp_scan_cuda: v must be (B, T, D), got ", v.sizes());
   check_f32(v, "v", v.sizes());
-  for (const auto& [t, name] : {std::pair<const torch::Tensor&, const char*>{h, "h"}, {y, "y"}})
-    check_f32(t, name, v.sizes());
+  check_f32(y, "y", v.sizes());
+  if (h.defined()) check_f32(h, "h", v.sizes());  // undefined: the zero iterate
   TORCH_CHECK(lambda.is_cuda() && lambda.is_contiguous() && lambda.sizes() == v.sizes() &&
                   (lambda.scalar_type() == torch::kFloat32 || lambda.scalar_type() == torch::kBFloat16),
               "fp_scan_cuda: lambda must be a contiguous float32 or bfloat16 CUDA tensor of sizes ", v.sizes(), ", got ",
@@ -1094,7 +1105,7 @@ void fp_scan_cuda(const torch::Tensor& v, const torch::Tensor& lambda, const tor
     auto launch = [&](auto* lowp_ptr) {
       using lt = std::remove_pointer_t<decltype(lowp_ptr)>;
       fp_scan_output_kernel<lam_t, lt><<<grid, kThreads, 0, stream>>>(
-          v.data_ptr<float>(), lambda_ptr, h.data_ptr<float>(), y.data_ptr<float>(), lowp_ptr, carry,
+          v.data_ptr<float>(), lambda_ptr, data_or_null<float>(h), y.data_ptr<float>(), lowp_ptr, carry,
           state.stepsize.data_ptr<double>(), state.diff.data_ptr<float>(), state.ymax.data_ptr<float>(), T, D, NC, L,
           counters);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -1193,15 +1204,15 @@ void fp_mixscan_cuda(const torch::Tensor& z, const torch::Tensor& base, const to
                      bool sum_form, const DeviceSolverState& state, torch::Tensor* y_lowp,
                      const DeviceSolverOptions* control) {
   check_mix_args("fp_mixscan_cuda", z, base, bx, h, lambda, y, rank);
-  const int64_t B = h.size(0), T = h.size(1), D = h.size(2);
+  const int64_t B = y.size(0), T = y.size(1), D = y.size(2);
   TORCH_CHECK(D <= 8 * kThreads, "fp_mixscan_cuda: D = ", D, " is wider than ", 8 * kThreads, " channels");
   TORCH_CHECK(state.diff.size(0) == B && state.diff.size(1) == T, "fp_mixscan_cuda: solver state is for another shape");
   const bool lowp = y_lowp != nullptr && y_lowp->defined();
-  TORCH_CHECK(!lowp || (y_lowp->is_cuda() && y_lowp->is_contiguous() && y_lowp->numel() == h.numel() &&
+  TORCH_CHECK(!lowp || (y_lowp->is_cuda() && y_lowp->is_contiguous() && y_lowp->numel() == y.numel() &&
                         (y_lowp->scalar_type() == torch::kBFloat16 || y_lowp->scalar_type() == torch::kHalf)),
-              "fp_mixscan_cuda: y_lowp must be a contiguous bfloat16/float16 CUDA tensor of ", h.numel(), " elements");
+              "fp_mixscan_cuda: y_lowp must be a contiguous bfloat16/float16 CUDA tensor of ", y.numel(), " elements");
   const int64_t ld = base.size(1);
-  const c10::cuda::CUDAGuard guard(h.device());
+  const c10::cuda::CUDAGuard guard(y.device());
   const int ac = parse_activation(mixer_ac);
   FusedControl ctl;
   if (control != nullptr) {
@@ -1246,13 +1257,13 @@ void fp_mixscan_cuda(const torch::Tensor& z, const torch::Tensor& base, const to
         if (smem > 48 * 1024)
           C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
         kernel<<<static_cast<unsigned>(B), kThreads, smem, stream>>>(
-            zp, base.data_ptr<scalar_t>(), bx.data_ptr<scalar_t>(), h.data_ptr<float>(), lambda.data_ptr<scalar_t>(),
+            zp, base.data_ptr<scalar_t>(), bx.data_ptr<scalar_t>(), data_or_null<float>(h), lambda.data_ptr<scalar_t>(),
             y.data_ptr<float>(), lowp_ptr, state.stepsize.data_ptr<double>(), state.diff.data_ptr<float>(),
             state.ymax.data_ptr<float>(), T, D, ld, rows8, static_cast<int>(rank), ac, static_cast<float>(eps),
             sum_form, state.counters.data_ptr<int64_t>(), ctl);
       } else {
         fp_mixscan_kernel<scalar_t, lt_, kCpt><<<static_cast<unsigned>(B), kThreads, 0, stream>>>(
-            zp, base.data_ptr<scalar_t>(), bx.data_ptr<scalar_t>(), h.data_ptr<float>(), lambda.data_ptr<scalar_t>(),
+            zp, base.data_ptr<scalar_t>(), bx.data_ptr<scalar_t>(), data_or_null<float>(h), lambda.data_ptr<scalar_t>(),
             y.data_ptr<float>(), lowp_ptr, state.stepsize.data_ptr<double>(), state.diff.data_ptr<float>(),
             state.ymax.data_ptr<float>(), T, D, ld, static_cast<int>(rank), ac, static_cast<float>(eps), sum_form,
             state.counters.data_ptr<int64_t>(), ctl);
