@@ -90,7 +90,7 @@ std::vector<Row> bench_linrec(const Options& opts) {
 }
 
 // ---- conv (the layer's short convolutions) ------------------------------------------------------------------
-// On a GPU, in bfloat16 at the layer's two shapes: the four convolutions of x (causal_conv1d_multi, n = 4: the
+// On a GPU, in bfloat16 at the layer's two shapes (C = D = 2 d_model channels): the four convolutions of x (causal_conv1d_multi, n = 4: the
 // forward reads x and writes 4 outputs, the backward reads x and 4 gradients and writes dx) and the pair
 // convolution of [x, z] (2C channels: the forward reads x, z and writes y, four C-channel tensors; the backward
 // reads x, z and the 2C-channel gradient and writes dx, dz, six). On the CPU: one float32 convolution. Baseline: dst.copy_(src) of one (B, T, C) tensor in the same run (2
@@ -106,9 +106,9 @@ std::vector<Row> bench_conv(const Options& opts) {
   if (opts.quick)
     shapes = {{"tiny", 2, 16, 64}};
   else if (cuda)
-    shapes = {{"A5", 512, 17, 512}, {"LM-like", 8, 2048, 768}};
+    shapes = {{"A5", 512, 17, 1024}, {"LM-like", 8, 2048, 1536}};
   else
-    shapes = {{"A5", 512, 17, 512}, {"length 512", 16, 512, 1024}};
+    shapes = {{"A5", 512, 17, 1024}, {"length 512", 16, 512, 1024}};
   const int64_t K = 4;
   const auto dtype = cuda ? torch::kBFloat16 : torch::kFloat32;
   const std::string dev = std::string(cuda ? " bfloat16 cuda" : " float32 cpu");

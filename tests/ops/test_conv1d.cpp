@@ -558,6 +558,32 @@ TEST(Conv1dEntry, CudaInputsMatchCpu) {
 // concatenation, forward and backward, in float64, float32 and bfloat16, with C1 a multiple of the block's 32
 // channels and not (channel blocks straddling x1 and x2), K = 3, 4 and 7, with and without bias and SiLU, and
 // the autograd entry's gradients split back into x1's and x2's.
+// The CUDA kernels' time split: every chunk starts inside [0, T) (a chunk past the end read its look-back rows
+// beyond the tensor), the chunks cover T, and the bounds hold. The first case is the LM-like shape with two
+// channels per thread on an H200, where the count was 88 chunks of 24 steps, the last one starting at 2088.
+TEST(Conv1dChunks, EveryChunkStartsInsideTheSequence) {
+  const detail::Conv1dChunks lm = detail::conv1d_cuda_chunks(8, 2048, 1536, 2, 132, 2048, 65535);
+  EXPECT_LT((lm.count - 1) * lm.length, 2048);
+  EXPECT_GE(lm.count * lm.length, 2048);
+  for (const int64_t B : {1, 3, 8, 512, 700})
+    for (const int64_t T : {1, 5, 16, 17, 37, 300, 700, 2048, 4099})
+      for (const int64_t C : {5, 40, 70, 1024, 1536})
+        for (const int64_t V : {1, 2})
+          for (const int64_t sms : {1, 132})
+            for (const int64_t max_count : {int64_t{1}, int64_t{7}, int64_t{65535}}) {
+              SCOPED_TRACE(::testing::Message() << "B " << B << " T " << T << " C " << C << " V " << V << " sms "
+                                                << sms << " max " << max_count);
+              const detail::Conv1dChunks ch = detail::conv1d_cuda_chunks(B, T, C, V, sms, 2048, max_count);
+              ASSERT_GE(ch.count, 1);
+              ASSERT_GE(ch.length, 1);
+              EXPECT_LT((ch.count - 1) * ch.length, T);
+              EXPECT_GE(ch.count * ch.length, T);
+              EXPECT_LE(ch.count, max_count);
+              if (ch.count > 1) EXPECT_GE(ch.length, 16);
+            }
+  EXPECT_EQ(detail::conv1d_cuda_chunks(2, 0, 8, 1, 132, 2048, 65535).count, 1);
+}
+
 TEST(Conv1dPair, IsTheConvolutionOfTheConcatenation) {
   const Args a = make_args({2, 7, 10, 4}, 130, torch::kFloat64, true);
   const torch::Tensor x1 = a.x.narrow(2, 0, 6).contiguous(), x2 = a.x.narrow(2, 6, 4).contiguous();

@@ -219,6 +219,56 @@ TEST(CausalConv1dCuda, MultiKernelsMatchTheReference) {
   }
 }
 
+// The kernels take two channels per thread where every row starts on an aligned pair (bfloat16, float32, even C,
+// K ≤ 4) and one otherwise; both do the same arithmetic in the same order, so an input at an odd element offset
+// (the one-channel kernels) gives bit for bit the results of the aligned copy (the paired kernels): the pair's
+// forward and backward and the four-convolution backward (the four-convolution forward has one channel per
+// thread either way, and is compared too).
+TEST(CausalConv1dCuda, PairedAndSingleChannelKernelsAgreeBitwise) {
+  FPRNN_REQUIRE_GPU();
+  // A contiguous (B, T, C) CUDA tensor starting one element into its storage (misaligned for pairs).
+  const auto offset_copy = [](const Tensor& t) {
+    Tensor buf = torch::empty({t.numel() + 1}, t.options());
+    Tensor v = buf.narrow(0, 1, t.numel()).view(t.sizes());
+    v.copy_(t);
+    return v;
+  };
+  for (auto dt : {torch::kFloat32, torch::kBFloat16}) {
+    for (const int64_t T : {17, 300}) {
+      SCOPED_TRACE(::testing::Message() << "dtype " << dt << " T " << T);
+      const int64_t B = 3, C = 70, K = 4;
+      const Tensor x = randn({B, T, C}, 60).to(dt).cuda(), w = (0.5 * randn({4, C, K}, 61)).to(dt).cuda(),
+                   b = randn({4, C}, 62).to(dt).cuda();
+      std::vector<Tensor> gs, gs_off;
+      for (int j = 0; j < 4; ++j) {
+        gs.push_back(randn({B, T, C}, 63 + j).to(dt).cuda());
+        gs_off.push_back(offset_copy(gs.back()));
+      }
+      const Tensor xo = offset_copy(x);
+      ASSERT_TRUE(xo.is_contiguous());
+      const auto ya = ops::causal_conv1d_multi_fwd_cuda(x, w, b, true);
+      const auto yo = ops::causal_conv1d_multi_fwd_cuda(xo, w, b, true);
+      for (int j = 0; j < 4; ++j) EXPECT_TRUE(torch::equal(ya[j], yo[j])) << "forward " << j;
+      const auto [dxa, dwa, dba] = ops::causal_conv1d_multi_bwd_cuda(gs, x, w, b, true);
+      const auto [dxo, dwo, dbo] = ops::causal_conv1d_multi_bwd_cuda(gs_off, xo, w, b, true);
+      EXPECT_TRUE(torch::equal(dxa, dxo)) << "four-convolution dx";
+      EXPECT_TRUE(torch::equal(dwa, dwo)) << "four-convolution dweight";
+      EXPECT_TRUE(torch::equal(dba, dbo)) << "four-convolution dbias";
+      const Tensor z = randn({B, T, C}, 70).to(dt).cuda(), wp = w.narrow(0, 0, 2).reshape({2 * C, K}).contiguous(),
+                   bp = b.narrow(0, 0, 2).reshape({2 * C}).contiguous(), gp = randn({B, T, 2 * C}, 71).to(dt).cuda();
+      const auto pa = ops::causal_conv1d_pair_bwd_cuda(gp, x, z, wp, bp, true);
+      const auto po = ops::causal_conv1d_pair_bwd_cuda(offset_copy(gp), xo, offset_copy(z), wp, bp, true);
+      EXPECT_TRUE(torch::equal(ops::causal_conv1d_pair_fwd_cuda(x, z, wp, bp, true),
+                               ops::causal_conv1d_pair_fwd_cuda(xo, offset_copy(z), wp, bp, true)))
+          << "pair forward";
+      EXPECT_TRUE(torch::equal(std::get<0>(pa), std::get<0>(po)) && torch::equal(std::get<1>(pa), std::get<1>(po)))
+          << "pair dx";
+      EXPECT_TRUE(torch::equal(std::get<2>(pa), std::get<2>(po)) && torch::equal(std::get<3>(pa), std::get<3>(po)))
+          << "pair dweight, dbias";
+    }
+  }
+}
+
 // The differentiable entry on CUDA tensors against finite differences in float64 (x, weight, bias), and against
 // the CPU entry (n separate convolutions) with an unused output (its gradient arrives undefined).
 TEST(CausalConv1dCuda, MultiEntryGradients) {

@@ -8,6 +8,7 @@
 
 #include <torch/autograd.h>
 
+#include <algorithm>
 #include <tuple>
 #include <vector>
 
@@ -53,6 +54,18 @@ Conv1dSizes conv1d_check_args(const char* fn, const at::Tensor& x, const at::Ten
     }
   }
   return s;
+}
+
+Conv1dChunks conv1d_cuda_chunks(int64_t B, int64_t T, int64_t C, int64_t per_thread, int64_t sms,
+                                 int64_t threads_per_sm, int64_t max_count) {
+  Conv1dChunks ch;
+  if (T <= 0) return ch;
+  const int64_t threads = std::max<int64_t>(1, B * C / std::max<int64_t>(1, per_thread));
+  const int64_t want = (2 * sms * threads_per_sm + threads - 1) / threads;
+  const int64_t count = std::max<int64_t>(1, std::min<int64_t>({want, T / 16, max_count}));
+  ch.length = (T + count - 1) / count;
+  ch.count = (T + ch.length - 1) / ch.length;  // ≤ count; chunk count − 1 starts before T
+  return ch;
 }
 
 }  // namespace detail

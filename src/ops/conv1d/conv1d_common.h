@@ -46,6 +46,18 @@ struct Conv1dSizes {
 Conv1dSizes conv1d_check_args(const char* fn, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                               const at::Tensor& grad, bool cpu_contiguous);
 
+// How the CUDA kernels split time: `count` chunks of `length` steps per sample (the last one shorter), enough
+// (sample, chunk, channel group) threads to fill the GPU twice over (`sms` multiprocessors of `threads_per_sm`;
+// a thread owns `per_thread` channels of one sample), chunks of at least 16 steps, at most `max_count` (the
+// grid's limit on blockIdx.y over the sample groups). Every chunk starts inside [0, T): the count is recomputed
+// from the length, so that no chunk lies past the end (where a kernel would read its look-back rows beyond the
+// tensor). Host only; defined in conv1d.cpp.
+struct Conv1dChunks {
+  int64_t count = 1, length = 0;
+};
+Conv1dChunks conv1d_cuda_chunks(int64_t B, int64_t T, int64_t C, int64_t per_thread, int64_t sms,
+                                 int64_t threads_per_sm, int64_t max_count);
+
 // Test hook: with `on`, the CPU kernels run the baseline-ISA copy of their loops even where AVX2 is available
 // (see conv1d_cpu.cpp), so that tests can compare the two copies on one machine. Defined in conv1d_cpu.cpp.
 void conv1d_force_baseline_isa(bool on);

@@ -6,17 +6,19 @@
 //             the result does not depend on scheduling).
 // Accumulation in float32 (float64 for float64 inputs).
 //
-// Work split: a thread owns one channel of one sample and a chunk of consecutive time steps, and walks it in
-// order with the K taps' window in registers, so every row is loaded and every activation computed once (a
-// first version split time into 4-step tiles with their look-back/look-ahead rows recomputed per tile: 2–4×
-// slower, bound by the redundant SiLU work). Rows are loaded kUnroll steps at a time, before any is used, so
-// that a thread has kUnroll·(n + 1) loads in flight instead of one round trip per step (the earlier one-row-per-step
-// walk, one convolution per call, reached ≈ 1.6 TB/s forward and 1 TB/s backward at T = 17). A block is 32 channels
-// × kLanes samples: a warp's loads are rows of 32 consecutive channels, and the backward sums the block's
-// kLanes weight-gradient partials in shared memory before writing one row per block.
+// Work split: a thread owns V (1 or 2) consecutive channels of one sample and a chunk of consecutive time steps,
+// and walks it in order with the K taps' window in registers, so every row is loaded and every activation
+// computed once (a first version split time into 4-step tiles with their look-back/look-ahead rows recomputed
+// per tile: 2–4× slower, bound by the redundant SiLU work). Rows are loaded U steps at a time, before any is used,
+// so that a thread has U·(n + 1) loads in flight instead of one round trip per step (the earlier one-row-per-step
+// walk, one convolution per call, reached ≈ 1.6 TB/s forward and 1 TB/s backward at T = 17). With V = 2 each load
+// is a 4-byte (bfloat16) or 8-byte (float32) pair, twice the bytes in flight per thread (vec_width says where).
+// A block is 32·V channels × kLanes samples: a warp's loads are rows of 32·V consecutive channels, and the
+// backward sums the block's kLanes weight-gradient partials in shared memory before writing one row per block.
 #include "fprnn/ops/conv1d.h"
 
 #include "ops/conv1d/conv1d_common.h"
+#include "ops/cuda_math.cuh"
 
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAStream.h>
@@ -34,7 +36,7 @@ constexpr int kMaxK = 16;
 constexpr int kMaxConvs = 4;
 constexpr int kChannels = 32;  // threads of a block along channels (one warp row)
 constexpr int kLanes = 8;      // samples per block (threadIdx.y)
-constexpr int kUnroll = 4;     // time steps loaded together
+constexpr int kUnroll = 4;     // U: time steps loaded together
 
 template <typename scalar_t>
 struct Outs {
@@ -74,27 +76,55 @@ __device__ __forceinline__ acc_t act_fwd(acc_t z, bool silu) {
   return silu ? detail::conv1d_silu(z, sigmoid(z)) : z;
 }
 
-// Loads the weights of conv j (< n) right-aligned in a window of KW taps: wpad[j][KW − K + k] = w[j, c, k].
-template <typename scalar_t, typename acc_t, int KW, int N>
-__device__ __forceinline__ void load_taps(const scalar_t* __restrict__ w, const scalar_t* __restrict__ bias, int c,
-                                          int C, int K, int n, acc_t (&wpad)[N][KW], acc_t (&b0)[N]) {
+// V consecutive channels of a row (the caller aligns p to V elements) as acc_t, in one 2V- or 4V-byte access for
+// bfloat16 and float32; float64 (and V = 1) element by element.
+template <int V, typename scalar_t, typename acc_t>
+__device__ __forceinline__ void load_v(const scalar_t* p, acc_t (&v)[V]) {
+  if constexpr (std::is_same_v<acc_t, float>) {
+    cuda_math::load_row<V>(p, v);
+  } else {
 #pragma unroll
-  for (int j = 0; j < N; ++j) {
+    for (int i = 0; i < V; ++i) v[i] = static_cast<acc_t>(p[i]);
+  }
+}
+// The inverse, rounded as static_cast rounds.
+template <int V, typename scalar_t, typename acc_t>
+__device__ __forceinline__ void store_v(scalar_t* p, const acc_t (&v)[V]) {
+  if constexpr (std::is_same_v<acc_t, float> && V > 1) {
+    cuda_math::store_row<V>(p, v);
+  } else {
 #pragma unroll
-    for (int m = 0; m < KW; ++m) {
-      const int tap = m - (KW - K);
-      wpad[j][m] = (j < n && tap >= 0) ? static_cast<acc_t>(w[(static_cast<int64_t>(j) * C + c) * K + tap]) : acc_t(0);
-    }
-    b0[j] = (j < n && bias != nullptr) ? static_cast<acc_t>(bias[static_cast<int64_t>(j) * C + c]) : acc_t(0);
+    for (int i = 0; i < V; ++i) p[i] = static_cast<scalar_t>(v[i]);
   }
 }
 
-// The thread's sample b, channel c and chunk [t0, t1) of time (blockIdx.y = sample group · NC + chunk).
+// Loads the weights of conv j (< n) for the thread's V channels c … c + V − 1, right-aligned in a window of KW
+// taps: wpad[j][KW − K + k][i] = w[j, c + i, k].
+template <typename scalar_t, typename acc_t, int KW, int N, int V>
+__device__ __forceinline__ void load_taps(const scalar_t* __restrict__ w, const scalar_t* __restrict__ bias, int c,
+                                          int C, int K, int n, acc_t (&wpad)[N][KW][V], acc_t (&b0)[N][V]) {
+#pragma unroll
+  for (int j = 0; j < N; ++j) {
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+#pragma unroll
+      for (int m = 0; m < KW; ++m) {
+        const int tap = m - (KW - K);
+        wpad[j][m][i] =
+            (j < n && tap >= 0) ? static_cast<acc_t>(w[(static_cast<int64_t>(j) * C + c + i) * K + tap]) : acc_t(0);
+      }
+      b0[j][i] = (j < n && bias != nullptr) ? static_cast<acc_t>(bias[static_cast<int64_t>(j) * C + c + i]) : acc_t(0);
+    }
+  }
+}
+
+// The thread's sample b, first channel c (of V) and chunk [t0, t1) of time (blockIdx.y = sample group · NC + chunk).
+template <int V>
 struct Walk {
   int b, c, t0, t1;
   bool active;
   __device__ Walk(int B, int T, int C, int NC, int L) {
-    c = blockIdx.x * kChannels + threadIdx.x;
+    c = (blockIdx.x * kChannels + threadIdx.x) * V;
     b = (blockIdx.y / NC) * kLanes + threadIdx.y;
     t0 = (blockIdx.y % NC) * L;
     t1 = min(T, t0 + L);
@@ -102,54 +132,89 @@ struct Walk {
   }
 };
 
-// The window before step t0: slot m holds x_{t0−KW+m} (zero where the taps are, or time is negative); slot 0
-// is shifted out at the first step, and slots below KW − K + 1 only ever meet zero taps.
-template <typename scalar_t, typename acc_t, int KW>
-__device__ __forceinline__ void init_window(const scalar_t* __restrict__ xs, int t0, int C, int K, acc_t (&xwin)[KW]) {
+// The window before step t0: slot m holds row x_{t0−KW+m} (zero where the taps are, or time is negative); slot 0
+// is shifted out at the first step, and slots below KW − K + 1 only ever meet zero taps. xs: row 0 of the thread's
+// channels, xc: the row stride.
+template <typename scalar_t, typename acc_t, int KW, int V>
+__device__ __forceinline__ void init_window(const scalar_t* __restrict__ xs, int t0, int xc, int K,
+                                           acc_t (&xwin)[KW][V]) {
 #pragma unroll
   for (int m = 0; m < KW; ++m) {
     const int t = t0 - KW + m;
-    xwin[m] = (m >= KW - K + 1 && t >= 0) ? static_cast<acc_t>(xs[static_cast<int64_t>(t) * C]) : acc_t(0);
+    if (m >= KW - K + 1 && t >= 0) {
+      load_v<V>(xs + static_cast<int64_t>(t) * xc, xwin[m]);
+    } else {
+#pragma unroll
+      for (int i = 0; i < V; ++i) xwin[m][i] = acc_t(0);
+    }
+  }
+}
+
+template <typename acc_t, int KW, int V>
+__device__ __forceinline__ void shift_in(acc_t (&win)[KW][V], const acc_t (&row)[V]) {
+#pragma unroll
+  for (int m = 0; m < KW - 1; ++m)
+#pragma unroll
+    for (int i = 0; i < V; ++i) win[m][i] = win[m + 1][i];
+#pragma unroll
+  for (int i = 0; i < V; ++i) win[KW - 1][i] = row[i];
+}
+
+// A thread's x (and dx) addressing: row 0 of its V channels and the row stride (PAIR: x is two tensors, Split;
+// otherwise x.p1 alone with rows of C, the pointer arithmetic of the one-tensor case kept plain).
+template <bool PAIR, typename P>
+__device__ __forceinline__ P* rows_of(const Split<P>& x, int b, int T, int C, int c, int& stride) {
+  if constexpr (PAIR) {
+    return x.at(b, T, C, c, stride);
+  } else {
+    stride = C;
+    return x.p1 + static_cast<int64_t>(b) * T * C + c;
   }
 }
 
 //   forward: after the shift at step t, xwin[m] = x_{t−KW+1+m} and z_j = b_j + Σ_m wpad[j][m] xwin[m].
-// PAIR: x is two tensors (Split); otherwise x.p1 alone with rows of C, addressed exactly as before the pair
-// existed (the per-channel pointer and stride cost the one-tensor kernels 8–37 % at the LM-like shape: more
-// registers, and the four-convolution backward spilled).
-template <typename scalar_t, int KW, int N, bool PAIR>
+// V channels per thread (see the file comment); U rows loaded before any is used.
+template <typename scalar_t, int KW, int N, int V, int U, bool PAIR>
 __global__ void __launch_bounds__(kChannels* kLanes)
     conv_fwd_kernel(Split<const scalar_t> x, const scalar_t* __restrict__ w, const scalar_t* __restrict__ bias,
                     Outs<scalar_t> y, int B, int T, int C, int K, int n, int NC, int L, bool silu) {
   using acc_t = detail::conv1d_acc_t<scalar_t>;
-  const Walk wk(B, T, C, NC, L);
+  const Walk<V> wk(B, T, C, NC, L);
   if (!wk.active) return;
-  acc_t wpad[N][KW], b0[N];
-  load_taps<scalar_t, acc_t, KW, N>(w, bias, wk.c, C, K, n, wpad, b0);
-  const int64_t base = static_cast<int64_t>(wk.b) * T * C + wk.c;
-  int xc = C;  // x's row stride for this channel
-  const scalar_t* xs = PAIR ? x.at(wk.b, T, C, wk.c, xc) : x.p1 + base;
-  if constexpr (!PAIR) xc = C;
-  acc_t xwin[KW];
-  init_window<scalar_t, acc_t, KW>(xs, wk.t0, xc, K, xwin);
-  for (int t = wk.t0; t < wk.t1; t += kUnroll) {
-    acc_t xv[kUnroll];
+  acc_t wpad[N][KW][V], b0[N][V];
+  load_taps<scalar_t, acc_t, KW, N, V>(w, bias, wk.c, C, K, n, wpad, b0);
+  const int64_t base = static_cast<int64_t>(wk.b) * T * C + wk.c;  // the outputs' row 0
+  int xc;
+  const scalar_t* xs = rows_of<PAIR>(x, wk.b, T, C, wk.c, xc);
+  acc_t xwin[KW][V];
+  init_window<scalar_t, acc_t, KW, V>(xs, wk.t0, xc, K, xwin);
+  for (int t = wk.t0; t < wk.t1; t += U) {
+    acc_t xv[U][V];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u)
-      xv[u] = t + u < wk.t1 ? static_cast<acc_t>(xs[static_cast<int64_t>(t + u) * (PAIR ? xc : C)]) : acc_t(0);
+    for (int u = 0; u < U; ++u) {
+      if (t + u < wk.t1) {
+        load_v<V>(xs + static_cast<int64_t>(t + u) * xc, xv[u]);
+      } else {
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
+        for (int i = 0; i < V; ++i) xv[u][i] = acc_t(0);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
       if (t + u >= wk.t1) break;
-#pragma unroll
-      for (int m = 0; m < KW - 1; ++m) xwin[m] = xwin[m + 1];
-      xwin[KW - 1] = xv[u];
+      shift_in(xwin, xv[u]);
 #pragma unroll
       for (int j = 0; j < N; ++j) {
         if (j >= n) break;
-        acc_t z = b0[j];
+        acc_t out[V];
 #pragma unroll
-        for (int m = 0; m < KW; ++m) z += wpad[j][m] * xwin[m];
-        y.p[j][base + static_cast<int64_t>(t + u) * C] = static_cast<scalar_t>(act_fwd(z, silu));
+        for (int i = 0; i < V; ++i) {
+          acc_t z = b0[j][i];
+#pragma unroll
+          for (int m = 0; m < KW; ++m) z += wpad[j][m][i] * xwin[m][i];
+          out[i] = act_fwd(z, silu);
+        }
+        store_v<V>(y.p[j] + base + static_cast<int64_t>(t + u) * C, out);
       }
     }
   }
@@ -161,87 +226,97 @@ __global__ void __launch_bounds__(kChannels* kLanes)
 //   dw_j[m] += gz_j(t) xwin[m] and db_j += gz_j(t) over the chunk's own rows. Each thread's dw, db are summed
 //   over the block's kLanes samples in lane order and written as one partial row per block:
 //   partial[blockIdx.y][j][c][0..K−1] = dw, [K] = db.
-// MinB: blocks per SM the register allocation must allow. For four convolutions the unconstrained kernel takes
-// 102 registers (two blocks, 16 warps per SM) and stalls on its loads: 203 µs at the A5 shape; three blocks
-// (80 registers, a few spilled to L1) took 146 µs, four (64) 152 µs (ncu, results/h200/conv_multi/).
-template <typename scalar_t, int KW, int N, int MinB, bool PAIR>
+// MinB: blocks per SM the register allocation must allow. For four convolutions with one channel per thread the
+// unconstrained kernel takes 102 registers (two blocks, 16 warps per SM) and stalls on its loads: 203 µs at the A5
+// shape; three blocks (80 registers, a few spilled to L1) took 146 µs, four (64) 152 µs (ncu,
+// results/h200/conv_multi/). With two channels: bwd_launch.
+template <typename scalar_t, int KW, int N, int V, int U, int MinB, bool PAIR>
 __global__ void __launch_bounds__(kChannels* kLanes, MinB)
     conv_bwd_kernel(Ins<scalar_t> g, Split<const scalar_t> x, const scalar_t* __restrict__ w,
                     const scalar_t* __restrict__ bias, Split<scalar_t> dx,
                     detail::conv1d_acc_t<scalar_t>* __restrict__ partial, int B, int T, int C, int K, int n, int NC,
                     int L, bool silu) {
   using acc_t = detail::conv1d_acc_t<scalar_t>;
-  __shared__ acc_t red[kLanes][kChannels];
-  const Walk wk(B, T, C, NC, L);
-  acc_t wpad[N][KW], b0[N], dw[N][KW], db[N];
-  load_taps<scalar_t, acc_t, KW, N>(w, bias, wk.active ? wk.c : 0, C, K, n, wpad, b0);
+  __shared__ acc_t red[kLanes][kChannels * V];
+  const Walk<V> wk(B, T, C, NC, L);
+  acc_t wpad[N][KW][V], b0[N][V], dw[N][KW][V], db[N][V];
+  load_taps<scalar_t, acc_t, KW, N, V>(w, bias, wk.active ? wk.c : 0, C, K, n, wpad, b0);
 #pragma unroll
-  for (int j = 0; j < N; ++j) {
-    db[j] = 0;
+  for (int j = 0; j < N; ++j)
 #pragma unroll
-    for (int m = 0; m < KW; ++m) dw[j][m] = 0;
-  }
+    for (int i = 0; i < V; ++i) {
+      db[j][i] = 0;
+#pragma unroll
+      for (int m = 0; m < KW; ++m) dw[j][m][i] = 0;
+    }
   if (wk.active) {
-    const int64_t base = static_cast<int64_t>(wk.b) * T * C + wk.c;
-    int xc = C;  // x's and dx's row stride for this channel (PAIR)
-    const scalar_t* xs = PAIR ? x.at(wk.b, T, C, wk.c, xc) : x.p1 + base;
-    scalar_t* dxs = PAIR ? dx.at(wk.b, T, C, wk.c, xc) : dx.p1;
-    acc_t xwin[KW], dxacc[KW];
-    init_window<scalar_t, acc_t, KW>(xs, wk.t0, xc, K, xwin);
+    const int64_t base = static_cast<int64_t>(wk.b) * T * C + wk.c;  // the gradients' row 0
+    int xc;
+    const scalar_t* xs = rows_of<PAIR>(x, wk.b, T, C, wk.c, xc);
+    scalar_t* dxs = rows_of<PAIR>(dx, wk.b, T, C, wk.c, xc);
+    acc_t xwin[KW][V], dxacc[KW][V];
+    init_window<scalar_t, acc_t, KW, V>(xs, wk.t0, xc, K, xwin);
 #pragma unroll
-    for (int m = 0; m < KW; ++m) dxacc[m] = 0;
+    for (int m = 0; m < KW; ++m)
+#pragma unroll
+      for (int i = 0; i < V; ++i) dxacc[m][i] = 0;
     const int t_end = wk.t1 + KW - 1;   // the walk, look-ahead included
     const int t_rows = min(T, t_end);   // the rows that exist
-    for (int t = wk.t0; t < t_end; t += kUnroll) {
-      acc_t xv[kUnroll], gv[N][kUnroll];
+    for (int t = wk.t0; t < t_end; t += U) {
+      acc_t xv[U][V], gv[N][U][V];
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
+      for (int u = 0; u < U; ++u) {
         const bool live = t + u < t_rows;
-        const int64_t o = base + static_cast<int64_t>(t + u) * C;
-        if constexpr (PAIR) {
-          xv[u] = live ? static_cast<acc_t>(xs[static_cast<int64_t>(t + u) * xc]) : acc_t(0);
+        if (live) {
+          load_v<V>(xs + static_cast<int64_t>(t + u) * xc, xv[u]);
         } else {
-          xv[u] = live ? static_cast<acc_t>(x.p1[o]) : acc_t(0);
+#pragma unroll
+          for (int i = 0; i < V; ++i) xv[u][i] = acc_t(0);
         }
 #pragma unroll
-        for (int j = 0; j < N; ++j) gv[j][u] = (live && j < n) ? static_cast<acc_t>(g.p[j][o]) : acc_t(0);
+        for (int j = 0; j < N; ++j) {
+          if (live && j < n) {
+            load_v<V>(g.p[j] + base + static_cast<int64_t>(t + u) * C, gv[j][u]);
+          } else {
+#pragma unroll
+            for (int i = 0; i < V; ++i) gv[j][u][i] = acc_t(0);
+          }
+        }
       }
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
+      for (int u = 0; u < U; ++u) {
         if (t + u >= t_end) break;
-#pragma unroll
-        for (int m = 0; m < KW - 1; ++m) xwin[m] = xwin[m + 1];
-        xwin[KW - 1] = xv[u];
+        shift_in(xwin, xv[u]);
         const bool own = t + u < wk.t1;
 #pragma unroll
         for (int j = 0; j < N; ++j) {
           if (j >= n) break;
-          acc_t gz = gv[j][u];
-          if (silu) {
-            acc_t z = b0[j];
 #pragma unroll
-            for (int m = 0; m < KW; ++m) z += wpad[j][m] * xwin[m];
-            gz = detail::conv1d_silu_grad(gz, z, sigmoid(z));
+          for (int i = 0; i < V; ++i) {
+            acc_t gz = gv[j][u][i];
+            if (silu) {
+              acc_t z = b0[j][i];
+#pragma unroll
+              for (int m = 0; m < KW; ++m) z += wpad[j][m][i] * xwin[m][i];
+              gz = detail::conv1d_silu_grad(gz, z, sigmoid(z));
+            }
+            if (own) {
+              db[j][i] += gz;
+#pragma unroll
+              for (int m = 0; m < KW; ++m) dw[j][m][i] += gz * xwin[m][i];
+            }
+#pragma unroll
+            for (int m = 0; m < KW; ++m) dxacc[m][i] += wpad[j][m][i] * gz;
           }
-          if (own) {
-            db[j] += gz;
-#pragma unroll
-            for (int m = 0; m < KW; ++m) dw[j][m] += gz * xwin[m];
-          }
-#pragma unroll
-          for (int m = 0; m < KW; ++m) dxacc[m] += wpad[j][m] * gz;
         }
         const int s = t + u - KW + 1;
-        if (s >= wk.t0) {
-          if constexpr (PAIR) {
-            dxs[static_cast<int64_t>(s) * xc] = static_cast<scalar_t>(dxacc[0]);
-          } else {
-            dxs[base + static_cast<int64_t>(s) * C] = static_cast<scalar_t>(dxacc[0]);
-          }
-        }
+        if (s >= wk.t0) store_v<V>(dxs + static_cast<int64_t>(s) * xc, dxacc[0]);
 #pragma unroll
-        for (int m = 0; m < KW - 1; ++m) dxacc[m] = dxacc[m + 1];
-        dxacc[KW - 1] = 0;
+        for (int m = 0; m < KW - 1; ++m)
+#pragma unroll
+          for (int i = 0; i < V; ++i) dxacc[m][i] = dxacc[m + 1][i];
+#pragma unroll
+        for (int i = 0; i < V; ++i) dxacc[KW - 1][i] = 0;
       }
     }
   }
@@ -251,13 +326,17 @@ __global__ void __launch_bounds__(kChannels* kLanes, MinB)
 #pragma unroll
     for (int m = 0; m <= KW; ++m) {
       if (j >= n || (m < KW && m < KW - K)) continue;  // uniform over the block
-      red[threadIdx.y][threadIdx.x] = m == KW ? db[j] : dw[j][m];
+#pragma unroll
+      for (int i = 0; i < V; ++i) red[threadIdx.y][threadIdx.x * V + i] = m == KW ? db[j][i] : dw[j][m][i];
       __syncthreads();
       if (threadIdx.y == 0 && wk.c < C) {
-        acc_t sum = 0;
-        for (int l = 0; l < kLanes; ++l) sum += red[l][threadIdx.x];
         const int slot = m == KW ? K : m - (KW - K);
-        partial[((static_cast<int64_t>(blockIdx.y) * n + j) * C + wk.c) * (K + 1) + slot] = sum;
+#pragma unroll
+        for (int i = 0; i < V; ++i) {
+          acc_t sum = 0;
+          for (int l = 0; l < kLanes; ++l) sum += red[l][threadIdx.x * V + i];
+          partial[((static_cast<int64_t>(blockIdx.y) * n + j) * C + wk.c + i) * (K + 1) + slot] = sum;
+        }
       }
       __syncthreads();
     }
@@ -282,15 +361,30 @@ void with_shape(int K, int n, F&& f) {
     pick_n(std::integral_constant<int, 16>{});
 }
 
-// Time chunks per sample: enough (sample, chunk, channel) threads to fill the GPU twice over, chunks of at
-// least 16 steps, within the grid's limit on blockIdx.y (sample groups × chunks).
-int chunks_for(int64_t B, int64_t T, int64_t C, const torch::Device& device) {
+// Time chunks per sample (detail::conv1d_cuda_chunks) on this device, with the thread's V channels.
+detail::Conv1dChunks chunks_for(int64_t B, int64_t T, int64_t C, int V, const torch::Device& device) {
   int sms = 0, per_sm = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device.index()));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxThreadsPerMultiProcessor, device.index()));
   const int64_t groups = (B + kLanes - 1) / kLanes;
-  const int64_t want = (2 * static_cast<int64_t>(sms) * per_sm + B * C - 1) / std::max<int64_t>(1, B * C);
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({want, T / 16, 65535 / std::max<int64_t>(1, groups)})));
+  return detail::conv1d_cuda_chunks(B, T, C, V, sms, per_sm, 65535 / std::max<int64_t>(1, groups));
+}
+
+// Channels per thread: 2 where the dtype has a paired access (bfloat16: 4 bytes, float32: 8), every row of every
+// tensor starts on a pair (C and C1 even, every pointer 2-element aligned) and the taps fit the 4-wide window
+// (K ≤ 4: wider windows would double registers that already number 90–225); 1 otherwise. Only where measured
+// faster (results/h200/conv_vec/): one convolution each way (the pair 10 % forward, 4 % backward on an H200) and the
+// four-convolution backward (the wider loads and U = 4 rows in flight: 198 → 160 µs at the A5 shape, 437 → 375 µs
+// at the LM-like one); the four-convolution forward is 20 % slower with pairs (88 registers, two blocks per SM)
+// and keeps one channel.
+int vec_width(at::ScalarType dtype, int64_t C, int64_t C1, int64_t K, const std::vector<const void*>& ptrs) {
+  if (K > 4) return 1;
+  if (dtype != at::kBFloat16 && dtype != at::kFloat) return 1;
+  if (C % 2 != 0 || C1 % 2 != 0) return 1;
+  const size_t align = 2 * c10::elementSize(dtype);
+  for (const void* p : ptrs)
+    if (p != nullptr && reinterpret_cast<uintptr_t>(p) % align != 0) return 1;
+  return 2;
 }
 
 // x1 (B, T, C1) and x2 (B, T, C2) (or undefined: C2 = 0) contiguous CUDA tensors of one dtype, the input
@@ -331,10 +425,13 @@ std::vector<torch::Tensor> fwd_launch(const char* fn, const torch::Tensor& x1, c
   std::vector<torch::Tensor> ys;
   for (int j = 0; j < n; ++j) ys.push_back(torch::empty({B, T, C}, x1.options()));
   if (B * T * C == 0) return ys;
-  const int NC = chunks_for(B, T, C, x1.device());
-  const int L = static_cast<int>((T + NC - 1) / NC);
+  std::vector<const void*> ptrs{x1.data_ptr(), x2.defined() ? x2.data_ptr() : nullptr};
+  for (const auto& y : ys) ptrs.push_back(y.data_ptr());
+  const int V = n == 1 ? vec_width(x1.scalar_type(), C, x1.size(2), K, ptrs) : 1;
+  const detail::Conv1dChunks ch = chunks_for(B, T, C, V, x1.device());
+  const int NC = static_cast<int>(ch.count), L = static_cast<int>(ch.length);
   const dim3 block(kChannels, kLanes);
-  const dim3 grid(static_cast<unsigned>((C + kChannels - 1) / kChannels),
+  const dim3 grid(static_cast<unsigned>((C + kChannels * V - 1) / (kChannels * V)),
                   static_cast<unsigned>((B + kLanes - 1) / kLanes * NC));
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x1.scalar_type(), "causal_conv1d_fwd_cuda", [&] {
     Outs<scalar_t> out{};
@@ -342,21 +439,33 @@ std::vector<torch::Tensor> fwd_launch(const char* fn, const torch::Tensor& x1, c
     const Split<const scalar_t> xin{x1.data_ptr<scalar_t>(), x2.defined() ? x2.data_ptr<scalar_t>() : nullptr,
                                     static_cast<int>(x1.size(2))};
     with_shape(K, n, [&](auto kw, auto nn) {
-      constexpr int kN = decltype(nn)::value;
+      constexpr int kW = decltype(kw)::value, kN = decltype(nn)::value;
       auto launch = [&](auto kernel) {
         kernel<<<grid, block, 0, c10::cuda::getCurrentCUDAStream()>>>(
             xin, weight.data_ptr<scalar_t>(), bias.defined() ? bias.data_ptr<scalar_t>() : nullptr, out,
             static_cast<int>(B), static_cast<int>(T), static_cast<int>(C), K, n, NC, L, silu);
       };
-      if constexpr (kN == 1) {
-        if (x2.defined()) {
-          launch(conv_fwd_kernel<scalar_t, decltype(kw)::value, kN, true>);
+      // V channels per thread; the pair (x2 defined) only with one convolution (causal_conv1d_pair).
+      auto pick = [&](auto v) {
+        constexpr int kV = decltype(v)::value;
+        if constexpr (kN == 1) {
+          if (x2.defined()) {
+            launch(conv_fwd_kernel<scalar_t, kW, 1, kV, kUnroll, true>);
+          } else {
+            launch(conv_fwd_kernel<scalar_t, kW, 1, kV, kUnroll, false>);
+          }
         } else {
-          launch(conv_fwd_kernel<scalar_t, decltype(kw)::value, kN, false>);
+          launch(conv_fwd_kernel<scalar_t, kW, kN, kV, kUnroll, false>);
         }
-      } else {
-        launch(conv_fwd_kernel<scalar_t, decltype(kw)::value, kN, false>);
+      };
+      if constexpr (!std::is_same_v<scalar_t, double> && kW == 4 && kN == 1) {
+        if (V == 2) {
+          pick(std::integral_constant<int, 2>{});
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          return;
+        }
       }
+      pick(std::integral_constant<int, 1>{});
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
@@ -383,15 +492,19 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> bwd_launc
   const auto acc_dtype = x1.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
   const dim3 block(kChannels, kLanes);
   const bool empty = B * T * C == 0;
-  const int NC = empty ? 1 : chunks_for(B, T, C, x1.device());
-  const int L = static_cast<int>((T + NC - 1) / NC);
+  std::vector<const void*> ptrs{x1.data_ptr(), x2.defined() ? x2.data_ptr() : nullptr, dx1.data_ptr(),
+                                x2.defined() ? dx2.data_ptr() : nullptr};
+  for (const auto& g : grads) ptrs.push_back(g.data_ptr());
+  const int V = empty ? 1 : vec_width(x1.scalar_type(), C, x1.size(2), K, ptrs);
+  const detail::Conv1dChunks ch = empty ? detail::Conv1dChunks{} : chunks_for(B, T, C, V, x1.device());
+  const int NC = static_cast<int>(ch.count), L = static_cast<int>(ch.length);
   const unsigned gy = static_cast<unsigned>((B + kLanes - 1) / kLanes * NC);
   // Every block writes all its partials, so no zero fill is needed (empty inputs: see below).
   const auto popt = x1.options().dtype(acc_dtype);
   torch::Tensor partial = !empty ? torch::empty({static_cast<int64_t>(gy), n, C, K + 1}, popt)
                                  : torch::zeros({static_cast<int64_t>(gy), n, C, K + 1}, popt);
   if (!empty) {
-    const dim3 grid(static_cast<unsigned>((C + kChannels - 1) / kChannels), gy);
+    const dim3 grid(static_cast<unsigned>((C + kChannels * V - 1) / (kChannels * V)), gy);
     AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x1.scalar_type(), "causal_conv1d_bwd_cuda", [&] {
       Ins<scalar_t> in{};
       for (int j = 0; j < n; ++j) in.p[j] = grads[j].data_ptr<scalar_t>();
@@ -399,21 +512,39 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> bwd_launc
       const Split<const scalar_t> xin{x1.data_ptr<scalar_t>(), x2.defined() ? x2.data_ptr<scalar_t>() : nullptr, C1};
       const Split<scalar_t> dxo{dx1.data_ptr<scalar_t>(), x2.defined() ? dx2.data_ptr<scalar_t>() : nullptr, C1};
       with_shape(K, n, [&](auto kw, auto nn) {
-        constexpr int kN = decltype(nn)::value;
+        constexpr int kW = decltype(kw)::value, kN = decltype(nn)::value;
         auto launch = [&](auto kernel) {
           kernel<<<grid, block, 0, c10::cuda::getCurrentCUDAStream()>>>(
               in, xin, weight.data_ptr<scalar_t>(), bias.defined() ? bias.data_ptr<scalar_t>() : nullptr, dxo,
               partial.data_ptr<detail::conv1d_acc_t<scalar_t>>(), static_cast<int>(B), static_cast<int>(T),
               static_cast<int>(C), K, n, NC, L, silu);
         };
+        const bool pair = x2.defined();
+        if constexpr (!std::is_same_v<scalar_t, double> && kW == 4) {
+          if (V == 2) {
+            if constexpr (kN == 1) {
+              if (pair) {
+                launch(conv_bwd_kernel<scalar_t, kW, 1, 2, kUnroll, 1, true>);
+              } else {
+                launch(conv_bwd_kernel<scalar_t, kW, 1, 2, kUnroll, 1, false>);
+              }
+            } else {
+              // 128 registers (a few spilled), two blocks per SM: faster than U = 2 at 2 blocks (less in flight)
+              // or at 3 (more spilled) and than no register limit (one block), results/h200/conv_vec/.
+              launch(conv_bwd_kernel<scalar_t, kW, kN, 2, kUnroll, 2, false>);
+            }
+            C10_CUDA_KERNEL_LAUNCH_CHECK();
+            return;
+          }
+        }
         if constexpr (kN == 1) {
-          if (x2.defined()) {
-            launch(conv_bwd_kernel<scalar_t, decltype(kw)::value, kN, 1, true>);
+          if (pair) {
+            launch(conv_bwd_kernel<scalar_t, kW, 1, 1, kUnroll, 1, true>);
           } else {
-            launch(conv_bwd_kernel<scalar_t, decltype(kw)::value, kN, 1, false>);
+            launch(conv_bwd_kernel<scalar_t, kW, 1, 1, kUnroll, 1, false>);
           }
         } else {
-          launch(conv_bwd_kernel<scalar_t, decltype(kw)::value, kN, 3, false>);
+          launch(conv_bwd_kernel<scalar_t, kW, kN, 1, kUnroll, 3, false>);
         }
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });

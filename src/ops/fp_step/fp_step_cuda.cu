@@ -147,6 +147,8 @@ __global__ void fp_mix_kernel(const zt* __restrict__ z, const zt* __restrict__ b
 // block's few loads.
 constexpr int kWarpsPerBlock = 8;
 using cuda_math::load8;
+using cuda_math::load_row;
+using cuda_math::store_row;
 using cuda_math::token_sum2;
 
 template <typename zt, int KV, int WPT, bool kSum>
@@ -662,90 +664,6 @@ struct StageLayout {
     total = z + rows8 * zt_size;
   }
 };
-
-// CPT consecutive values of a row in shared memory (or an aligned global row), as floats: 16-, 8- or 4-byte
-// loads where the type allows (the caller aligns p to CPT elements), one value at a time otherwise.
-template <int CPT, typename T>
-__device__ __forceinline__ void load_row(const T* p, float (&v)[CPT]) {
-#pragma unroll
-  for (int j = 0; j < CPT; ++j) v[j] = static_cast<float>(p[j]);
-}
-template <int CPT>
-__device__ __forceinline__ void load_row(const float* p, float (&v)[CPT]) {
-  if constexpr (CPT % 4 == 0) {
-#pragma unroll
-    for (int q = 0; q < CPT / 4; ++q) {
-      const float4 x = reinterpret_cast<const float4*>(p)[q];
-      v[4 * q] = x.x;
-      v[4 * q + 1] = x.y;
-      v[4 * q + 2] = x.z;
-      v[4 * q + 3] = x.w;
-    }
-  } else if constexpr (CPT == 2) {
-    const float2 x = *reinterpret_cast<const float2*>(p);
-    v[0] = x.x;
-    v[1] = x.y;
-  } else {
-    v[0] = p[0];
-  }
-}
-// bfloat16 → float is exact: the 16 bits become the high half of the float (element 0 in the low half-word).
-__device__ __forceinline__ void unpack_bf16x2(unsigned w, float& lo, float& hi) {
-  lo = __uint_as_float(w << 16);
-  hi = __uint_as_float(w & 0xffff0000u);
-}
-template <int CPT>
-__device__ __forceinline__ void load_row(const c10::BFloat16* p, float (&v)[CPT]) {
-  if constexpr (CPT == 8) {
-    const uint4 x = *reinterpret_cast<const uint4*>(p);
-    unpack_bf16x2(x.x, v[0], v[1]);
-    unpack_bf16x2(x.y, v[2], v[3]);
-    unpack_bf16x2(x.z, v[4], v[5]);
-    unpack_bf16x2(x.w, v[6], v[7]);
-  } else if constexpr (CPT == 4) {
-    const uint2 x = *reinterpret_cast<const uint2*>(p);
-    unpack_bf16x2(x.x, v[0], v[1]);
-    unpack_bf16x2(x.y, v[2], v[3]);
-  } else if constexpr (CPT == 2) {
-    unpack_bf16x2(*reinterpret_cast<const unsigned*>(p), v[0], v[1]);
-  } else {
-    v[0] = static_cast<float>(p[0]);
-  }
-}
-
-// CPT consecutive outputs: float32 in 16-byte (or smaller) stores; a 16-bit type rounded as static_cast does and
-// packed two to a 32-bit word.
-template <int CPT>
-__device__ __forceinline__ void store_row(float* p, const float (&v)[CPT]) {
-  if constexpr (CPT % 4 == 0) {
-#pragma unroll
-    for (int q = 0; q < CPT / 4; ++q)
-      reinterpret_cast<float4*>(p)[q] = make_float4(v[4 * q], v[4 * q + 1], v[4 * q + 2], v[4 * q + 3]);
-  } else if constexpr (CPT == 2) {
-    *reinterpret_cast<float2*>(p) = make_float2(v[0], v[1]);
-  } else {
-    p[0] = v[0];
-  }
-}
-template <int CPT, typename lt>
-__device__ __forceinline__ void store_row(lt* p, const float (&v)[CPT]) {
-  static_assert(sizeof(lt) == 2, "the rounded copy is a 16-bit type");
-  if constexpr (CPT == 1) {
-    p[0] = static_cast<lt>(v[0]);
-  } else {
-    unsigned words[CPT / 2];
-#pragma unroll
-    for (int q = 0; q < CPT / 2; ++q)
-      words[q] = static_cast<unsigned>(static_cast<lt>(v[2 * q]).x) |
-                 (static_cast<unsigned>(static_cast<lt>(v[2 * q + 1]).x) << 16);
-    if constexpr (CPT == 8)
-      *reinterpret_cast<uint4*>(p) = make_uint4(words[0], words[1], words[2], words[3]);
-    else if constexpr (CPT == 4)
-      *reinterpret_cast<uint2*>(p) = make_uint2(words[0], words[1]);
-    else
-      *reinterpret_cast<unsigned*>(p) = words[0];
-  }
-}
 
 // mixscan_token with thread k holding the consecutive channels [CPT·k, CPT·k + CPT) (D a multiple of CPT), its
 // operands read from the stage in 16-byte (or CPT-element) loads and its outputs written the same way: a quarter
