@@ -90,11 +90,12 @@ std::vector<Row> bench_linrec(const Options& opts) {
 }
 
 // ---- conv (the layer's short convolutions) ------------------------------------------------------------------
-// On a GPU, in bfloat16 at the layer's two shapes (C = D = 2 d_model channels): the four convolutions of x (causal_conv1d_multi, n = 4: the
-// forward reads x and writes 4 outputs, the backward reads x and 4 gradients and writes dx) and the pair
-// convolution of [x, z] (2C channels: the forward reads x, z and writes y, four C-channel tensors; the backward
-// reads x, z and the 2C-channel gradient and writes dx, dz, six). On the CPU: one float32 convolution. Baseline: dst.copy_(src) of one (B, T, C) tensor in the same run (2
-// tensors moved); GB/s counts each tensor read or written once, the weights not counted.
+// On a GPU, in bfloat16 at the layer's two shapes (C = D = 2 d_model channels): the four convolutions of x
+// (causal_conv1d_multi, n = 4: the forward reads x and writes 4 outputs, the backward reads x and 4 gradients
+// and writes dx) and the pair convolution of [x, z] (2C channels: the forward reads x, z and writes y, four
+// C-channel tensors; the backward reads x, z and the 2C-channel gradient and writes dx, dz, six). On the CPU:
+// one float32 convolution. Baseline: dst.copy_(src) of one (B, T, C) tensor in the same run (2 tensors moved);
+// GB/s counts each tensor read or written once, the weights not counted.
 std::vector<Row> bench_conv(const Options& opts) {
   std::vector<Row> rows;
   const bool cuda = opts.device.is_cuda();

@@ -519,33 +519,29 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> bwd_launc
               partial.data_ptr<detail::conv1d_acc_t<scalar_t>>(), static_cast<int>(B), static_cast<int>(T),
               static_cast<int>(C), K, n, NC, L, silu);
         };
-        const bool pair = x2.defined();
+        // V channels per thread; the four-convolution kernel's register limit: 3 blocks per SM with one channel
+        // (see conv_bwd_kernel), 2 with two (128 registers, a few spilled): faster than U = 2 rows in flight at 2
+        // blocks, than 3 blocks (more spilled) and than no limit (one block), results/h200/conv_vec/.
+        auto pick = [&](auto v) {
+          constexpr int kV = decltype(v)::value;
+          if constexpr (kN == 1) {
+            if (x2.defined()) {
+              launch(conv_bwd_kernel<scalar_t, kW, 1, kV, kUnroll, 1, true>);
+            } else {
+              launch(conv_bwd_kernel<scalar_t, kW, 1, kV, kUnroll, 1, false>);
+            }
+          } else {
+            launch(conv_bwd_kernel<scalar_t, kW, kN, kV, kUnroll, kV == 2 ? 2 : 3, false>);
+          }
+        };
         if constexpr (!std::is_same_v<scalar_t, double> && kW == 4) {
           if (V == 2) {
-            if constexpr (kN == 1) {
-              if (pair) {
-                launch(conv_bwd_kernel<scalar_t, kW, 1, 2, kUnroll, 1, true>);
-              } else {
-                launch(conv_bwd_kernel<scalar_t, kW, 1, 2, kUnroll, 1, false>);
-              }
-            } else {
-              // 128 registers (a few spilled), two blocks per SM: faster than U = 2 at 2 blocks (less in flight)
-              // or at 3 (more spilled) and than no register limit (one block), results/h200/conv_vec/.
-              launch(conv_bwd_kernel<scalar_t, kW, kN, 2, kUnroll, 2, false>);
-            }
+            pick(std::integral_constant<int, 2>{});
             C10_CUDA_KERNEL_LAUNCH_CHECK();
             return;
           }
         }
-        if constexpr (kN == 1) {
-          if (pair) {
-            launch(conv_bwd_kernel<scalar_t, kW, 1, 1, kUnroll, 1, true>);
-          } else {
-            launch(conv_bwd_kernel<scalar_t, kW, 1, 1, kUnroll, 1, false>);
-          }
-        } else {
-          launch(conv_bwd_kernel<scalar_t, kW, kN, 1, kUnroll, 3, false>);
-        }
+        pick(std::integral_constant<int, 1>{});
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
     });
