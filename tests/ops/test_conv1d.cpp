@@ -579,7 +579,9 @@ TEST(Conv1dChunks, EveryChunkStartsInsideTheSequence) {
               EXPECT_LT((ch.count - 1) * ch.length, T);
               EXPECT_GE(ch.count * ch.length, T);
               EXPECT_LE(ch.count, max_count);
-              if (ch.count > 1) EXPECT_GE(ch.length, 16);
+              if (ch.count > 1) {
+                EXPECT_GE(ch.length, 16);
+              }
             }
   EXPECT_EQ(detail::conv1d_cuda_chunks(2, 0, 8, 1, 132, 2048, 65535).count, 1);
 }
