@@ -1,7 +1,8 @@
 // Small device helpers shared by the CUDA kernels: the accumulation type of a storage type (float32 for
 // bfloat16, float16 and float32; float64 for float64), exp overloaded for both accumulation types, and the
 // pieces of the warp-per-token kernels (fp_step, mix_step): 8-channel chunk loads and stores, CPT-channel row
-// loads and stores (fp_step's mix + scan kernel, the convolutions), warp sums and a barrier over a token's warps.
+// loads and stores (fp_step's mix + scan kernel, the convolutions), warp sums and a barrier over a token's warps,
+// 16-byte asynchronous copies into shared memory.
 #pragma once
 
 #include <c10/util/BFloat16.h>
@@ -191,5 +192,14 @@ __device__ __forceinline__ float2 token_sum2(float a, float b, float2 (*partial)
   }
   return s;
 }
+
+// One 16-byte asynchronous copy global → shared (cp.async, sm_80+; both addresses 16-byte aligned), and the wait
+// for every copy this thread has issued (committed in groups or not).
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 
 }  // namespace fprnn::ops::cuda_math

@@ -602,7 +602,7 @@ TEST(Conv1dPair, CudaKernelsMatchTheReference) {
     int64_t B, T, C1, C2, K;
   };
   for (const auto dtype : {torch::kFloat64, torch::kFloat32, torch::kBFloat16}) {
-    for (const Case& c : {Case{3, 17, 64, 64, 4}, Case{2, 40, 40, 24, 3}, Case{9, 33, 5, 70, 7}}) {
+    for (const Case& c : {Case{3, 17, 64, 64, 4}, Case{2, 40, 40, 24, 3}, Case{9, 33, 5, 70, 7}, Case{9, 300, 32, 96, 3}}) {
       for (const bool with_bias : {false, true}) {
         for (const bool silu : {false, true}) {
           const std::string what = std::string(c10::toString(dtype)) + " C1 = " + std::to_string(c.C1) +

@@ -170,14 +170,17 @@ TEST(CausalConv1dCuda, ForwardAndGradientsMatchTheCpu) {
 
 // n convolutions of one x in one kernel each way: every output against the reference of its own convolution,
 // dx against the sum of the n references' dx. Shapes cover several items per thread, partial time tiles
-// (T = 1, 5, 17), K on both sides of the 4-tap window, odd channel counts and B large enough for the grid to loop.
+// (T = 1, 5, 17), K on both sides of the 4-tap window, odd channel counts and B large enough for the grid to loop;
+// and the staged kernels (bfloat16, float32; C a multiple of 32, K ≤ 4): one tile (T = 17, B = 9: a partial
+// sample group), many tiles (T = 300, the last one shorter), two convolutions, K = 1 and 3.
 TEST(CausalConv1dCuda, MultiKernelsMatchTheReference) {
   FPRNN_REQUIRE_GPU();
   struct Case {
     int64_t n, B, T, C, K;
   };
   for (const Case cs : {Case{4, 3, 17, 70, 4}, Case{2, 2, 5, 33, 3}, Case{3, 1, 1, 40, 4}, Case{4, 2, 37, 64, 6},
-                        Case{4, 700, 3, 5, 2}, Case{1, 2, 19, 31, 16}}) {
+                        Case{4, 700, 3, 5, 2}, Case{1, 2, 19, 31, 16}, Case{4, 9, 17, 64, 4}, Case{4, 2, 300, 32, 4},
+                        Case{1, 3, 300, 96, 3}, Case{2, 9, 40, 64, 1}}) {
     for (auto dt : {torch::kFloat64, torch::kFloat32, torch::kBFloat16}) {
       for (bool silu : {false, true}) {
         for (bool with_bias : {false, true}) {
@@ -265,6 +268,67 @@ TEST(CausalConv1dCuda, PairedAndSingleChannelKernelsAgreeBitwise) {
           << "pair dx";
       EXPECT_TRUE(torch::equal(std::get<2>(pa), std::get<2>(po)) && torch::equal(std::get<3>(pa), std::get<3>(po)))
           << "pair dweight, dbias";
+    }
+  }
+}
+
+// The staged kernels (aligned inputs, C a multiple of 32) against the walk kernels (the same inputs one element
+// into their storage, so not 16-byte aligned): y and dx bit for bit, dw and db up to the order of their time sums,
+// for the four-convolution op, one convolution and the pair; one tile (T = 17) and many (T = 300), B = 9 (a
+// partial sample group).
+TEST(CausalConv1dCuda, StagedKernelsMatchTheWalkKernels) {
+  FPRNN_REQUIRE_GPU();
+  const auto offset_copy = [](const Tensor& t) {
+    Tensor buf = torch::empty({t.numel() + 1}, t.options());
+    Tensor v = buf.narrow(0, 1, t.numel()).view(t.sizes());
+    v.copy_(t);
+    return v;
+  };
+  for (auto dt : {torch::kFloat32, torch::kBFloat16}) {
+    // dw, db: float32 sums in another order, rounded to the dtype.
+    const auto close = [dt](const Tensor& a, const Tensor& b, const char* what) {
+      expect_close(a.cpu().to(torch::kFloat64), b.cpu().to(torch::kFloat64), dt == torch::kFloat32 ? 1e-5 : 1e-2, what);
+    };
+    for (const int64_t T : {17, 300}) {
+      SCOPED_TRACE(::testing::Message() << "dtype " << dt << " T " << T);
+      const int64_t B = 9, C = 64, K = 4;
+      const Tensor x = randn({B, T, C}, 80).to(dt).cuda(), w = (0.5 * randn({4, C, K}, 81)).to(dt).cuda(),
+                   b = randn({4, C}, 82).to(dt).cuda();
+      std::vector<Tensor> gs, gs_off;
+      for (int j = 0; j < 4; ++j) {
+        gs.push_back(randn({B, T, C}, 83 + j).to(dt).cuda());
+        gs_off.push_back(offset_copy(gs.back()));
+      }
+      const Tensor xo = offset_copy(x);
+      const auto ya = ops::causal_conv1d_multi_fwd_cuda(x, w, b, true);
+      const auto yo = ops::causal_conv1d_multi_fwd_cuda(xo, w, b, true);
+      for (int j = 0; j < 4; ++j) EXPECT_TRUE(torch::equal(ya[j], yo[j])) << "four-convolution forward " << j;
+      const auto [dxa, dwa, dba] = ops::causal_conv1d_multi_bwd_cuda(gs, x, w, b, true);
+      const auto [dxo, dwo, dbo] = ops::causal_conv1d_multi_bwd_cuda(gs_off, xo, w, b, true);
+      EXPECT_TRUE(torch::equal(dxa, dxo)) << "four-convolution dx";
+      close(dwa, dwo, "four-convolution dweight");
+      close(dba, dbo, "four-convolution dbias");
+      const Tensor w1 = w[1].contiguous(), b1 = b[1].contiguous();
+      EXPECT_TRUE(torch::equal(ops::causal_conv1d_fwd_cuda(x, w1, b1, false), ops::causal_conv1d_fwd_cuda(xo, w1, b1, false)))
+          << "one convolution forward";
+      const auto sa = ops::causal_conv1d_bwd_cuda(gs[1], x, w1, b1, false);
+      const auto so = ops::causal_conv1d_bwd_cuda(gs_off[1], xo, w1, b1, false);
+      EXPECT_TRUE(torch::equal(std::get<0>(sa), std::get<0>(so))) << "one convolution dx";
+      close(std::get<1>(sa), std::get<1>(so), "one convolution dweight");
+      close(std::get<2>(sa), std::get<2>(so), "one convolution dbias");
+      // The pair [x, z]: 64 + 32 channels.
+      const Tensor z = randn({B, T, 32}, 90).to(dt).cuda(), zo = offset_copy(z);
+      const Tensor wp = (0.5 * randn({96, K}, 91)).to(dt).cuda(), bp = randn({96}, 92).to(dt).cuda();
+      const Tensor gp = randn({B, T, 96}, 93).to(dt).cuda();
+      EXPECT_TRUE(torch::equal(ops::causal_conv1d_pair_fwd_cuda(x, z, wp, bp, true),
+                               ops::causal_conv1d_pair_fwd_cuda(xo, zo, wp, bp, true)))
+          << "pair forward";
+      const auto pa = ops::causal_conv1d_pair_bwd_cuda(gp, x, z, wp, bp, true);
+      const auto po = ops::causal_conv1d_pair_bwd_cuda(offset_copy(gp), xo, zo, wp, bp, true);
+      EXPECT_TRUE(torch::equal(std::get<0>(pa), std::get<0>(po)) && torch::equal(std::get<1>(pa), std::get<1>(po)))
+          << "pair dx";
+      close(std::get<2>(pa), std::get<2>(po), "pair dweight");
+      close(std::get<3>(pa), std::get<3>(po), "pair dbias");
     }
   }
 }

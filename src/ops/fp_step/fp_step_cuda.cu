@@ -643,12 +643,10 @@ __global__ void __launch_bounds__(kThreads) fp_mixscan_kernel(
 __device__ __forceinline__ void copy_async(void* smem, const void* gmem, int64_t bytes) {
   char* s = static_cast<char*>(smem);
   const char* g = static_cast<const char*>(gmem);
-  for (int64_t o = static_cast<int64_t>(threadIdx.x) * 16; o < bytes; o += static_cast<int64_t>(blockDim.x) * 16) {
-    const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(s + o));
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(g + o));
-  }
+  for (int64_t o = static_cast<int64_t>(threadIdx.x) * 16; o < bytes; o += static_cast<int64_t>(blockDim.x) * 16)
+    cuda_math::cp_async16(s + o, g + o);
 }
-__device__ __forceinline__ void copy_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void copy_async_commit() { cuda_math::cp_async_commit(); }
 __device__ __forceinline__ void copy_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
 
 // Bytes of one token's operands in shared memory, each piece a multiple of 16: h (D float32), b⊙x and λ (D
