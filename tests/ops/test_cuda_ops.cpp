@@ -222,6 +222,33 @@ TEST(CausalConv1dCuda, MultiKernelsMatchTheReference) {
   }
 }
 
+// A contiguous (B, T, C) CUDA tensor starting one element into its storage (misaligned for pairs and for 16-byte
+// copies: the convolutions' one-channel walk kernels).
+Tensor offset_copy(const Tensor& t) {
+  Tensor buf = torch::empty({t.numel() + 1}, t.options());
+  Tensor v = buf.narrow(0, 1, t.numel()).view(t.sizes());
+  v.copy_(t);
+  return v;
+}
+
+// Inputs of the four-convolution op on CUDA (seeds seed … seed + 6), with offset copies of x and the gradients.
+struct ConvInputs {
+  Tensor x, w, b;
+  std::vector<Tensor> gs;
+  Tensor x_off;
+  std::vector<Tensor> gs_off;
+};
+ConvInputs conv_inputs(int64_t B, int64_t T, int64_t C, int64_t K, torch::ScalarType dt, uint64_t seed) {
+  ConvInputs in{randn({B, T, C}, seed).to(dt).cuda(), (0.5 * randn({4, C, K}, seed + 1)).to(dt).cuda(),
+                randn({4, C}, seed + 2).to(dt).cuda(), {}, {}, {}};
+  for (uint64_t j = 0; j < 4; ++j) {
+    in.gs.push_back(randn({B, T, C}, seed + 3 + j).to(dt).cuda());
+    in.gs_off.push_back(offset_copy(in.gs.back()));
+  }
+  in.x_off = offset_copy(in.x);
+  return in;
+}
+
 // The kernels take two channels per thread where every row starts on an aligned pair (bfloat16, float32, even C,
 // K ≤ 4) and one otherwise; both do the same arithmetic in the same order, so an input at an odd element offset
 // (the one-channel kernels) gives bit for bit the results of the aligned copy (the paired kernels): the pair's
@@ -229,25 +256,11 @@ TEST(CausalConv1dCuda, MultiKernelsMatchTheReference) {
 // thread either way, and is compared too).
 TEST(CausalConv1dCuda, PairedAndSingleChannelKernelsAgreeBitwise) {
   FPRNN_REQUIRE_GPU();
-  // A contiguous (B, T, C) CUDA tensor starting one element into its storage (misaligned for pairs).
-  const auto offset_copy = [](const Tensor& t) {
-    Tensor buf = torch::empty({t.numel() + 1}, t.options());
-    Tensor v = buf.narrow(0, 1, t.numel()).view(t.sizes());
-    v.copy_(t);
-    return v;
-  };
   for (auto dt : {torch::kFloat32, torch::kBFloat16}) {
     for (const int64_t T : {17, 300}) {
       SCOPED_TRACE(::testing::Message() << "dtype " << dt << " T " << T);
       const int64_t B = 3, C = 70, K = 4;
-      const Tensor x = randn({B, T, C}, 60).to(dt).cuda(), w = (0.5 * randn({4, C, K}, 61)).to(dt).cuda(),
-                   b = randn({4, C}, 62).to(dt).cuda();
-      std::vector<Tensor> gs, gs_off;
-      for (int j = 0; j < 4; ++j) {
-        gs.push_back(randn({B, T, C}, 63 + j).to(dt).cuda());
-        gs_off.push_back(offset_copy(gs.back()));
-      }
-      const Tensor xo = offset_copy(x);
+      const auto [x, w, b, gs, xo, gs_off] = conv_inputs(B, T, C, K, dt, 60);
       ASSERT_TRUE(xo.is_contiguous());
       const auto ya = ops::causal_conv1d_multi_fwd_cuda(x, w, b, true);
       const auto yo = ops::causal_conv1d_multi_fwd_cuda(xo, w, b, true);
@@ -278,12 +291,6 @@ TEST(CausalConv1dCuda, PairedAndSingleChannelKernelsAgreeBitwise) {
 // partial sample group).
 TEST(CausalConv1dCuda, StagedKernelsMatchTheWalkKernels) {
   FPRNN_REQUIRE_GPU();
-  const auto offset_copy = [](const Tensor& t) {
-    Tensor buf = torch::empty({t.numel() + 1}, t.options());
-    Tensor v = buf.narrow(0, 1, t.numel()).view(t.sizes());
-    v.copy_(t);
-    return v;
-  };
   for (auto dt : {torch::kFloat32, torch::kBFloat16}) {
     // dw, db: float32 sums in another order, rounded to the dtype.
     const auto close = [dt](const Tensor& a, const Tensor& b, const char* what) {
@@ -292,14 +299,7 @@ TEST(CausalConv1dCuda, StagedKernelsMatchTheWalkKernels) {
     for (const int64_t T : {17, 300}) {
       SCOPED_TRACE(::testing::Message() << "dtype " << dt << " T " << T);
       const int64_t B = 9, C = 64, K = 4;
-      const Tensor x = randn({B, T, C}, 80).to(dt).cuda(), w = (0.5 * randn({4, C, K}, 81)).to(dt).cuda(),
-                   b = randn({4, C}, 82).to(dt).cuda();
-      std::vector<Tensor> gs, gs_off;
-      for (int j = 0; j < 4; ++j) {
-        gs.push_back(randn({B, T, C}, 83 + j).to(dt).cuda());
-        gs_off.push_back(offset_copy(gs.back()));
-      }
-      const Tensor xo = offset_copy(x);
+      const auto [x, w, b, gs, xo, gs_off] = conv_inputs(B, T, C, K, dt, 80);
       const auto ya = ops::causal_conv1d_multi_fwd_cuda(x, w, b, true);
       const auto yo = ops::causal_conv1d_multi_fwd_cuda(xo, w, b, true);
       for (int j = 0; j < 4; ++j) EXPECT_TRUE(torch::equal(ya[j], yo[j])) << "four-convolution forward " << j;
