@@ -8,6 +8,7 @@
 #include "fprnn/nn/fprnn_layer.h"
 #include "fprnn/ops/conv1d.h"
 #include "fprnn/ops/cuda_graph.h"
+#include "fprnn/ops/fp_step_cuda.h"
 #include "fprnn/ops/kronecker.h"
 #include "fprnn/ops/linrec.h"
 #include "fprnn/ops/residual.h"
@@ -191,6 +192,87 @@ std::vector<Row> bench_conv(const Options& opts) {
       add("bwd pair", time_ms([&] { gr = ops::causal_conv1d_pair_bwd_cuda(gp, x, z, wp, bp, true); }, opts), 6, err);
     }
   }
+  return rows;
+}
+
+// ---- mixscan: one no-grad iteration's mixer and scan on the GPU -------------------------------------------
+// The device loop's ways of running the mix + scan of one iteration (Householder r = 1, bfloat16 operands, the
+// GEMM row z given): fp_mix_cuda + fp_scan_cuda (the baseline), the chunked one-pass kernel with its look-back
+// (fp_mixscan_chunked_cuda) and, where the batch fills the chip, the one-block-per-sample kernel. GB/s counts what
+// one pass must move: z, base, b⊙x, λ in bfloat16 and h in float32 read, y in float32 and bfloat16 written.
+std::vector<Row> bench_mixscan(const Options& opts) {
+  std::vector<Row> rows;
+#ifdef FPRNN_WITH_CUDA
+  if (!opts.device.is_cuda()) {
+    std::printf("  (GPU only: run with --device cuda)\n");
+    return rows;
+  }
+  struct Shape {
+    std::string label;
+    int64_t B, T, D;
+  };
+  std::vector<Shape> shapes;
+  if (opts.quick)
+    shapes = {{"tiny", 2, 40, 256}};
+  else
+    shapes = {{"A5", 512, 17, 1024}, {"LM-like", 8, 2048, 1536}};
+  const int64_t r = 1;
+  for (const auto& s : shapes) {
+    torch::manual_seed(0);
+    const int64_t rows8 = (r * s.D + r + 7) / 8 * 8;
+    const auto o = torch::TensorOptions().device(opts.device);
+    const auto bf = o.dtype(torch::kBFloat16), f32 = o.dtype(torch::kFloat32);
+    const torch::Tensor z = 0.3 * torch::randn({s.B * s.T, rows8}, bf), base = 0.3 * torch::randn({s.B * s.T, rows8}, bf);
+    const torch::Tensor bx = torch::randn({s.B, s.T, s.D}, bf), h = torch::randn({s.B, s.T, s.D}, f32);
+    const torch::Tensor lambda = torch::sigmoid(torch::randn({s.B, s.T, s.D}, f32)).to(torch::kBFloat16);
+    ops::DeviceSolverOptions dopt;
+    auto st = ops::make_device_solver_state(s.B, s.T, dopt, opts.device);
+    torch::Tensor v = torch::empty({s.B, s.T, s.D}, f32), y = torch::empty({s.B, s.T, s.D}, f32);
+    torch::Tensor y_low = torch::empty({s.B * s.T, s.D}, bf);
+    const auto two_kernels = [&] {
+      ops::fp_mix_cuda(z, base, bx, h, lambda, v, r, "silu", 1e-6, false, st);
+      ops::fp_scan_cuda(v, lambda, h, y, st, &y_low);
+      st.diff.zero_();  // the controller's zeroing (a separate launch in both forms)
+      st.ymax.zero_();
+    };
+    two_kernels();
+    const torch::Tensor y_ref = y.clone();
+    const double base_ms = time_ms(two_kernels, opts);
+    const double tokens = static_cast<double>(s.B * s.T);
+    const double bytes = tokens * (2.0 * 2 * rows8 + s.D * (2.0 + 2.0 + 4.0 + 4.0 + 2.0));
+    const std::string shape = " " + s.label + " " + shape_str({s.B, s.T, s.D}) + " bfloat16";
+    const auto add = [&](const std::string& what, const std::function<void()>& fn) {
+      fn();
+      const double err = rms_ratio(y, y_ref);
+      const double ms = time_ms(fn, opts);
+      char check[96];
+      std::snprintf(check, sizeof(check), "vs fp_mix + fp_scan, rms ratio %.1e (tolerance 1e-6)", err);
+      Row row = make_row("mixscan " + what + shape, ms, "GB/s", bytes / ms / 1e6, "fp_mix + fp_scan (same run)",
+                         base_ms, bytes / base_ms / 1e6);
+      row.ratio = ms / base_ms;
+      row.check_ok = err <= 1e-6;
+      row.check = check;
+      rows.push_back(row);
+    };
+    if (opts.selected("mixscan chunked" + shape)) {
+      add("chunked", [&] {
+        ops::fp_mixscan_chunked_cuda(z, base, bx, h, lambda, y, r, "silu", 1e-6, false, st, &y_low);
+        st.diff.zero_();
+        st.ymax.zero_();
+      });
+    }
+    if (ops::fp_mixscan_fits(s.B, s.T, s.D, opts.device) && opts.selected("mixscan per sample" + shape)) {
+      add("per sample", [&] {
+        ops::fp_mixscan_cuda(z, base, bx, h, lambda, y, r, "silu", 1e-6, false, st, &y_low);
+        st.diff.zero_();
+        st.ymax.zero_();
+      });
+    }
+  }
+#else
+  (void)opts;
+  std::printf("  (GPU only: this build has no CUDA kernels)\n");
+#endif
   return rows;
 }
 
@@ -766,6 +848,8 @@ std::vector<Case> all_cases() {
   return {
       {"linrec", "diagonal scan forward/backward (the device's kernel) against a memory copy", bench_linrec},
       {"conv", "the layer's short convolutions forward/backward (the device's kernels) against a memory copy", bench_conv},
+      {"mixscan", "one iteration's mix + scan (GPU only): the chunked one-pass kernel against fp_mix + fp_scan",
+       bench_mixscan},
       {"selective_scan", "Mamba-1 selective scan forward/backward (the device's kernel) against the same recurrence as ATen ops",
        bench_selective_scan},
       {"kronecker", "the fused Kronecker mixer op forward (and backward) against the ATen composite", bench_kronecker},

@@ -383,7 +383,10 @@ Tensor FastStep::solve_device(const solver::SolverOptions& opt, int64_t check_ev
   Tensor buf[2] = {torch::empty({B, T, D}, f32), torch::empty({B, T, D}, f32)};
   // Where the batch's channels fill the chip, the mix and the scan run as one kernel (one block per sample).
   const bool mixscan = ops::fp_mixscan_fits(B, T, D, in_.x.device());
-  Tensor v = mixscan ? Tensor() : torch::empty({B, T, D}, f32);
+  // Otherwise (few samples: the LM-like shape), one kernel over chunks of 8 tokens with a look-back between them
+  // where the rows fit it, else the mix and the chunked scan as two kernels.
+  const bool chunked = !mixscan && ops::fp_mixscan_chunked_fits(base, D, fp_cfg_.rank);
+  Tensor v = mixscan || chunked ? Tensor() : torch::empty({B, T, D}, f32);
   Tensor z = torch::empty({B * T, w_h_t_.size(1)}, base.options());
   // In bfloat16 the scan also writes the new iterate rounded to bfloat16 into h_c, which the next
   // iteration's GEMM reads (the GEMM of iteration n runs before the scan of iteration n overwrites it).
@@ -409,6 +412,10 @@ Tensor FastStep::solve_device(const solver::SolverOptions& opt, int64_t check_ev
         // The kernel also does the controller's work (the stop test in its last block).
         ops::fp_mixscan_cuda(zn, base, bx, h, lambda, y, fp_cfg_.rank, ac, fp_cfg_.norm_eps, fp_cfg_.sum_form, state,
                              cast ? &h_c : nullptr, &dopt);
+      } else if (chunked) {
+        ops::fp_mixscan_chunked_cuda(zn, base, bx, h, lambda, y, fp_cfg_.rank, ac, fp_cfg_.norm_eps, fp_cfg_.sum_form,
+                                     state, cast ? &h_c : nullptr);
+        ops::fp_controller_cuda(state, dopt);
       } else {
         ops::fp_mix_cuda(zn, base, bx, h, lambda, v, fp_cfg_.rank, ac, fp_cfg_.norm_eps, fp_cfg_.sum_form, state);
         ops::fp_scan_cuda(v, lambda, h, y, state, cast ? &h_c : nullptr);
@@ -419,6 +426,7 @@ Tensor FastStep::solve_device(const solver::SolverOptions& opt, int64_t check_ev
     const Tensor c = state.counters.cpu();  // the one synchronisation per `check_every` iterations
     if (c[1].item<int64_t>() == 0) break;
   }
+  state.chunk_data = Tensor();  // the look-back's rows are scratch (37 MB at the LM-like shape)
   state_ = state;
   if (cast && h_c.scalar_type() == in_.x.scalar_type()) {
     // Every executed iteration's scan wrote its iterate rounded to the compute dtype into h_c, and the queued

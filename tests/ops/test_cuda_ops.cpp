@@ -631,6 +631,117 @@ TEST(FpStepCuda, MixScanWithFusedControlMatchesTheController) {
   }
 }
 
+// The chunked kernel (one block per 8 tokens, the carry composed from the earlier chunks' rows) against
+// fp_mix_cuda + fp_scan_cuda: iterate, rounded copy and residual maxima over several calls of the solve (h ← y)
+// sharing one workspace, whose tickets must be reset and whose generation must advance after every call, and the
+// same bits from a second run. Shapes: the LM-like width with a short last chunk, fewer tokens than a chunk, a
+// single token, several groups of chunks per sample with a short last group, and more blocks than the GPU holds
+// at once (so that blocks wait on chunks that finished long before, and the ticket order is what keeps them from
+// deadlocking), both mixer forms, float32 and bfloat16, damped and not; an undefined z and h (the solve's first
+// call) as zeros, bit for bit; nothing written after the stop.
+TEST(FpStepCuda, ChunkedMixScanMatchesTheTwoKernels) {
+  FPRNN_REQUIRE_GPU();
+  const auto f32 = torch::TensorOptions().dtype(torch::kFloat32).device(torch::kCUDA);
+  struct Case {
+    int64_t B, T, D, r;
+  };
+  for (const Case cs : {Case{2, 44, 1536, 1}, Case{3, 5, 24, 2}, Case{1, 1, 512, 1}, Case{4, 203, 1024, 2},
+                        Case{700, 17, 64, 1}, Case{8, 2048, 1536, 1}}) {
+    const int64_t B = cs.B, T = cs.T, D = cs.D, r = cs.r, rows = r * D + r, ld = (rows + 7) / 8 * 8;
+    const bool big = B * T * D > 10'000'000;  // the LM-like shape: one dtype, one form, two calls
+    for (bool sum_form : {false, true}) {
+      for (auto dtype : {torch::kFloat32, torch::kBFloat16}) {
+        if (big && (sum_form || dtype == torch::kFloat32)) continue;
+        for (double step : {1.0, 0.7}) {
+          if (big && step != 1.0) continue;
+          const std::string what = "B " + std::to_string(B) + " T " + std::to_string(T) + " D " + std::to_string(D) +
+                                   " r " + std::to_string(r) + " sum_form " + std::to_string(sum_form) + " " +
+                                   dtype_name(dtype) + " step " + std::to_string(step);
+          const Tensor z = (0.3 * randn({B * T, ld}, 90, torch::kFloat32)).cuda().to(dtype);
+          const Tensor base = (0.3 * randn({B * T, ld}, 91, torch::kFloat32)).cuda().to(dtype);
+          z.narrow(1, rows, ld - rows).fill_(std::numeric_limits<float>::quiet_NaN());  // the pad must not be read
+          base.narrow(1, rows, ld - rows).fill_(std::numeric_limits<float>::quiet_NaN());
+          const Tensor bx = randn({B, T, D}, 92, torch::kFloat32).cuda().to(dtype);
+          const Tensor lambda = torch::sigmoid(randn({B, T, D}, 93, torch::kFloat32)).cuda().to(dtype);
+          ASSERT_TRUE(ops::fp_mixscan_chunked_fits(base, D, r)) << what;
+          ops::DeviceSolverOptions opt;
+          opt.stepsize = step;
+          auto s1 = ops::make_device_solver_state(B, T, opt, torch::kCUDA);
+          auto s2 = ops::make_device_solver_state(B, T, opt, torch::kCUDA);
+          Tensor h1 = randn({B, T, D}, 94, torch::kFloat32).cuda(), h2 = h1.clone();
+          Tensor v = torch::empty({B, T, D}, f32), y1 = torch::empty({B, T, D}, f32), y2 = torch::empty({B, T, D}, f32);
+          Tensor low1 = torch::empty({B * T, D}, f32.dtype(torch::kBFloat16)), low2 = torch::empty_like(low1);
+          for (int call = 0; call < (big ? 2 : 3); ++call) {
+            const std::string at = what + ", call " + std::to_string(call + 1);
+            ops::fp_mix_cuda(z, base, bx, h1, lambda, v, r, "silu", 1e-6, sum_form, s1);
+            ops::fp_scan_cuda(v, lambda, h1, y1, s1, &low1);
+            ops::fp_mixscan_chunked_cuda(z, base, bx, h2, lambda, y2, r, "silu", 1e-6, sum_form, s2, &low2);
+            expect_close(y2.cpu(), y1.cpu(), 1e-6, "iterate, " + at);
+            EXPECT_TRUE(torch::equal(low2, y2.to(torch::kBFloat16).view({B * T, D}))) << "rounded copy, " << at;
+            // |ŷ − h| shrinks as the calls converge, and with it the digits the two carries share.
+            expect_close(s2.diff.cpu(), s1.diff.cpu(), 2e-6, "max |ŷ − h|, " + at);
+            expect_close(s2.ymax.cpu(), s1.ymax.cpu(), 1e-6, "max |ŷ|, " + at);
+            EXPECT_TRUE(torch::isfinite(y2).all().item<bool>()) << "the pad was read, " << at;
+            if (call == 0) {  // the same call again: the same bits (the carry's order does not depend on timing)
+              Tensor y3 = torch::empty_like(y2), low3 = torch::empty_like(low2);
+              auto s3 = ops::make_device_solver_state(B, T, opt, torch::kCUDA);
+              ops::fp_mixscan_chunked_cuda(z, base, bx, h2, lambda, y3, r, "silu", 1e-6, sum_form, s3, &low3);
+              EXPECT_TRUE(torch::equal(y3, y2)) << "a second run gave other bits, " << at;
+              EXPECT_TRUE(torch::equal(s3.diff, s2.diff) && torch::equal(s3.ymax, s2.ymax)) << "maxima, " << at;
+            }
+            const Tensor words = s2.chunk_flags.cpu();
+            EXPECT_EQ(words[0].item<int64_t>(), 0) << "tickets not reset, " << at;
+            EXPECT_EQ(words[1].item<int64_t>(), 0) << "blocks-done count not reset, " << at;
+            EXPECT_EQ(words[2].item<int64_t>(), call + 1) << "generation, " << at;
+            for (auto* s : {&s1, &s2}) {  // the controller's zeroing, without its decisions
+              s->diff.zero_();
+              s->ymax.zero_();
+            }
+            std::swap(h1, y1);
+            std::swap(h2, y2);
+          }
+        }
+      }
+    }
+  }
+  // The solve's first call: undefined z and h give what zeros give, bit for bit.
+  {
+    const int64_t B = 3, T = 21, D = 256, r = 1, ld = 264;
+    const auto bf = torch::kBFloat16;
+    const Tensor base = randn({B * T, ld}, 95, torch::kFloat32).cuda().to(bf);
+    const Tensor bx = randn({B, T, D}, 96, torch::kFloat32).cuda().to(bf);
+    const Tensor lambda = torch::sigmoid(randn({B, T, D}, 97, torch::kFloat32)).cuda().to(bf);
+    ops::DeviceSolverOptions opt;
+    auto s1 = ops::make_device_solver_state(B, T, opt, torch::kCUDA);
+    auto s2 = ops::make_device_solver_state(B, T, opt, torch::kCUDA);
+    Tensor y1 = torch::empty({B, T, D}, f32), y2 = torch::empty({B, T, D}, f32);
+    ops::fp_mixscan_chunked_cuda(torch::zeros_like(base), base, bx, torch::zeros({B, T, D}, f32), lambda, y1, r, "silu",
+                                 1e-6, false, s1);
+    ops::fp_mixscan_chunked_cuda(Tensor(), base, bx, Tensor(), lambda, y2, r, "silu", 1e-6, false, s2);
+    EXPECT_TRUE(torch::equal(y1, y2)) << "undefined z and h differ from zeros";
+    EXPECT_TRUE(torch::equal(s1.diff, s2.diff) && torch::equal(s1.ymax, s2.ymax)) << "residual maxima";
+    // After the stop (counters[1] = 0) the kernel writes nothing and takes no ticket.
+    s2.counters.narrow(0, 1, 1).fill_(0);
+    Tensor y = torch::full({B, T, D}, 123.0, f32);
+    ops::fp_mixscan_chunked_cuda(Tensor(), base, bx, Tensor(), lambda, y, r, "silu", 1e-6, false, s2);
+    EXPECT_TRUE(torch::equal(y, torch::full({B, T, D}, 123.0, f32))) << "wrote after the stop";
+    EXPECT_EQ(s2.chunk_flags[2].item<int64_t>(), 1) << "a stopped call advanced the generation";
+  }
+  // Sizes the kernel does not take: rows not 16-byte multiples (D = 300 in bfloat16), wider than 2048 channels.
+  EXPECT_FALSE(ops::fp_mixscan_chunked_fits(torch::zeros({4, 304}, f32.dtype(torch::kBFloat16)), 300, 1));
+  EXPECT_FALSE(ops::fp_mixscan_chunked_fits(torch::zeros({4, 4112}, f32), 2056, 1));
+  EXPECT_TRUE(ops::fp_mixscan_chunked_fits(torch::zeros({4, 304}, f32), 300, 1));
+  {
+    const int64_t B = 2, T = 9, D = 24;
+    auto st = ops::make_device_solver_state(B, T, ops::DeviceSolverOptions{}, torch::kCUDA);
+    const Tensor rowsz = torch::zeros({B * T, 32}, f32), xs = torch::zeros({B, T, D}, f32);
+    Tensor buf = torch::zeros({B * T * D + 1}, f32);
+    Tensor off = buf.narrow(0, 1, B * T * D).view({B, T, D});  // 4 bytes past a 16-byte boundary
+    expect_throws_with([&] { ops::fp_mixscan_chunked_cuda(rowsz, rowsz, xs, off, xs, off, 1, "silu", 1e-6, false, st); },
+                       "16-byte");
+  }
+}
+
 // An undefined z stands for the GEMM row of a zero iterate (the solve's first iteration skips that GEMM), and an
 // undefined h for that iterate itself (no zero fill): every kernel (staged, direct; fp_mix, fp_scan) gives
 // exactly what tensors of zeros give.

@@ -663,22 +663,16 @@ struct StageLayout {
   }
 };
 
-// mixscan_token with thread k holding the consecutive channels [CPT·k, CPT·k + CPT) (D a multiple of CPT), its
-// operands read from the stage in 16-byte (or CPT-element) loads and its outputs written the same way: a quarter
-// of the shared-memory loads and global stores of the strided layout at CPT = 4, for the same per-element
-// arithmetic (the block sums add the channels in another order). `st`: the token's stage; `has_z`: whether it
-// holds the previous token's GEMM row.
-template <typename zt, typename lt, int CPT>
-__device__ __forceinline__ void mixscan_token_rows(const char* st, const StageLayout& L, bool has_h, bool has_z,
-                                                   float (&state)[CPT],
-                                                   float s_b, float* __restrict__ yn, lt* __restrict__ yln,
-                                                   unsigned* diff_n, unsigned* ymax_n, int D, int r, int ac, float eps,
-                                                   bool sum_form, float* scratch, int& reductions) {
-  const int c0 = static_cast<int>(threadIdx.x) * CPT;
-  const bool live = c0 < D;
+// The mixer part of one token from its stage (`st`; `has_z`: whether it holds the previous token's GEMM row), for
+// thread k's consecutive channels [c0, c0 + CPT), c0 = CPT·k (`live`: c0 < D): w = Q(raw)(b⊙x − h) and the iterate
+// hv (zeros without h), each operand one 16-byte (or CPT-element) shared-memory load.
+template <typename zt, int CPT>
+__device__ __forceinline__ void mix_token_rows(const char* st, const StageLayout& L, bool has_h, bool has_z, bool live,
+                                               int c0, float (&w)[CPT], float (&hv)[CPT], int D, int r, int ac,
+                                               float eps, bool sum_form, float* scratch, int& reductions) {
   const zt* bn = reinterpret_cast<const zt*>(st + L.base);
   const zt* zp = reinterpret_cast<const zt*>(st + L.z);
-  float w[CPT], delta[CPT], hv[CPT];
+  float delta[CPT];
   if (live) {
     if (has_h) load_row<CPT>(reinterpret_cast<const float*>(st + L.h) + c0, hv);
     load_row<CPT>(reinterpret_cast<const zt*>(st + L.bx) + c0, w);
@@ -715,15 +709,22 @@ __device__ __forceinline__ void mixscan_token_rows(const char* st, const StageLa
 #pragma unroll
     for (int j = 0; j < CPT; ++j) w[j] += c * a[j];
   }
+}
+
+// The scan step of one token for thread k's channels (mixscan_token_rows, the chunked kernel's second walk): from
+// the scan input v, the previous iterate hv and the decay lv, the state λ·s + v, the damped output (y and its
+// rounded copy) and the residual maxima of the token (one atomic maximum per warp).
+template <typename lt, int CPT>
+__device__ __forceinline__ void scan_token_rows(bool live, int c0, const float (&v)[CPT], const float (&hv)[CPT],
+                                                const float (&lv)[CPT], float (&state)[CPT], float s_b,
+                                                float* __restrict__ yn, lt* __restrict__ yln, unsigned* diff_n,
+                                                unsigned* ymax_n) {
   unsigned dev = 0, mag = 0;  // |·| as bits (abs_bits)
   if (live) {
-    float lv[CPT], out[CPT];
-    load_row<CPT>(reinterpret_cast<const zt*>(st + L.lam) + c0, lv);
+    float out[CPT];
 #pragma unroll
     for (int j = 0; j < CPT; ++j) {
-      const float l = lv[j];
-      const float v = __fmul_rn(1.0f - l, w[j] + hv[j]);  // the mix kernel's stored scan input
-      state[j] = fmaf(l, state[j], v);
+      state[j] = fmaf(lv[j], state[j], v[j]);
       out[j] = s_b == 1.0f ? state[j] : s_b * state[j] + (1.0f - s_b) * hv[j];
       dev = max(dev, abs_bits(state[j] - hv[j]));
       mag = max(mag, abs_bits(state[j]));
@@ -738,6 +739,29 @@ __device__ __forceinline__ void mixscan_token_rows(const char* st, const StageLa
     atomicMax(diff_n, dev);
     atomicMax(ymax_n, mag);
   }
+}
+
+// mixscan_token with thread k holding the consecutive channels [CPT·k, CPT·k + CPT) (D a multiple of CPT), its
+// operands read from the stage in 16-byte (or CPT-element) loads and its outputs written the same way: a quarter
+// of the shared-memory loads and global stores of the strided layout at CPT = 4, for the same per-element
+// arithmetic (the block sums add the channels in another order). `st`: the token's stage; `has_z`: whether it
+// holds the previous token's GEMM row.
+template <typename zt, typename lt, int CPT>
+__device__ __forceinline__ void mixscan_token_rows(const char* st, const StageLayout& L, bool has_h, bool has_z,
+                                                   float (&state)[CPT],
+                                                   float s_b, float* __restrict__ yn, lt* __restrict__ yln,
+                                                   unsigned* diff_n, unsigned* ymax_n, int D, int r, int ac, float eps,
+                                                   bool sum_form, float* scratch, int& reductions) {
+  const int c0 = static_cast<int>(threadIdx.x) * CPT;
+  const bool live = c0 < D;
+  float w[CPT], hv[CPT], lv[CPT], v[CPT];
+  mix_token_rows<zt, CPT>(st, L, has_h, has_z, live, c0, w, hv, D, r, ac, eps, sum_form, scratch, reductions);
+  if (live) {
+    load_row<CPT>(reinterpret_cast<const zt*>(st + L.lam) + c0, lv);
+#pragma unroll
+    for (int j = 0; j < CPT; ++j) v[j] = __fmul_rn(1.0f - lv[j], w[j] + hv[j]);  // the mix kernel's stored scan input
+  }
+  scan_token_rows<lt, CPT>(live, c0, v, hv, lv, state, s_b, yn, yln, diff_n, ymax_n);
 }
 
 // The same walk with the operands staged: while token t is mixed and scanned from shared memory, the copies of
@@ -789,6 +813,261 @@ __global__ void __launch_bounds__(kThreads) fp_mixscan_staged_kernel(
                                     static_cast<int>(D), r, ac, eps, sum_form, scratch, reductions);
   }
   if (ctl.counters != nullptr) fused_control(b, T, diff, ymax, ctl);
+}
+
+// fp_mixscan_cuda for batches whose samples alone do not fill the chip (the LM-like shape (B, T, D) = (8, 2048,
+// 1536): 8 blocks), in one pass over memory instead of fp_mix_cuda + fp_scan_cuda's three (the scan input v
+// written, then read by the chunk summary and by the output pass: 57 of the pass's 84 bytes per channel and token
+// in bfloat16). One block of D/4 threads (4 consecutive channels each) takes a chunk of kChunkTokens tokens of
+// one sample:
+//
+//   1. walks the chunk as fp_mixscan_staged_kernel does (operands staged by cp.async one token ahead), but from a
+//      zero state, keeping v = (1 − λ)(Qδ + h) of each token in shared memory, the chunk's end state e and the
+//      product P of its decays in registers;
+//   2. finds the carry into the chunk from what the sample's earlier chunks publish (one flag per chunk, carrying
+//      the launch's generation, so no reset between iterations). Chunks come in groups of kChunkGroup: a chunk
+//      publishes (e, P) for the later chunks of its group, and a group's last chunk publishes the state at the
+//      group's end, S_g. Chunk k of group g composes (e, P) of the group's chunks before it in order into (E, Q)
+//      (E = Pⱼ E + eⱼ, Q = Pⱼ Q), then carry = Q ⊙ S_{g−1} + E. The order of every sum is fixed, so the result
+//      does not depend on which block finishes first (a decoupled look-back, which takes the nearest published
+//      prefix, would: the solve's iterates would differ from run to run), and the chain that orders the blocks
+//      is one link per group, not per chunk;
+//   3. walks the chunk again from the carry: state = λ·state + v from shared memory, h and λ read again (from L2,
+//      kChunkSlots tokens in flight while step 2 waits), y, its rounded copy and the residual maxima as the
+//      staged kernel writes them.
+//
+// A block takes its chunk from a ticket counter (chunk-major: chunk k of every sample before chunk k + 1), so
+// every chunk it waits for belongs to a block that started earlier and is resident or done: the waits cannot
+// deadlock whatever the scheduler does. The last block to finish resets the tickets and advances the generation.
+// The arithmetic per token is the staged kernel's; the carry is composed in another order than fp_scan_cuda's
+// carry pass, so the two paths agree to rounding (tests compare them at 1e-6).
+constexpr int kChunkTokens = 8;
+constexpr int kChunkGroup = 8;   // chunks per group (step 2)
+constexpr int kChunkSlots = 4;   // the second walk's ring of (h, λ) stages
+constexpr int kChunkCpt = 4;     // channels per thread: D/4 threads, at most kChunkMaxThreads
+constexpr int kChunkMaxThreads = 512;
+
+// The workspace of step 2: counters [tickets taken, blocks done, generation], one flag per chunk ((generation + 1)
+// << 2 | status, status 1: the chunk's (e, P) published, 2: its group's end state S), and per chunk the rows e, P
+// and S (3 × D floats).
+struct ChunkWorkspace {
+  unsigned long long* counters;
+  unsigned long long* flags;
+  float* data;
+};
+
+// Shared-memory layout of the chunked kernel: the first walk's two stages, which the second walk reuses as
+// kChunkSlots stages of (h, λ), then the chunk's scan inputs v (kChunkTokens × D float32).
+struct ChunkLayout {
+  int64_t slot, stages, v, total;
+  __host__ __device__ ChunkLayout(const StageLayout& L, int64_t D, int64_t zt_size) {
+    slot = D * 4 + D * zt_size;  // h, then λ: multiples of 16 where the staged kernel runs
+    stages = 2 * L.total > kChunkSlots * slot ? 2 * L.total : kChunkSlots * slot;
+    v = stages;
+    total = v + kChunkTokens * D * 4;
+  }
+};
+
+template <int CPT>
+__device__ __forceinline__ void load_row_cg(const float* p, float (&v)[CPT]) {  // L2 only: another block wrote it
+#pragma unroll
+  for (int j = 0; j < CPT; ++j) v[j] = __ldcg(p + j);
+}
+
+template <typename zt, typename lt>
+__global__ void __launch_bounds__(kChunkMaxThreads) fp_mixscan_chunked_kernel(
+    const zt* __restrict__ z, const zt* __restrict__ base, const zt* __restrict__ bx, const float* __restrict__ h,
+    const zt* __restrict__ lambda, float* __restrict__ y, lt* __restrict__ y_lowp, const double* __restrict__ stepsize,
+    float* __restrict__ diff, float* __restrict__ ymax, int64_t B, int64_t T, int64_t D, int64_t ld, int64_t rows8,
+    int64_t NC, int r, int ac, float eps, bool sum_form, const int64_t* counters, ChunkWorkspace ws) {
+  constexpr int CPT = kChunkCpt;
+  if (counters[1] == 0) return;
+  extern __shared__ __align__(16) char stage_mem[];
+  __shared__ __align__(16) float scratch[128];
+  __shared__ unsigned long long block_ticket, block_gen;
+  if (threadIdx.x == 0) {
+    block_ticket = atomicAdd(ws.counters, 1ull);
+    block_gen = *reinterpret_cast<volatile unsigned long long*>(ws.counters + 2);
+  }
+  __syncthreads();
+  const StageLayout L(D, rows8, sizeof(zt));
+  const ChunkLayout CL(L, D, sizeof(zt));
+  const unsigned long long gen = block_gen, epoch = gen + 1;
+  const int64_t k = static_cast<int64_t>(block_ticket) / B, b = static_cast<int64_t>(block_ticket) % B;
+  const int64_t t0 = k * kChunkTokens, t1 = min(T, t0 + kChunkTokens);
+  const int c0 = static_cast<int>(threadIdx.x) * CPT;
+  const bool live = c0 < D;
+  const float s_b = static_cast<float>(stepsize[b]);
+  float* vbuf = reinterpret_cast<float*>(stage_mem + CL.v);
+  int reductions = 0;
+
+  // 1. The mix and the chunk's scan from a zero state.
+  auto issue = [&](int64_t t) {  // token t's operands into stage (t − t0) mod 2, one commit group per token
+    if (t < t1) {
+      char* st = stage_mem + ((t - t0) & 1) * L.total;
+      const int64_t n = b * T + t;
+      if (h != nullptr) copy_async(st + L.h, h + n * D, D * 4);
+      copy_async(st + L.bx, bx + n * D, D * static_cast<int64_t>(sizeof(zt)));
+      copy_async(st + L.lam, lambda + n * D, D * static_cast<int64_t>(sizeof(zt)));
+      copy_async(st + L.base, base + n * ld, rows8 * static_cast<int64_t>(sizeof(zt)));
+      if (t > 0 && z != nullptr) copy_async(st + L.z, z + (n - 1) * ld, rows8 * static_cast<int64_t>(sizeof(zt)));
+    }
+    copy_async_commit();
+  };
+  float e[CPT], p[CPT];
+#pragma unroll
+  for (int j = 0; j < CPT; ++j) {
+    e[j] = 0.0f;
+    p[j] = 1.0f;
+  }
+  issue(t0);
+  for (int64_t t = t0; t < t1; ++t) {
+    copy_async_wait_all();
+    __syncthreads();
+    issue(t + 1);
+    const char* st = stage_mem + ((t - t0) & 1) * L.total;
+    float w[CPT], hv[CPT], lv[CPT], v[CPT];
+    mix_token_rows<zt, CPT>(st, L, h != nullptr, t > 0 && z != nullptr, live, c0, w, hv, static_cast<int>(D), r, ac,
+                            eps, sum_form, scratch, reductions);
+    if (live) {
+      load_row<CPT>(reinterpret_cast<const zt*>(st + L.lam) + c0, lv);
+#pragma unroll
+      for (int j = 0; j < CPT; ++j) {
+        v[j] = __fmul_rn(1.0f - lv[j], w[j] + hv[j]);  // the mix kernel's stored scan input
+        e[j] = fmaf(lv[j], e[j], v[j]);
+        p[j] *= lv[j];
+      }
+      store_row<CPT>(vbuf + (t - t0) * D + c0, v);  // read back by this thread only
+    }
+  }
+  __syncthreads();  // every thread is done with the stages: the second walk's (h, λ) copies may start now
+  auto issue_hl = [&](int64_t i) {  // token t0 + i's h and λ into slot i mod kChunkSlots, one group per token
+    if (t0 + i < t1) {
+      char* sl = stage_mem + (i % kChunkSlots) * CL.slot;
+      const int64_t n = b * T + t0 + i;
+      if (h != nullptr) copy_async(sl, h + n * D, D * 4);
+      copy_async(sl + D * 4, lambda + n * D, D * static_cast<int64_t>(sizeof(zt)));
+    }
+    copy_async_commit();
+  };
+#pragma unroll
+  for (int i = 0; i < kChunkSlots; ++i) issue_hl(i);
+
+  // 2. The carry into the chunk: (E, Q) of the group's earlier chunks, then Q ⊙ S_{g−1} + E.
+  const int64_t g0 = k - k % kChunkGroup;                      // the group's first chunk
+  const int n_before = static_cast<int>(k - g0);                // the group's chunks before this one
+  const bool group_last = (k + 1) % kChunkGroup == 0;
+  const bool has_next = k + 1 < NC;
+  const unsigned long long* flags = ws.flags + b * NC;
+  const float* rows = ws.data + b * NC * 3 * D;                 // per chunk: e, P, S
+  float* row = ws.data + (b * NC + k) * 3 * D;
+  auto publish = [&](unsigned long long status) {
+    __threadfence();  // this thread's rows are visible device-wide before the flag
+    __syncthreads();
+    if (threadIdx.x == 0) atomicExch(ws.flags + b * NC + k, (epoch << 2) | status);
+  };
+  // Spin until chunk j's flag carries this launch's generation (earlier launches' flags carry smaller ones).
+  auto await = [&](int64_t j) {
+    const volatile unsigned long long* f = flags + j;
+    while ((*f >> 2) != epoch) {
+    }
+    __threadfence();
+  };
+  if (has_next && !group_last) {
+    if (live) {
+      store_row<CPT>(row + c0, e);
+      store_row<CPT>(row + D + c0, p);
+    }
+    publish(1);
+  }
+  float E[CPT], Q[CPT];
+#pragma unroll
+  for (int j = 0; j < CPT; ++j) {
+    E[j] = 0.0f;
+    Q[j] = 1.0f;
+  }
+  if (n_before > 0) {
+    if (static_cast<int>(threadIdx.x) < n_before) await(g0 + threadIdx.x);  // a thread per earlier chunk of the group
+    __syncthreads();
+    if (live) {
+      // The rows two chunks at a time, loaded before they are combined (L2 only: other blocks wrote them); four
+      // at a time took the kernel from 60 to 96 registers, one block of 384 threads per SM.
+      for (int q0 = 0; q0 < n_before; q0 += 2) {
+        float pe[2][CPT], pp[2][CPT];
+#pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          if (q0 + u < n_before) {
+            const float* pr = rows + (g0 + q0 + u) * 3 * D;
+            load_row_cg<CPT>(pr + c0, pe[u]);
+            load_row_cg<CPT>(pr + D + c0, pp[u]);
+          }
+        }
+#pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          if (q0 + u < n_before) {
+#pragma unroll
+            for (int j = 0; j < CPT; ++j) {
+              E[j] = fmaf(pp[u][j], E[j], pe[u][j]);
+              Q[j] *= pp[u][j];
+            }
+          }
+        }
+      }
+    }
+  }
+  float carry[CPT];
+#pragma unroll
+  for (int j = 0; j < CPT; ++j) carry[j] = E[j];
+  if (g0 > 0) {
+    if (threadIdx.x == 0) await(g0 - 1);  // the previous group's last chunk: S_{g−1}
+    __syncthreads();
+    if (live) {
+      float S[CPT];
+      load_row_cg<CPT>(rows + (g0 - 1) * 3 * D + 2 * D + c0, S);
+#pragma unroll
+      for (int j = 0; j < CPT; ++j) carry[j] = fmaf(Q[j], S[j], E[j]);
+    }
+  }
+  if (has_next && group_last) {
+    if (live) {
+      float S[CPT];
+#pragma unroll
+      for (int j = 0; j < CPT; ++j) S[j] = fmaf(p[j], carry[j], e[j]);  // the state at the group's end
+      store_row<CPT>(row + 2 * D + c0, S);
+    }
+    publish(2);
+  }
+
+  // 3. The chunk again from the carry: y, its rounded copy and the residual maxima.
+  for (int64_t i = 0; i < t1 - t0; ++i) {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(kChunkSlots - 1) : "memory");  // token i's group has landed
+    __syncthreads();
+    const char* sl = stage_mem + (i % kChunkSlots) * CL.slot;
+    float hv[CPT], lv[CPT], v[CPT];
+    if (live) {
+      if (h != nullptr) {
+        load_row<CPT>(reinterpret_cast<const float*>(sl) + c0, hv);
+      } else {
+#pragma unroll
+        for (int j = 0; j < CPT; ++j) hv[j] = 0.0f;
+      }
+      load_row<CPT>(reinterpret_cast<const zt*>(sl + D * 4) + c0, lv);
+      load_row<CPT>(vbuf + i * D + c0, v);
+    }
+    const int64_t n = b * T + t0 + i;
+    scan_token_rows<lt, CPT>(live, c0, v, hv, lv, carry, s_b, y + n * D, y_lowp != nullptr ? y_lowp + n * D : nullptr,
+                             reinterpret_cast<unsigned*>(diff) + n, reinterpret_cast<unsigned*>(ymax) + n);
+    __syncthreads();  // slot i mod kChunkSlots is free
+    issue_hl(i + kChunkSlots);
+  }
+  if (threadIdx.x == 0) {
+    const auto done = atomicAdd(ws.counters + 1, 1ull);
+    if (done + 1 == static_cast<unsigned long long>(gridDim.x)) {  // the last block: every ticket is taken
+      ws.counters[0] = 0;
+      ws.counters[1] = 0;
+      ws.counters[2] = gen + 1;
+    }
+  }
 }
 
 // One block. Records r_b = max_t diff/(ymax + eps), updates best/patience/step size (spec §8), counts the
@@ -1200,6 +1479,88 @@ void fp_mixscan_cuda(const torch::Tensor& z, const torch::Tensor& base, const to
       with_cpt(y_lowp->data_ptr<at::BFloat16>());
     else
       with_cpt(y_lowp->data_ptr<at::Half>());
+  });
+}
+
+namespace {
+
+// Whether the chunked kernel runs for these sizes: its rows are copied in 16-byte pieces (the staged kernel's
+// conditions; they make D a multiple of 4, the channels per thread), D/4 threads make a block, and its shared
+// memory fits one.
+bool chunked_sizes_fit(int64_t D, int64_t ld, int64_t rank, int64_t zsize) {
+  if (D < 1 || D > kChunkCpt * kChunkMaxThreads || rank < 1) return false;
+  const int64_t rows8 = (rank * D + rank + 7) / 8 * 8;
+  const StageLayout layout(D, rows8, zsize);
+  return (D * 4) % 16 == 0 && (D * zsize) % 16 == 0 && (ld * zsize) % 16 == 0 && rows8 <= ld &&
+         ChunkLayout(layout, D, zsize).total <= 200 * 1024;
+}
+
+}  // namespace
+
+bool fp_mixscan_chunked_fits(const torch::Tensor& base, int64_t D, int64_t rank) {
+  return base.defined() && base.is_cuda() && base.dim() == 2 &&
+         (base.scalar_type() == torch::kBFloat16 || base.scalar_type() == torch::kFloat32 ||
+          base.scalar_type() == torch::kFloat64) &&
+         chunked_sizes_fit(D, base.size(1), rank, base.element_size());
+}
+
+void fp_mixscan_chunked_cuda(const torch::Tensor& z, const torch::Tensor& base, const torch::Tensor& bx,
+                             const torch::Tensor& h, const torch::Tensor& lambda, torch::Tensor& y, int64_t rank,
+                             const std::string& mixer_ac, double eps, bool sum_form, DeviceSolverState& state,
+                             torch::Tensor* y_lowp) {
+  check_mix_args("fp_mixscan_chunked_cuda", z, base, bx, h, lambda, y, rank);
+  const int64_t B = y.size(0), T = y.size(1), D = y.size(2);
+  TORCH_CHECK(fp_mixscan_chunked_fits(base, D, rank), "fp_mixscan_chunked_cuda: D = ", D, ", rank ", rank,
+              " and ld = ", base.size(1), " do not fit the chunked kernel (fp_mixscan_chunked_fits)");
+  TORCH_CHECK(state.diff.size(0) == B && state.diff.size(1) == T,
+              "fp_mixscan_chunked_cuda: solver state is for another shape");
+  const bool lowp = y_lowp != nullptr && y_lowp->defined();
+  TORCH_CHECK(!lowp || (y_lowp->is_cuda() && y_lowp->is_contiguous() && y_lowp->numel() == y.numel() &&
+                        (y_lowp->scalar_type() == torch::kBFloat16 || y_lowp->scalar_type() == torch::kHalf)),
+              "fp_mixscan_chunked_cuda: y_lowp must be a contiguous bfloat16/float16 CUDA tensor of ", y.numel(),
+              " elements");
+  const auto aligned = [](const torch::Tensor& t) {
+    return !t.defined() || reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
+  };
+  TORCH_CHECK(aligned(z) && aligned(base) && aligned(bx) && aligned(h) && aligned(lambda) && aligned(y) &&
+                  (!lowp || aligned(*y_lowp)),
+              "fp_mixscan_chunked_cuda: every tensor must start on a 16-byte boundary");
+  const int64_t NC = (T + kChunkTokens - 1) / kChunkTokens, chunks = B * NC;
+  TORCH_CHECK(chunks <= std::numeric_limits<int>::max(), "fp_mixscan_chunked_cuda: ", chunks, " chunks are too many");
+  const c10::cuda::CUDAGuard guard(y.device());
+  // The look-back's workspace, kept in the state across iterations (the flags carry the launch's generation).
+  if (!state.chunk_flags.defined() || state.chunk_flags.numel() != 3 + chunks || !state.chunk_data.defined() ||
+      state.chunk_data.numel() != chunks * 3 * D || state.chunk_flags.device() != y.device()) {
+    state.chunk_flags = torch::zeros({3 + chunks}, y.options().dtype(torch::kInt64));
+    state.chunk_data = torch::empty({chunks, 3, D}, y.options().dtype(torch::kFloat32));
+  }
+  auto* words = reinterpret_cast<unsigned long long*>(state.chunk_flags.data_ptr<int64_t>());
+  const ChunkWorkspace ws{words, words + 3, state.chunk_data.data_ptr<float>()};
+  const int64_t ld = base.size(1), rows8 = (rank * D + rank + 7) / 8 * 8;
+  const int ac = parse_activation(mixer_ac);
+  const unsigned threads = static_cast<unsigned>((D / kChunkCpt + 31) / 32 * 32);
+  const ChunkLayout layout(StageLayout(D, rows8, base.element_size()), D, base.element_size());
+  const int smem = static_cast<int>(layout.total);
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, base.scalar_type(), "fp_mixscan_chunked_cuda", [&] {
+    auto launch = [&](auto* lowp_ptr) {
+      using lt_ = std::remove_pointer_t<decltype(lowp_ptr)>;
+      const auto kernel = fp_mixscan_chunked_kernel<scalar_t, lt_>;
+      if (smem > 48 * 1024)
+        C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+      kernel<<<static_cast<unsigned>(chunks), threads, smem, stream>>>(
+          data_or_null<scalar_t>(z), base.data_ptr<scalar_t>(), bx.data_ptr<scalar_t>(), data_or_null<float>(h),
+          lambda.data_ptr<scalar_t>(), y.data_ptr<float>(), lowp_ptr, state.stepsize.data_ptr<double>(),
+          state.diff.data_ptr<float>(), state.ymax.data_ptr<float>(), B, T, D, ld, rows8, NC, static_cast<int>(rank),
+          ac, static_cast<float>(eps), sum_form, state.counters.data_ptr<int64_t>(), ws);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    if (!lowp)
+      launch(static_cast<at::BFloat16*>(nullptr));
+    else if (y_lowp->scalar_type() == torch::kBFloat16)
+      launch(y_lowp->data_ptr<at::BFloat16>());
+    else
+      launch(y_lowp->data_ptr<at::Half>());
   });
 }
 
