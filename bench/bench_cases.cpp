@@ -197,7 +197,7 @@ std::vector<Row> bench_conv(const Options& opts) {
 
 // ---- mixscan: one no-grad iteration's mixer and scan on the GPU -------------------------------------------
 // The device loop's ways of running the mix + scan of one iteration (Householder r = 1, bfloat16 operands, the
-// GEMM row z given): fp_mix_cuda + fp_scan_cuda (the baseline), the chunked one-pass kernel with its look-back
+// GEMM row z given): fp_mix_cuda + fp_scan_cuda (the baseline), the chunked one-pass kernel
 // (fp_mixscan_chunked_cuda) and, where the batch fills the chip, the one-block-per-sample kernel. GB/s counts what
 // one pass must move: z, base, b⊙x, λ in bfloat16 and h in float32 read, y in float32 and bfloat16 written.
 std::vector<Row> bench_mixscan(const Options& opts) {

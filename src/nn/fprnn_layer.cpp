@@ -383,8 +383,8 @@ Tensor FastStep::solve_device(const solver::SolverOptions& opt, int64_t check_ev
   Tensor buf[2] = {torch::empty({B, T, D}, f32), torch::empty({B, T, D}, f32)};
   // Where the batch's channels fill the chip, the mix and the scan run as one kernel (one block per sample).
   const bool mixscan = ops::fp_mixscan_fits(B, T, D, in_.x.device());
-  // Otherwise (few samples: the LM-like shape), one kernel over chunks of 8 tokens with a look-back between them
-  // where the rows fit it, else the mix and the chunked scan as two kernels.
+  // Otherwise (few samples: the LM-like shape), one kernel over chunks of 8 tokens (the carry between them composed
+  // from the earlier chunks' rows) where the rows fit it, else the mix and the chunked scan as two kernels.
   const bool chunked = !mixscan && ops::fp_mixscan_chunked_fits(base, D, fp_cfg_.rank);
   Tensor v = mixscan || chunked ? Tensor() : torch::empty({B, T, D}, f32);
   Tensor z = torch::empty({B * T, w_h_t_.size(1)}, base.options());
@@ -413,9 +413,9 @@ Tensor FastStep::solve_device(const solver::SolverOptions& opt, int64_t check_ev
         ops::fp_mixscan_cuda(zn, base, bx, h, lambda, y, fp_cfg_.rank, ac, fp_cfg_.norm_eps, fp_cfg_.sum_form, state,
                              cast ? &h_c : nullptr, &dopt);
       } else if (chunked) {
+        // Also with the controller's work (its last block decides the stop test).
         ops::fp_mixscan_chunked_cuda(zn, base, bx, h, lambda, y, fp_cfg_.rank, ac, fp_cfg_.norm_eps, fp_cfg_.sum_form,
-                                     state, cast ? &h_c : nullptr);
-        ops::fp_controller_cuda(state, dopt);
+                                     state, cast ? &h_c : nullptr, &dopt);
       } else {
         ops::fp_mix_cuda(zn, base, bx, h, lambda, v, fp_cfg_.rank, ac, fp_cfg_.norm_eps, fp_cfg_.sum_form, state);
         ops::fp_scan_cuda(v, lambda, h, y, state, cast ? &h_c : nullptr);
@@ -426,7 +426,7 @@ Tensor FastStep::solve_device(const solver::SolverOptions& opt, int64_t check_ev
     const Tensor c = state.counters.cpu();  // the one synchronisation per `check_every` iterations
     if (c[1].item<int64_t>() == 0) break;
   }
-  state.chunk_data = Tensor();  // the look-back's rows are scratch (37 MB at the LM-like shape)
+  state.chunk_data = Tensor();  // the chunks' rows are scratch (37 MB at the LM-like shape)
   state_ = state;
   if (cast && h_c.scalar_type() == in_.x.scalar_type()) {
     // Every executed iteration's scan wrote its iterate rounded to the compute dtype into h_c, and the queued

@@ -555,11 +555,12 @@ TEST(FpStepCuda, MixScanKernelMatchesTheTwoKernels) {
   Tensor yw = wide.clone();
   EXPECT_THROW(ops::fp_mixscan_cuda(zw, zw, wide, wide, wide, yw, 1, "silu", 1e-6, false, sw), c10::Error);
 }
-// The mix + scan kernel with the controller folded in against the kernel followed by fp_controller_cuda, over
-// several iterations of the solve (h ← y): the same iterates, the same per-sample state and counters bit for
-// bit, the residual scratch zeroed and the ticket reset after every call. Cases: a sample's NaN iterate, step
-// sizes that decay, a stop by the threshold and one by max_iter (after which both write nothing), more blocks
-// than fit on the GPU at once, and rows that are not 16-byte aligned (the kernel without staging).
+// The mix + scan kernels with the controller folded in (one block per sample, and the chunked kernel) against the
+// same kernel followed by fp_controller_cuda, over several iterations of the solve (h ← y): the same iterates, the
+// same per-sample state and counters bit for bit, the residual scratch zeroed and the ticket reset after every
+// call. Cases: a sample's NaN iterate, step sizes that decay, a stop by the threshold and one by max_iter (after
+// which both write nothing), more blocks than fit on the GPU at once, and rows that are not 16-byte aligned (the
+// per-sample kernel without staging; the chunked kernel does not take them).
 TEST(FpStepCuda, MixScanWithFusedControlMatchesTheController) {
   FPRNN_REQUIRE_GPU();
   const auto f32 = torch::TensorOptions().dtype(torch::kFloat32).device(torch::kCUDA);
@@ -572,11 +573,12 @@ TEST(FpStepCuda, MixScanWithFusedControlMatchesTheController) {
   for (const Case cs : {Case{3, 19, 300, 1, 1e-12, 6, false, false}, Case{5, 7, 24, 2, 1e-12, 100, true, false},
                         Case{600, 5, 1024, 1, 1e-12, 4, false, false}, Case{4, 9, 1024, 1, 1e-12, 5, false, true},
                         Case{6, 11, 256, 1, 10.0, 100, false, false}}) {
-    for (auto dtype : {torch::kFloat32, torch::kBFloat16}) {
+    for (auto [dtype, chunked] : {std::pair{torch::kFloat32, false}, std::pair{torch::kBFloat16, false},
+                                  std::pair{torch::kFloat32, true}, std::pair{torch::kBFloat16, true}}) {
       const int64_t B = cs.B, T = cs.T, D = cs.D, r = cs.r, rows = r * D + r, ld = (rows + 7) / 8 * 8;
       const std::string what = "B " + std::to_string(B) + " T " + std::to_string(T) + " D " + std::to_string(D) +
                                " r " + std::to_string(r) + " threshold " + std::to_string(cs.threshold) + " " +
-                               dtype_name(dtype);
+                               dtype_name(dtype) + (chunked ? " chunked" : " per sample");
       const auto place = [&](const Tensor& t) {  // same values; one element past a 16-byte boundary if asked
         if (!cs.misaligned) return t;
         Tensor buf = torch::empty({t.numel() + 8}, t.options());
@@ -588,6 +590,7 @@ TEST(FpStepCuda, MixScanWithFusedControlMatchesTheController) {
       const Tensor base = place((0.3 * randn({B * T, ld}, 61, torch::kFloat32)).cuda().to(dtype));
       const Tensor bx = place(randn({B, T, D}, 62, torch::kFloat32).cuda().to(dtype));
       const Tensor lambda = place(torch::sigmoid(randn({B, T, D}, 63, torch::kFloat32)).cuda().to(dtype));
+      if (chunked && (cs.misaligned || !ops::fp_mixscan_chunked_fits(base, D, r))) continue;
       ops::DeviceSolverOptions opt;
       opt.max_iter = cs.max_iter;
       opt.threshold = cs.threshold;
@@ -608,9 +611,15 @@ TEST(FpStepCuda, MixScanWithFusedControlMatchesTheController) {
       };
       for (int it = 0; it < 8; ++it) {
         const std::string at = what + ", call " + std::to_string(it + 1);
-        ops::fp_mixscan_cuda(z, base, bx, ha, lambda, ya, r, "silu", 1e-6, false, sa);
-        ops::fp_controller_cuda(sa, opt);
-        ops::fp_mixscan_cuda(z, base, bx, hb, lambda, yb, r, "silu", 1e-6, false, sb, nullptr, &opt);
+        if (chunked) {
+          ops::fp_mixscan_chunked_cuda(z, base, bx, ha, lambda, ya, r, "silu", 1e-6, false, sa);
+          ops::fp_controller_cuda(sa, opt);
+          ops::fp_mixscan_chunked_cuda(z, base, bx, hb, lambda, yb, r, "silu", 1e-6, false, sb, nullptr, &opt);
+        } else {
+          ops::fp_mixscan_cuda(z, base, bx, ha, lambda, ya, r, "silu", 1e-6, false, sa);
+          ops::fp_controller_cuda(sa, opt);
+          ops::fp_mixscan_cuda(z, base, bx, hb, lambda, yb, r, "silu", 1e-6, false, sb, nullptr, &opt);
+        }
         EXPECT_TRUE(same(ya, yb)) << "iterate, " << at;
         EXPECT_TRUE(same(sa.best, sb.best)) << "best, " << at;
         EXPECT_TRUE(same(sa.last, sb.last)) << "last, " << at;
@@ -625,8 +634,12 @@ TEST(FpStepCuda, MixScanWithFusedControlMatchesTheController) {
       }
       const Tensor c = sb.counters.cpu();
       EXPECT_EQ(c[1].item<int64_t>(), 0) << "the solve never stopped, " << what;
-      if (cs.threshold > 1.0) EXPECT_LT(c[0].item<int64_t>(), cs.max_iter) << "not stopped by the threshold, " << what;
-      if (cs.nan) EXPECT_TRUE(std::isnan(sb.best[1].item<double>())) << "NaN did not reach best, " << what;
+      if (cs.threshold > 1.0) {
+        EXPECT_LT(c[0].item<int64_t>(), cs.max_iter) << "not stopped by the threshold, " << what;
+      }
+      if (cs.nan) {
+        EXPECT_TRUE(std::isnan(sb.best[1].item<double>())) << "NaN did not reach best, " << what;
+      }
     }
   }
 }

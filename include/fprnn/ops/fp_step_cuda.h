@@ -31,8 +31,8 @@ struct DeviceSolverState {
   torch::Tensor patience;              // (B) int64
   torch::Tensor counters;              // (3) int64: [iterations, active, blocks done (fused control's ticket)]
   torch::Tensor diff, ymax;            // (B, T) float32 scratch, zero between iterations
-  // fp_mixscan_chunked_cuda's look-back workspace, allocated (zeroed) by its first call: int64 [tickets, blocks
-  // done, generation, one flag per chunk] and float32 (chunks, 3, D).
+  // fp_mixscan_chunked_cuda's workspace, allocated (zeroed) by its first call: int64 [tickets, blocks done,
+  // generation, one flag per chunk, r_b per sample] and float32 (chunks, 3, D).
   torch::Tensor chunk_flags, chunk_data;
 };
 
@@ -74,12 +74,15 @@ bool fp_mixscan_fits(int64_t B, int64_t T, int64_t D, const torch::Device& devic
 // composed from what the earlier chunks publish, in a fixed order (deterministic), so the float32 scan input never
 // goes through memory (fp_mix_cuda + fp_scan_cuda write it once and read it twice). y, y_lowp and the residual
 // maxima agree with fp_mix_cuda + fp_scan_cuda to rounding (the carry is composed in another order); the
-// controller is separate (fp_controller_cuda). Needs fp_mixscan_chunked_fits(base, D, rank) and 16-byte aligned
-// tensors.
+// controller is fp_controller_cuda, or with `control` folded in: each block reduces its tokens' maxima itself
+// and sends its chunk's largest ratio to its sample's r_b, and the block that finishes last updates every
+// sample and decides the continue test (the residual rows are then never written). The state afterwards is the
+// one the call without `control` followed by fp_controller_cuda leaves (tested). Needs
+// fp_mixscan_chunked_fits(base, D, rank) and 16-byte aligned tensors.
 void fp_mixscan_chunked_cuda(const torch::Tensor& z, const torch::Tensor& base, const torch::Tensor& bx,
                              const torch::Tensor& h, const torch::Tensor& lambda, torch::Tensor& y, int64_t rank,
                              const std::string& mixer_ac, double eps, bool sum_form, DeviceSolverState& state,
-                             torch::Tensor* y_lowp = nullptr);
+                             torch::Tensor* y_lowp = nullptr, const DeviceSolverOptions* control = nullptr);
 bool fp_mixscan_chunked_fits(const torch::Tensor& base, int64_t D, int64_t rank);
 
 // Records the residual of the step just taken and evaluates the continue test for the next one (one block;

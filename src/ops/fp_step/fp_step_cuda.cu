@@ -713,13 +713,14 @@ __device__ __forceinline__ void mix_token_rows(const char* st, const StageLayout
 
 // The scan step of one token for thread k's channels (mixscan_token_rows, the chunked kernel's second walk): from
 // the scan input v, the previous iterate hv and the decay lv, the state λ·s + v, the damped output (y and its
-// rounded copy) and the residual maxima of the token (one atomic maximum per warp).
+// rounded copy) and the residual maxima of the token over the warp (|·| as bits), in every lane.
 template <typename lt, int CPT>
-__device__ __forceinline__ void scan_token_rows(bool live, int c0, const float (&v)[CPT], const float (&hv)[CPT],
-                                                const float (&lv)[CPT], float (&state)[CPT], float s_b,
-                                                float* __restrict__ yn, lt* __restrict__ yln, unsigned* diff_n,
-                                                unsigned* ymax_n) {
-  unsigned dev = 0, mag = 0;  // |·| as bits (abs_bits)
+__device__ __forceinline__ void scan_token_values(bool live, int c0, const float (&v)[CPT], const float (&hv)[CPT],
+                                                  const float (&lv)[CPT], float (&state)[CPT], float s_b,
+                                                  float* __restrict__ yn, lt* __restrict__ yln, unsigned& dev,
+                                                  unsigned& mag) {
+  dev = 0;  // |·| as bits (abs_bits)
+  mag = 0;
   if (live) {
     float out[CPT];
 #pragma unroll
@@ -734,6 +735,16 @@ __device__ __forceinline__ void scan_token_rows(bool live, int c0, const float (
   }
   dev = __reduce_max_sync(0xffffffffu, dev);
   mag = __reduce_max_sync(0xffffffffu, mag);
+}
+
+// scan_token_values with the maxima sent on: one atomic maximum per warp into the token's rows.
+template <typename lt, int CPT>
+__device__ __forceinline__ void scan_token_rows(bool live, int c0, const float (&v)[CPT], const float (&hv)[CPT],
+                                                const float (&lv)[CPT], float (&state)[CPT], float s_b,
+                                                float* __restrict__ yn, lt* __restrict__ yln, unsigned* diff_n,
+                                                unsigned* ymax_n) {
+  unsigned dev, mag;
+  scan_token_values<lt, CPT>(live, c0, v, hv, lv, state, s_b, yn, yln, dev, mag);
   if ((threadIdx.x & 31) == 0) {
     // Non-negative floats order like their bit patterns; a NaN (positive bits) wins the maximum.
     atomicMax(diff_n, dev);
@@ -854,6 +865,7 @@ struct ChunkWorkspace {
   unsigned long long* counters;
   unsigned long long* flags;
   float* data;
+  unsigned long long* rmax;  // with fused control: r_b of each sample as the bits of a double ≥ 0 (or NaN), zeroed
 };
 
 // Shared-memory layout of the chunked kernel: the first walk's two stages, which the second walk reuses as
@@ -879,7 +891,7 @@ __global__ void __launch_bounds__(kChunkMaxThreads) fp_mixscan_chunked_kernel(
     const zt* __restrict__ z, const zt* __restrict__ base, const zt* __restrict__ bx, const float* __restrict__ h,
     const zt* __restrict__ lambda, float* __restrict__ y, lt* __restrict__ y_lowp, const double* __restrict__ stepsize,
     float* __restrict__ diff, float* __restrict__ ymax, int64_t B, int64_t T, int64_t D, int64_t ld, int64_t rows8,
-    int64_t NC, int r, int ac, float eps, bool sum_form, const int64_t* counters, ChunkWorkspace ws) {
+    int64_t NC, int r, int ac, float eps, bool sum_form, const int64_t* counters, ChunkWorkspace ws, FusedControl ctl) {
   constexpr int CPT = kChunkCpt;
   if (counters[1] == 0) return;
   extern __shared__ __align__(16) char stage_mem[];
@@ -1038,10 +1050,26 @@ __global__ void __launch_bounds__(kChunkMaxThreads) fp_mixscan_chunked_kernel(
     publish(2);
   }
 
-  // 3. The chunk again from the carry: y, its rounded copy and the residual maxima.
+  // 3. The chunk again from the carry: y, its rounded copy and the residual maxima. With fused control the block
+  // has each token's whole row: its warps' maxima meet in shared memory (red, alternating between two buffers by
+  // token, so one barrier per token suffices) and thread 0 keeps the chunk's largest ratio max_d|ŷ − h| / (max_d|ŷ|
+  // + eps), in double as fp_controller_kernel computes it, instead of atomics on the (B, T) rows.
+  const bool fused = ctl.counters != nullptr;
+  __shared__ unsigned red[2][2][kChunkMaxThreads / 32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
+  double r_chunk = 0.0;
   for (int64_t i = 0; i < t1 - t0; ++i) {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(kChunkSlots - 1) : "memory");  // token i's group has landed
     __syncthreads();
+    if (fused && threadIdx.x == 0 && i > 0) {  // the previous token's maxima, complete since the barrier
+      unsigned dev = 0, mag = 0;
+      for (int w = 0; w < warps; ++w) {
+        dev = max(dev, red[(i - 1) & 1][0][w]);
+        mag = max(mag, red[(i - 1) & 1][1][w]);
+      }
+      const double q = static_cast<double>(__uint_as_float(dev)) / (static_cast<double>(__uint_as_float(mag)) + ctl.eps);
+      r_chunk = (q > r_chunk || isnan(q)) ? q : r_chunk;
+    }
     const char* sl = stage_mem + (i % kChunkSlots) * CL.slot;
     float hv[CPT], lv[CPT], v[CPT];
     if (live) {
@@ -1055,19 +1083,60 @@ __global__ void __launch_bounds__(kChunkMaxThreads) fp_mixscan_chunked_kernel(
       load_row<CPT>(vbuf + i * D + c0, v);
     }
     const int64_t n = b * T + t0 + i;
-    scan_token_rows<lt, CPT>(live, c0, v, hv, lv, carry, s_b, y + n * D, y_lowp != nullptr ? y_lowp + n * D : nullptr,
-                             reinterpret_cast<unsigned*>(diff) + n, reinterpret_cast<unsigned*>(ymax) + n);
-    __syncthreads();  // slot i mod kChunkSlots is free
+    if (!fused) {
+      scan_token_rows<lt, CPT>(live, c0, v, hv, lv, carry, s_b, y + n * D, y_lowp != nullptr ? y_lowp + n * D : nullptr,
+                               reinterpret_cast<unsigned*>(diff) + n, reinterpret_cast<unsigned*>(ymax) + n);
+    } else {
+      unsigned dev = 0, mag = 0;
+      scan_token_values<lt, CPT>(live, c0, v, hv, lv, carry, s_b, y + n * D,
+                                 y_lowp != nullptr ? y_lowp + n * D : nullptr, dev, mag);
+      if (lane == 0) {
+        red[i & 1][0][warp] = dev;
+        red[i & 1][1][warp] = mag;
+      }
+    }
+    __syncthreads();  // slot i mod kChunkSlots is free (and, fused, the token's maxima are in red)
     issue_hl(i + kChunkSlots);
   }
+  __shared__ bool is_last;
   if (threadIdx.x == 0) {
-    const auto done = atomicAdd(ws.counters + 1, 1ull);
-    if (done + 1 == static_cast<unsigned long long>(gridDim.x)) {  // the last block: every ticket is taken
-      ws.counters[0] = 0;
-      ws.counters[1] = 0;
-      ws.counters[2] = gen + 1;
+    if (fused) {
+      const int64_t i = t1 - t0 - 1;  // the last token's maxima
+      unsigned dev = 0, mag = 0;
+      for (int w = 0; w < warps; ++w) {
+        dev = max(dev, red[i & 1][0][w]);
+        mag = max(mag, red[i & 1][1][w]);
+      }
+      const double q = static_cast<double>(__uint_as_float(dev)) / (static_cast<double>(__uint_as_float(mag)) + ctl.eps);
+      r_chunk = (q > r_chunk || isnan(q)) ? q : r_chunk;
+      // r ≥ 0 or a NaN with the sign bit clear: as unsigned integers these order as the values, a NaN above +∞.
+      atomicMax(ws.rmax + b, static_cast<unsigned long long>(__double_as_longlong(r_chunk)));
+      __threadfence();
     }
+    const auto done = atomicAdd(ws.counters + 1, 1ull);
+    is_last = done + 1 == static_cast<unsigned long long>(gridDim.x);  // every ticket is taken
   }
+  __syncthreads();
+  if (!is_last) return;
+  __threadfence();
+  if (threadIdx.x == 0) {
+    ws.counters[0] = 0;
+    ws.counters[1] = 0;
+    ws.counters[2] = gen + 1;
+  }
+  if (!fused) return;
+  // The controller's work for all B samples (their r_b are complete: every block has added its chunk's).
+  __shared__ QuantileFacts warp_facts[32];
+  QuantileFacts f{0, 0, 0, -INFINITY, INFINITY, 0.0};
+  for (int64_t s = threadIdx.x; s < B; s += blockDim.x) {
+    const double rb = __longlong_as_double(static_cast<long long>(__ldcg(ws.rmax + s)));
+    ws.rmax[s] = 0ull;
+    const SampleState st = update_sample(s, rb, ctl.best[s], ctl.stepsize[s], ctl.patience[s], ctl.best, ctl.last,
+                                         ctl.stepsize, ctl.patience, ctl.decay_patience, ctl.decay);
+    add_fact(f, st.best, st.step, ctl.threshold);
+  }
+  const QuantileFacts all = block_facts(f, warp_facts);
+  if (threadIdx.x == 0) finish_iteration(all, ctl.counters, B, ctl.quantile, ctl.threshold, ctl.stepsize_thresh, ctl.max_iter);
 }
 
 // One block. Records r_b = max_t diff/(ymax + eps), updates best/patience/step size (spec §8), counts the
@@ -1394,6 +1463,32 @@ bool fp_mixscan_fits(int64_t B, int64_t T, int64_t D, const torch::Device& devic
   return device.is_cuda() && B > 0 && T > 0 && D > 0 && D <= 8 * kThreads && B * D >= target_threads(device);
 }
 
+namespace {
+
+// The fused control's pointers and options (counters null: no fused control).
+FusedControl fused_control_of(const DeviceSolverState& state, const DeviceSolverOptions* control, int64_t B) {
+  FusedControl ctl;
+  if (control == nullptr) return ctl;
+  TORCH_CHECK(state.counters.numel() >= 3 && state.best.size(0) == B,
+              "fp_step_cuda: the fused control needs a solver state from make_device_solver_state for this batch");
+  ctl.best = state.best.data_ptr<double>();
+  ctl.last = state.last.data_ptr<double>();
+  ctl.stepsize = state.stepsize.data_ptr<double>();
+  ctl.patience = state.patience.data_ptr<int64_t>();
+  ctl.counters = state.counters.data_ptr<int64_t>();
+  ctl.eps = control->eps;
+  ctl.decay = control->stepsize_decay;
+  ctl.threshold = control->threshold;
+  ctl.quantile = control->quantile;
+  ctl.stepsize_thresh = control->stepsize_thresh;
+  ctl.decay_patience = control->decay_patience;
+  ctl.max_iter = control->max_iter;
+  ctl.B = B;
+  return ctl;
+}
+
+}  // namespace
+
 void fp_mixscan_cuda(const torch::Tensor& z, const torch::Tensor& base, const torch::Tensor& bx, const torch::Tensor& h,
                      const torch::Tensor& lambda, torch::Tensor& y, int64_t rank, const std::string& mixer_ac, double eps,
                      bool sum_form, const DeviceSolverState& state, torch::Tensor* y_lowp,
@@ -1409,24 +1504,7 @@ void fp_mixscan_cuda(const torch::Tensor& z, const torch::Tensor& base, const to
   const int64_t ld = base.size(1);
   const c10::cuda::CUDAGuard guard(y.device());
   const int ac = parse_activation(mixer_ac);
-  FusedControl ctl;
-  if (control != nullptr) {
-    TORCH_CHECK(state.counters.numel() >= 3 && state.best.size(0) == B,
-                "fp_mixscan_cuda: the fused control needs a solver state from make_device_solver_state for this batch");
-    ctl.best = state.best.data_ptr<double>();
-    ctl.last = state.last.data_ptr<double>();
-    ctl.stepsize = state.stepsize.data_ptr<double>();
-    ctl.patience = state.patience.data_ptr<int64_t>();
-    ctl.counters = state.counters.data_ptr<int64_t>();
-    ctl.eps = control->eps;
-    ctl.decay = control->stepsize_decay;
-    ctl.threshold = control->threshold;
-    ctl.quantile = control->quantile;
-    ctl.stepsize_thresh = control->stepsize_thresh;
-    ctl.decay_patience = control->decay_patience;
-    ctl.max_iter = control->max_iter;
-    ctl.B = B;
-  }
+  const FusedControl ctl = fused_control_of(state, control, B);
   auto stream = c10::cuda::getCurrentCUDAStream();
   const int cpt = D <= kThreads ? 1 : D <= 2 * kThreads ? 2 : D <= 4 * kThreads ? 4 : 8;
   // The staged kernel copies whole rows in 16-byte pieces: every row and pointer 16-byte aligned, and two
@@ -1507,7 +1585,7 @@ bool fp_mixscan_chunked_fits(const torch::Tensor& base, int64_t D, int64_t rank)
 void fp_mixscan_chunked_cuda(const torch::Tensor& z, const torch::Tensor& base, const torch::Tensor& bx,
                              const torch::Tensor& h, const torch::Tensor& lambda, torch::Tensor& y, int64_t rank,
                              const std::string& mixer_ac, double eps, bool sum_form, DeviceSolverState& state,
-                             torch::Tensor* y_lowp) {
+                             torch::Tensor* y_lowp, const DeviceSolverOptions* control) {
   check_mix_args("fp_mixscan_chunked_cuda", z, base, bx, h, lambda, y, rank);
   const int64_t B = y.size(0), T = y.size(1), D = y.size(2);
   TORCH_CHECK(fp_mixscan_chunked_fits(base, D, rank), "fp_mixscan_chunked_cuda: D = ", D, ", rank ", rank,
@@ -1528,14 +1606,15 @@ void fp_mixscan_chunked_cuda(const torch::Tensor& z, const torch::Tensor& base, 
   const int64_t NC = (T + kChunkTokens - 1) / kChunkTokens, chunks = B * NC;
   TORCH_CHECK(chunks <= std::numeric_limits<int>::max(), "fp_mixscan_chunked_cuda: ", chunks, " chunks are too many");
   const c10::cuda::CUDAGuard guard(y.device());
-  // The look-back's workspace, kept in the state across iterations (the flags carry the launch's generation).
-  if (!state.chunk_flags.defined() || state.chunk_flags.numel() != 3 + chunks || !state.chunk_data.defined() ||
+  // The workspace, kept in the state across iterations (the flags carry the launch's generation).
+  if (!state.chunk_flags.defined() || state.chunk_flags.numel() != 3 + chunks + B || !state.chunk_data.defined() ||
       state.chunk_data.numel() != chunks * 3 * D || state.chunk_flags.device() != y.device()) {
-    state.chunk_flags = torch::zeros({3 + chunks}, y.options().dtype(torch::kInt64));
+    state.chunk_flags = torch::zeros({3 + chunks + B}, y.options().dtype(torch::kInt64));
     state.chunk_data = torch::empty({chunks, 3, D}, y.options().dtype(torch::kFloat32));
   }
   auto* words = reinterpret_cast<unsigned long long*>(state.chunk_flags.data_ptr<int64_t>());
-  const ChunkWorkspace ws{words, words + 3, state.chunk_data.data_ptr<float>()};
+  const ChunkWorkspace ws{words, words + 3, state.chunk_data.data_ptr<float>(), words + 3 + chunks};
+  const FusedControl ctl = fused_control_of(state, control, B);
   const int64_t ld = base.size(1), rows8 = (rank * D + rank + 7) / 8 * 8;
   const int ac = parse_activation(mixer_ac);
   const unsigned threads = static_cast<unsigned>((D / kChunkCpt + 31) / 32 * 32);
@@ -1552,7 +1631,7 @@ void fp_mixscan_chunked_cuda(const torch::Tensor& z, const torch::Tensor& base, 
           data_or_null<scalar_t>(z), base.data_ptr<scalar_t>(), bx.data_ptr<scalar_t>(), data_or_null<float>(h),
           lambda.data_ptr<scalar_t>(), y.data_ptr<float>(), lowp_ptr, state.stepsize.data_ptr<double>(),
           state.diff.data_ptr<float>(), state.ymax.data_ptr<float>(), B, T, D, ld, rows8, NC, static_cast<int>(rank),
-          ac, static_cast<float>(eps), sum_form, state.counters.data_ptr<int64_t>(), ws);
+          ac, static_cast<float>(eps), sum_form, state.counters.data_ptr<int64_t>(), ws, ctl);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
     if (!lowp)
