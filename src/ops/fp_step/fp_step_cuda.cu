@@ -663,6 +663,20 @@ struct StageLayout {
   }
 };
 
+// Copies token n's operands (t: its position in the sequence) into the stage `st` by the whole block, without
+// closing the commit group: h (unless the zero iterate), b⊙x, λ, its parameter row and, for t > 0, the previous
+// token's GEMM row (unless z is the zero iterate's).
+template <typename zt>
+__device__ __forceinline__ void copy_token_operands(char* st, const StageLayout& L, const float* h, const zt* bx,
+                                                    const zt* lambda, const zt* base, const zt* z, int64_t n,
+                                                    int64_t t, int64_t D, int64_t ld, int64_t rows8) {
+  if (h != nullptr) copy_async(st + L.h, h + n * D, D * 4);
+  copy_async(st + L.bx, bx + n * D, D * static_cast<int64_t>(sizeof(zt)));
+  copy_async(st + L.lam, lambda + n * D, D * static_cast<int64_t>(sizeof(zt)));
+  copy_async(st + L.base, base + n * ld, rows8 * static_cast<int64_t>(sizeof(zt)));
+  if (t > 0 && z != nullptr) copy_async(st + L.z, z + (n - 1) * ld, rows8 * static_cast<int64_t>(sizeof(zt)));
+}
+
 // The mixer part of one token from its stage (`st`; `has_z`: whether it holds the previous token's GEMM row), for
 // thread k's consecutive channels [c0, c0 + CPT), c0 = CPT·k (`live`: c0 < D): w = Q(raw)(b⊙x − h) and the iterate
 // hv (zeros without h), each operand one 16-byte (or CPT-element) shared-memory load.
@@ -798,15 +812,7 @@ __global__ void __launch_bounds__(kThreads) fp_mixscan_staged_kernel(
   const float s_b = static_cast<float>(stepsize[b]);
   // Token t's operands go to stage t mod 2, one commit group per token.
   auto issue = [&](int64_t t) {
-    if (t < T) {
-      char* st = stage_mem + (t & 1) * L.total;
-      const int64_t n = b * T + t;
-      if (h != nullptr) copy_async(st + L.h, h + n * D, D * 4);
-      copy_async(st + L.bx, bx + n * D, D * static_cast<int64_t>(sizeof(zt)));
-      copy_async(st + L.lam, lambda + n * D, D * static_cast<int64_t>(sizeof(zt)));
-      copy_async(st + L.base, base + n * ld, rows8 * static_cast<int64_t>(sizeof(zt)));
-      if (t > 0 && z != nullptr) copy_async(st + L.z, z + (n - 1) * ld, rows8 * static_cast<int64_t>(sizeof(zt)));
-    }
+    if (t < T) copy_token_operands<zt>(stage_mem + (t & 1) * L.total, L, h, bx, lambda, base, z, b * T + t, t, D, ld, rows8);
     copy_async_commit();
   };
   float state[CPT];
@@ -916,13 +922,8 @@ __global__ void __launch_bounds__(kChunkMaxThreads) fp_mixscan_chunked_kernel(
   // 1. The mix and the chunk's scan from a zero state.
   auto issue = [&](int64_t t) {  // token t's operands into stage (t − t0) mod 2, one commit group per token
     if (t < t1) {
-      char* st = stage_mem + ((t - t0) & 1) * L.total;
-      const int64_t n = b * T + t;
-      if (h != nullptr) copy_async(st + L.h, h + n * D, D * 4);
-      copy_async(st + L.bx, bx + n * D, D * static_cast<int64_t>(sizeof(zt)));
-      copy_async(st + L.lam, lambda + n * D, D * static_cast<int64_t>(sizeof(zt)));
-      copy_async(st + L.base, base + n * ld, rows8 * static_cast<int64_t>(sizeof(zt)));
-      if (t > 0 && z != nullptr) copy_async(st + L.z, z + (n - 1) * ld, rows8 * static_cast<int64_t>(sizeof(zt)));
+      copy_token_operands<zt>(stage_mem + ((t - t0) & 1) * L.total, L, h, bx, lambda, base, z, b * T + t, t, D, ld,
+                              rows8);
     }
     copy_async_commit();
   };
@@ -1058,18 +1059,19 @@ __global__ void __launch_bounds__(kChunkMaxThreads) fp_mixscan_chunked_kernel(
   __shared__ unsigned red[2][2][kChunkMaxThreads / 32];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
   double r_chunk = 0.0;
+  auto add_token_ratio = [&](int64_t i) {  // thread 0: token i's maxima over the warps, into r_chunk
+    unsigned dev = 0, mag = 0;
+    for (int w = 0; w < warps; ++w) {
+      dev = max(dev, red[i & 1][0][w]);
+      mag = max(mag, red[i & 1][1][w]);
+    }
+    const double q = static_cast<double>(__uint_as_float(dev)) / (static_cast<double>(__uint_as_float(mag)) + ctl.eps);
+    r_chunk = (q > r_chunk || isnan(q)) ? q : r_chunk;
+  };
   for (int64_t i = 0; i < t1 - t0; ++i) {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(kChunkSlots - 1) : "memory");  // token i's group has landed
     __syncthreads();
-    if (fused && threadIdx.x == 0 && i > 0) {  // the previous token's maxima, complete since the barrier
-      unsigned dev = 0, mag = 0;
-      for (int w = 0; w < warps; ++w) {
-        dev = max(dev, red[(i - 1) & 1][0][w]);
-        mag = max(mag, red[(i - 1) & 1][1][w]);
-      }
-      const double q = static_cast<double>(__uint_as_float(dev)) / (static_cast<double>(__uint_as_float(mag)) + ctl.eps);
-      r_chunk = (q > r_chunk || isnan(q)) ? q : r_chunk;
-    }
+    if (fused && threadIdx.x == 0 && i > 0) add_token_ratio(i - 1);  // complete since the barrier
     const char* sl = stage_mem + (i % kChunkSlots) * CL.slot;
     float hv[CPT], lv[CPT], v[CPT];
     if (live) {
@@ -1101,14 +1103,7 @@ __global__ void __launch_bounds__(kChunkMaxThreads) fp_mixscan_chunked_kernel(
   __shared__ bool is_last;
   if (threadIdx.x == 0) {
     if (fused) {
-      const int64_t i = t1 - t0 - 1;  // the last token's maxima
-      unsigned dev = 0, mag = 0;
-      for (int w = 0; w < warps; ++w) {
-        dev = max(dev, red[i & 1][0][w]);
-        mag = max(mag, red[i & 1][1][w]);
-      }
-      const double q = static_cast<double>(__uint_as_float(dev)) / (static_cast<double>(__uint_as_float(mag)) + ctl.eps);
-      r_chunk = (q > r_chunk || isnan(q)) ? q : r_chunk;
+      add_token_ratio(t1 - t0 - 1);  // the last token
       // r ≥ 0 or a NaN with the sign bit clear: as unsigned integers these order as the values, a NaN above +∞.
       atomicMax(ws.rmax + b, static_cast<unsigned long long>(__double_as_longlong(r_chunk)));
       __threadfence();
