@@ -465,6 +465,18 @@ TEST(FpStepCuda, TwoKernelPathMatchesTheReferenceMap) {
   }
 }
 
+// A fused kernel's iterate y, its rounded copy and residual maxima (state s) against fp_mix_cuda + fp_scan_cuda's
+// (y_ref, s_ref): the iterate and max |ŷ| at 1e-6, max |ŷ − h| at diff_tol, the copy equal to round(y), and no NaN
+// (the rows' pad, filled with NaN, must not have been read).
+void expect_same_iteration(const Tensor& y, const Tensor& low, const ops::DeviceSolverState& s, const Tensor& y_ref,
+                           const ops::DeviceSolverState& s_ref, double diff_tol, const std::string& what) {
+  expect_close(y.cpu(), y_ref.cpu(), 1e-6, "iterate, " + what);
+  EXPECT_TRUE(torch::equal(low, y.to(torch::kBFloat16).view(low.sizes()))) << "rounded copy, " << what;
+  expect_close(s.diff.cpu(), s_ref.diff.cpu(), diff_tol, "max |ŷ − h|, " + what);
+  expect_close(s.ymax.cpu(), s_ref.ymax.cpu(), 1e-6, "max |ŷ|, " + what);
+  EXPECT_TRUE(torch::isfinite(y).all().item<bool>()) << "the pad was read, " << what;
+}
+
 // The one-block-per-sample kernel against fp_mix_cuda + fp_scan_cuda: iterate, rounded copy and residual
 // maxima, for widths below, across and at several multiples of the block (1, 2 and 4 channels per thread),
 // both mixer forms, float32 and bfloat16 inputs, damped and undamped; and nothing written after the stop.
@@ -494,11 +506,7 @@ TEST(FpStepCuda, MixScanKernelMatchesTheTwoKernels) {
             ops::fp_mix_cuda(zc, bc, bxc, h, lc, v, r, "silu", 1e-6, sum_form, s1);
             ops::fp_scan_cuda(v, lc, h, y1, s1, &low1);
             ops::fp_mixscan_cuda(zc, bc, bxc, h, lc, y2, r, "silu", 1e-6, sum_form, s2, &low2);
-            expect_close(y2.cpu(), y1.cpu(), 1e-6, "iterate, " + what);
-            EXPECT_TRUE(torch::equal(low2, y2.to(torch::kBFloat16).view({B * T, D}))) << "rounded copy, " << what;
-            expect_close(s2.diff.cpu(), s1.diff.cpu(), 1e-6, "max |ŷ − h|, " + what);
-            expect_close(s2.ymax.cpu(), s1.ymax.cpu(), 1e-6, "max |ŷ|, " + what);
-            EXPECT_TRUE(torch::isfinite(y2).all().item<bool>()) << "the pad was read, " << what;
+            expect_same_iteration(y2, low2, s2, y1, s1, 1e-6, what);
           }
         }
       }
@@ -689,12 +697,8 @@ TEST(FpStepCuda, ChunkedMixScanMatchesTheTwoKernels) {
             ops::fp_mix_cuda(z, base, bx, h1, lambda, v, r, "silu", 1e-6, sum_form, s1);
             ops::fp_scan_cuda(v, lambda, h1, y1, s1, &low1);
             ops::fp_mixscan_chunked_cuda(z, base, bx, h2, lambda, y2, r, "silu", 1e-6, sum_form, s2, &low2);
-            expect_close(y2.cpu(), y1.cpu(), 1e-6, "iterate, " + at);
-            EXPECT_TRUE(torch::equal(low2, y2.to(torch::kBFloat16).view({B * T, D}))) << "rounded copy, " << at;
-            // |ŷ − h| shrinks as the calls converge, and with it the digits the two carries share.
-            expect_close(s2.diff.cpu(), s1.diff.cpu(), 2e-6, "max |ŷ − h|, " + at);
-            expect_close(s2.ymax.cpu(), s1.ymax.cpu(), 1e-6, "max |ŷ|, " + at);
-            EXPECT_TRUE(torch::isfinite(y2).all().item<bool>()) << "the pad was read, " << at;
+            // |ŷ − h| shrinks as the calls converge, and with it the digits the two carries share: 2e-6 for it.
+            expect_same_iteration(y2, low2, s2, y1, s1, 2e-6, at);
             if (call == 0) {  // the same call again: the same bits (the carry's order does not depend on timing)
               Tensor y3 = torch::empty_like(y2), low3 = torch::empty_like(low2);
               auto s3 = ops::make_device_solver_state(B, T, opt, torch::kCUDA);

@@ -1234,6 +1234,18 @@ const T* data_or_null(const torch::Tensor& t) {
   return t.defined() ? t.data_ptr<T>() : nullptr;
 }
 
+// f(pointer to the rounded copy's data): a null bfloat16 pointer without one (lowp false), else y_lowp's data as
+// bfloat16 or float16.
+template <typename F>
+void with_lowp_ptr(torch::Tensor* y_lowp, bool lowp, F&& f) {
+  if (!lowp)
+    f(static_cast<at::BFloat16*>(nullptr));
+  else if (y_lowp->scalar_type() == torch::kBFloat16)
+    f(y_lowp->data_ptr<at::BFloat16>());
+  else
+    f(y_lowp->data_ptr<at::Half>());
+}
+
 int64_t target_threads(const torch::Device& device) {
   int sms = 0, per_sm = 0;
   const int index = device.has_index() ? device.index() : c10::cuda::current_device();  // "cuda" = the current one
@@ -1369,12 +1381,7 @@ void fp_scan_cuda(const torch::Tensor& v, const torch::Tensor& lambda, const tor
           counters);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
-    if (!lowp)
-      launch(static_cast<at::BFloat16*>(nullptr));
-    else if (y_lowp->scalar_type() == torch::kBFloat16)
-      launch(y_lowp->data_ptr<at::BFloat16>());
-    else
-      launch(y_lowp->data_ptr<at::Half>());
+    with_lowp_ptr(y_lowp, lowp, launch);
   };
   if (lambda.scalar_type() == torch::kFloat32)
     run(lambda.data_ptr<float>());
@@ -1546,12 +1553,7 @@ void fp_mixscan_cuda(const torch::Tensor& z, const torch::Tensor& base, const to
         default: launch(lowp_ptr, std::integral_constant<int, 8>{}); break;
       }
     };
-    if (!lowp)
-      with_cpt(static_cast<at::BFloat16*>(nullptr));
-    else if (y_lowp->scalar_type() == torch::kBFloat16)
-      with_cpt(y_lowp->data_ptr<at::BFloat16>());
-    else
-      with_cpt(y_lowp->data_ptr<at::Half>());
+    with_lowp_ptr(y_lowp, lowp, with_cpt);
   });
 }
 
@@ -1629,12 +1631,7 @@ void fp_mixscan_chunked_cuda(const torch::Tensor& z, const torch::Tensor& base, 
           ac, static_cast<float>(eps), sum_form, state.counters.data_ptr<int64_t>(), ws, ctl);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
-    if (!lowp)
-      launch(static_cast<at::BFloat16*>(nullptr));
-    else if (y_lowp->scalar_type() == torch::kBFloat16)
-      launch(y_lowp->data_ptr<at::BFloat16>());
-    else
-      launch(y_lowp->data_ptr<at::Half>());
+    with_lowp_ptr(y_lowp, lowp, launch);
   });
 }
 
