@@ -385,7 +385,9 @@ Tensor FastStep::solve_device(const solver::SolverOptions& opt, int64_t check_ev
   const bool mixscan = ops::fp_mixscan_fits(B, T, D, in_.x.device());
   // Otherwise (few samples: the LM-like shape), one kernel over chunks of 8 tokens (the carry between them composed
   // from the earlier chunks' rows) where the rows fit it, else the mix and the chunked scan as two kernels.
-  const bool chunked = !mixscan && ops::fp_mixscan_chunked_fits(base, D, fp_cfg_.rank);
+  const auto aligned = [](const Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; };
+  const bool chunked = !mixscan && ops::fp_mixscan_chunked_fits(base, D, fp_cfg_.rank) && aligned(base) &&
+                       aligned(bx) && aligned(lambda);  // the buffers allocated here are (the allocator's are)
   Tensor v = mixscan || chunked ? Tensor() : torch::empty({B, T, D}, f32);
   Tensor z = torch::empty({B * T, w_h_t_.size(1)}, base.options());
   // In bfloat16 the scan also writes the new iterate rounded to bfloat16 into h_c, which the next
