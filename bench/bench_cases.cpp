@@ -21,6 +21,12 @@
 namespace fprnn::bench {
 namespace {
 
+// A named (batch, time, channels) shape of a GPU case.
+struct NamedShape {
+  std::string label;
+  int64_t B, T, D;
+};
+
 std::string shape_str(std::initializer_list<int64_t> s) {
   std::string out = "(";
   for (auto it = s.begin(); it != s.end(); ++it) out += (it == s.begin() ? "" : ", ") + std::to_string(*it);
@@ -100,11 +106,7 @@ std::vector<Row> bench_linrec(const Options& opts) {
 std::vector<Row> bench_conv(const Options& opts) {
   std::vector<Row> rows;
   const bool cuda = opts.device.is_cuda();
-  struct Shape {
-    std::string label;
-    int64_t B, T, C;
-  };
-  std::vector<Shape> shapes;
+  std::vector<NamedShape> shapes;
   if (opts.quick)
     shapes = {{"tiny", 2, 16, 64}};
   else if (cuda)
@@ -119,7 +121,7 @@ std::vector<Row> bench_conv(const Options& opts) {
   for (const auto& s : shapes) {
     torch::manual_seed(0);
     const auto o = torch::TensorOptions().dtype(dtype).device(opts.device);
-    const torch::Tensor x = torch::randn({s.B, s.T, s.C}, o);
+    const torch::Tensor x = torch::randn({s.B, s.T, s.D}, o);
     torch::Tensor dst = torch::empty_like(x);
     const double bytes1 = static_cast<double>(x.numel()) * x.element_size();
     const double copy_ms = time_ms([&] { dst.copy_(x); }, opts);
@@ -127,7 +129,7 @@ std::vector<Row> bench_conv(const Options& opts) {
     const auto add = [&](const std::string& what, double ms, double tensors, double err) {
       char check[96];
       std::snprintf(check, sizeof(check), "vs float64 reference, rms ratio %.1e (tolerance %.0e)", err, tol);
-      Row r = make_row("conv " + what + " " + s.label + " " + shape_str({s.B, s.T, s.C}) + dev, ms, "GB/s",
+      Row r = make_row("conv " + what + " " + s.label + " " + shape_str({s.B, s.T, s.D}) + dev, ms, "GB/s",
                        tensors * bytes1 / ms / 1e6, "memory copy (same run)", copy_ms, copy_gbs);
       r.ratio = r.value / copy_gbs;
       r.ratio_label = "fraction of copy GB/s";
@@ -136,7 +138,7 @@ std::vector<Row> bench_conv(const Options& opts) {
       rows.push_back(r);
     };
     if (!cuda) {
-      const torch::Tensor w = torch::randn({s.C, K}, o) * 0.5, b = torch::randn({s.C}, o) * 0.1;
+      const torch::Tensor w = torch::randn({s.D, K}, o) * 0.5, b = torch::randn({s.D}, o) * 0.1;
       const torch::Tensor g = torch::randn_like(x);
       if (opts.selected("conv fwd " + s.label)) {
         torch::Tensor y = ops::causal_conv1d_fwd_cpu(x, w, b, true);
@@ -152,7 +154,7 @@ std::vector<Row> bench_conv(const Options& opts) {
     }
     // The four convolutions of x.
     const int64_t n = 4;
-    const torch::Tensor w = torch::randn({n, s.C, K}, o) * 0.5, b = torch::randn({n, s.C}, o) * 0.1;
+    const torch::Tensor w = torch::randn({n, s.D, K}, o) * 0.5, b = torch::randn({n, s.D}, o) * 0.1;
     std::vector<torch::Tensor> gs;
     for (int64_t j = 0; j < n; ++j) gs.push_back(torch::randn_like(x));
     // dx of the reference: the sum of the n single-convolution dx; dweight of conv j compared too.
@@ -177,8 +179,8 @@ std::vector<Row> bench_conv(const Options& opts) {
       add("bwd x4", time_ms([&] { gr = ops::causal_conv1d_multi_bwd_cuda(gs, x, w, b, true); }, opts), 2 + n, err);
     }
     // The pair [x, z] of 2C channels.
-    const torch::Tensor z = torch::randn_like(x), wp = torch::randn({2 * s.C, K}, o) * 0.5,
-                        bp = torch::randn({2 * s.C}, o) * 0.1, gp = torch::randn({s.B, s.T, 2 * s.C}, o);
+    const torch::Tensor z = torch::randn_like(x), wp = torch::randn({2 * s.D, K}, o) * 0.5,
+                        bp = torch::randn({2 * s.D}, o) * 0.1, gp = torch::randn({s.B, s.T, 2 * s.D}, o);
     const torch::Tensor xz = torch::cat({x, z}, -1);
     if (opts.selected("conv fwd pair " + s.label)) {
       torch::Tensor y = ops::causal_conv1d_pair_fwd_cuda(x, z, wp, bp, true);
@@ -207,11 +209,7 @@ std::vector<Row> bench_mixscan(const Options& opts) {
     std::printf("  (GPU only: run with --device cuda)\n");
     return rows;
   }
-  struct Shape {
-    std::string label;
-    int64_t B, T, D;
-  };
-  std::vector<Shape> shapes;
+  std::vector<NamedShape> shapes;
   if (opts.quick)
     shapes = {{"tiny", 2, 40, 256}};
   else
