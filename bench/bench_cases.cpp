@@ -11,6 +11,7 @@
 #include "fprnn/ops/fp_step_cuda.h"
 #include "fprnn/ops/kronecker.h"
 #include "fprnn/ops/linrec.h"
+#include "fprnn/ops/mix_step.h"
 #include "fprnn/ops/residual.h"
 #include "fprnn/ops/selective_scan.h"
 #include "fprnn/ops/ssd.h"
@@ -271,6 +272,52 @@ std::vector<Row> bench_mixscan(const Options& opts) {
   (void)opts;
   std::printf("  (GPU only: this build has no CUDA kernels)\n");
 #endif
+  return rows;
+}
+
+// ---- mix_step backward (the differentiable step's mixer) ---------------------------------------------
+// The backward's 8-channels-per-thread row kernel (raw 16-byte aligned) against its block kernel (raw shifted by
+// one element) on the same tokens, Householder r = 1, bfloat16. Bytes: gy, bx, h, 1 − λ read and d bx, dh,
+// d(1 − λ) written (7·D per token), raw read and d raw written (2·ld), 2 bytes each.
+std::vector<Row> bench_mixstep(const Options& opts) {
+  std::vector<Row> rows;
+  if (!opts.device.is_cuda()) {
+    std::printf("  (GPU only: run with --device cuda)\n");
+    return rows;
+  }
+  std::vector<NamedShape> shapes;
+  if (opts.quick)
+    shapes = {{"tiny", 2, 40, 256}};
+  else
+    shapes = {{"A5", 512, 17, 1024}, {"LM-like", 8, 2048, 1536}};
+  const int64_t r = 1;
+  for (const auto& s : shapes) {
+    const std::string name = "mix_step backward " + s.label + " " + shape_str({s.B, s.T, s.D}) + " bfloat16";
+    if (!opts.selected(name)) continue;
+    torch::manual_seed(0);
+    const int64_t N = s.B * s.T, ld = (r * s.D + r + 7) / 8 * 8;
+    const auto bf = torch::TensorOptions().device(opts.device).dtype(torch::kBFloat16);
+    const torch::Tensor raw = torch::randn({N, ld}, bf);
+    torch::Tensor shifted = torch::zeros({N, ld + 8}, bf);
+    shifted.narrow(1, 1, ld).copy_(raw);
+    const torch::Tensor gy = torch::randn({N, s.D}, bf), bx = torch::randn({N, s.D}, bf), h = torch::randn({N, s.D}, bf);
+    const torch::Tensor oml = torch::rand({N, s.D}, bf);
+    const ops::MixStepSpec spec{r, "silu", 1e-6, false};
+    auto rows_out = ops::mix_step_bwd_cuda(gy, raw, bx, h, oml, spec);
+    auto block_out = ops::mix_step_bwd_cuda(gy, shifted.narrow(1, 1, ld), bx, h, oml, spec);
+    const double err = rms_ratio(std::get<1>(rows_out).to(torch::kFloat32), std::get<1>(block_out).to(torch::kFloat32));
+    const double ms = time_ms([&] { (void)ops::mix_step_bwd_cuda(gy, raw, bx, h, oml, spec); }, opts);
+    const double base_ms = time_ms([&] { (void)ops::mix_step_bwd_cuda(gy, shifted.narrow(1, 1, ld), bx, h, oml, spec); }, opts);
+    const double bytes = static_cast<double>(N) * (7.0 * s.D + 2.0 * ld) * 2.0;
+    Row row = make_row(name + ", row kernel", ms, "GB/s", bytes / ms / 1e6, "block kernel (same run)", base_ms,
+                       bytes / base_ms / 1e6);
+    row.ratio = ms / base_ms;
+    char check[96];
+    std::snprintf(check, sizeof(check), "d bx vs the block kernel, rms ratio %.1e (tolerance 1e-2)", err);
+    row.check_ok = err <= 1e-2;
+    row.check = check;
+    rows.push_back(row);
+  }
   return rows;
 }
 
@@ -848,6 +895,8 @@ std::vector<Case> all_cases() {
       {"conv", "the layer's short convolutions forward/backward (the device's kernels) against a memory copy", bench_conv},
       {"mixscan", "one iteration's mix + scan (GPU only): the chunked one-pass kernel against fp_mix + fp_scan",
        bench_mixscan},
+      {"mixstep", "the differentiable step's mixer backward (GPU only): the row kernel against the block kernel",
+       bench_mixstep},
       {"selective_scan", "Mamba-1 selective scan forward/backward (the device's kernel) against the same recurrence as ATen ops",
        bench_selective_scan},
       {"kronecker", "the fused Kronecker mixer op forward (and backward) against the ATen composite", bench_kronecker},

@@ -483,7 +483,10 @@ void expect_same_iteration(const Tensor& y, const Tensor& low, const ops::Device
 TEST(FpStepCuda, MixScanKernelMatchesTheTwoKernels) {
   FPRNN_REQUIRE_GPU();
   const auto f32 = torch::TensorOptions().dtype(torch::kFloat32).device(torch::kCUDA);
-  for (int64_t D : {24, 300, 1024}) {
+  // The staged kernel's blocks: D = 24 and 300 (1 and 2 channels per thread, 256 threads), 1024 and 2048 (8
+  // consecutive channels: 128 and 256 threads), 1020 (not a multiple of 8: 4 per thread in float32; its bfloat16
+  // rows are not 16-byte multiples, so the direct kernel).
+  for (int64_t D : {24, 300, 1020, 1024, 2048}) {
     for (int64_t r : {1, 2}) {
       const int64_t B = 3, T = 19, rows = r * D + r, ld = (rows + 7) / 8 * 8 + 8;
       const Tensor z = randn({B * T, ld}, 40, torch::kFloat32).cuda(), base = randn({B * T, ld}, 41, torch::kFloat32).cuda();

@@ -2,8 +2,8 @@
 // the float64 reference against the ATen composite (forward, and the composite's autograd gradients against the
 // reference's backward) and against finite differences, the clamped-norm branch, padding columns, argument
 // checks; on a GPU the CUDA kernels against the reference in float64, float32 and bfloat16 (1, 2, 4 and 8
-// channels per thread, ranks 1–4, both forms, every activation, a padded and strided raw whose pad is NaN), and
-// the autograd entry.
+// channels per thread, ranks 1–4, both forms, every activation, a padded and strided raw whose pad is NaN), the
+// backward's row kernel against its block kernel, and the autograd entry.
 #include "fprnn/ops/mix_step.h"
 #include "testing.h"
 
@@ -142,6 +142,39 @@ TEST(MixStepCuda, KernelsMatchTheReference) {
             expect_close(dh.cpu().to(torch::kFloat64), rh, bwd_tol(dtype), what + ": dh");
             expect_close(doml.cpu().to(torch::kFloat64), roml, bwd_tol(dtype), what + ": d oml");
           }
+        }
+      }
+    }
+  }
+}
+
+// The backward's two CUDA kernels on the same tokens: raw 16-byte aligned (the 8-channels-per-thread row kernel)
+// and shifted by one element (the block kernel): the same gradients to rounding (the dot products are summed in
+// another order), and the pad of d raw zero in both.
+TEST(MixStepCuda, BackwardRowKernelMatchesTheBlockKernel) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  for (const auto dtype : {torch::kFloat32, torch::kBFloat16}) {
+    for (const auto& [D, r] : std::vector<std::pair<int64_t, int64_t>>{{8, 1}, {1024, 1}, {1024, 4}, {2048, 2}}) {
+      for (bool sum_form : {false, true}) {
+        const MixStepSpec spec{r, "silu", 1e-6, sum_form};
+        const std::string what = spec_name(spec) + " D " + std::to_string(D) + " " + c10::toString(dtype);
+        const int64_t N = 37, ld = (r * D + r + 7) / 8 * 8;
+        const Args a = make_args(N, D, r, ld - (r * D + r), 70, dtype);
+        const auto opts = torch::TensorOptions().dtype(dtype).device(torch::kCUDA);
+        torch::Tensor wide = torch::zeros({N, ld + 8}, opts);
+        wide.narrow(1, 0, ld).copy_(a.raw);
+        torch::Tensor shifted = torch::zeros({N, ld + 8}, opts);
+        shifted.narrow(1, 1, ld).copy_(a.raw);
+        const torch::Tensor gy = randn({N, D}, 71, dtype).cuda(), bx = a.bx.cuda(), h = a.h.cuda(), oml = a.oml.cuda();
+        auto rows = mix_step_bwd_cuda(gy, wide.narrow(1, 0, ld), bx, h, oml, spec);
+        auto block = mix_step_bwd_cuda(gy, shifted.narrow(1, 1, ld), bx, h, oml, spec);
+        const char* names[] = {"d raw", "d bx", "dh", "d oml"};
+        const torch::Tensor got[] = {std::get<0>(rows), std::get<1>(rows), std::get<2>(rows), std::get<3>(rows)};
+        const torch::Tensor want[] = {std::get<0>(block), std::get<1>(block), std::get<2>(block), std::get<3>(block)};
+        for (int k = 0; k < 4; ++k)
+          expect_close(got[k].cpu().to(torch::kFloat64), want[k].cpu().to(torch::kFloat64), bwd_tol(dtype), what + ": " + names[k]);
+        if (ld > r * D + r) {
+          EXPECT_EQ(std::get<0>(rows).narrow(1, r * D + r, ld - (r * D + r)).abs().max().item<double>(), 0.0) << what;
         }
       }
     }

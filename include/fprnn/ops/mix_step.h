@@ -51,7 +51,9 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> mix_step_
     const torch::Tensor& oml, const MixStepSpec& spec);
 
 // CUDA kernels (mix_step_cuda.cu): raw (N, ld) as above, bx, h, oml, gy contiguous (N, D), D ≤ 2048, rank ≤ 16.
-// One thread block per token. Without CUDA they throw.
+// One thread block per token (the backward's block: D/8 threads of 8 consecutive channels where D, the row
+// strides and the pointers allow 16-byte vectors in float32 and bfloat16, else 256 threads). Without CUDA they
+// throw.
 torch::Tensor mix_step_fwd_cuda(const torch::Tensor& raw, const torch::Tensor& bx, const torch::Tensor& h,
                                 const torch::Tensor& oml, const MixStepSpec& spec);
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> mix_step_bwd_cuda(

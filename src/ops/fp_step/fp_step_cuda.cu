@@ -796,7 +796,8 @@ __device__ __forceinline__ void mixscan_token_rows(const char* st, const StageLa
 // no more. `ncu` then showed the walk issue-bound, not memory-bound (SM throughput 66 %, an instruction issued
 // on 72 % of the cycles, DRAM at 45 %: `results/h200/mixscan_rows/`), with one shared-memory load per operand
 // and two global stores per channel and token in the strided layout of mixscan_token; consecutive channels per
-// thread (mixscan_token_rows) load and store CPT at a time.
+// thread (mixscan_token_rows) load and store CPT at a time. The block has D/CPT threads rounded up to whole warps
+// (fp_mixscan_cuda picks CPT = 8 for D > 512 where D allows).
 template <typename zt, typename lt, int CPT>
 __global__ void __launch_bounds__(kThreads) fp_mixscan_staged_kernel(
     const zt* __restrict__ z, const zt* __restrict__ base, const zt* __restrict__ bx, const float* __restrict__ h,
@@ -1508,7 +1509,14 @@ void fp_mixscan_cuda(const torch::Tensor& z, const torch::Tensor& base, const to
   const int ac = parse_activation(mixer_ac);
   const FusedControl ctl = fused_control_of(state, control, B);
   auto stream = c10::cuda::getCurrentCUDAStream();
+  // Channels per thread: the strided kernel's thread k holds k + j·kThreads (j < cpt). The staged kernel's thread
+  // holds consecutive channels, 8 of them where D > 2·kThreads allows (D/8 threads, rounded up to whole warps):
+  // at the A5 shape (D = 1024) 128 threads of 8 channels took one graphed iteration from 89.9 to 85.7 µs against
+  // 256 threads of 4 (fewer instructions per channel in the issue-bound walk: one block sum, one stage wait and
+  // the maxima per 8 channels instead of per 4; results/h200/mixstep_rows/).
   const int cpt = D <= kThreads ? 1 : D <= 2 * kThreads ? 2 : D <= 4 * kThreads ? 4 : 8;
+  const int staged_cpt = D > 2 * kThreads && D % 8 == 0 ? 8 : cpt;
+  const int staged_threads = static_cast<int>(std::min<int64_t>(kThreads, (D / staged_cpt + 31) / 32 * 32));
   // The staged kernel copies whole rows in 16-byte pieces: every row and pointer 16-byte aligned, and two
   // stages in shared memory. Otherwise the kernel that reads global memory as it goes.
   const int64_t zsize = static_cast<int64_t>(base.element_size()), rows8 = (rank * D + rank + 7) / 8 * 8;
@@ -1516,10 +1524,10 @@ void fp_mixscan_cuda(const torch::Tensor& z, const torch::Tensor& base, const to
   const auto aligned = [](const torch::Tensor& t) {
     return !t.defined() || reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
   };
-  // It also writes CPT consecutive channels of y (and y_lowp) per thread, so those are 16-byte aligned and D is
-  // a multiple of CPT.
+  // It also writes staged_cpt consecutive channels of y (and y_lowp) per thread, so those are 16-byte aligned and
+  // D is a multiple of staged_cpt.
   const bool staged = (D * 4) % 16 == 0 && (D * zsize) % 16 == 0 && (ld * zsize) % 16 == 0 && rows8 <= ld &&
-                      D % cpt == 0 && aligned(z) && aligned(base) && aligned(bx) && aligned(h) && aligned(lambda) &&
+                      D % staged_cpt == 0 && aligned(z) && aligned(base) && aligned(bx) && aligned(h) && aligned(lambda) &&
                       aligned(y) && (!lowp || aligned(*y_lowp)) && 2 * layout.total <= 200 * 1024;
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, base.scalar_type(), "fp_mixscan_cuda", [&] {
     auto launch = [&](auto* lowp_ptr, auto cpt_tag) {
@@ -1531,7 +1539,7 @@ void fp_mixscan_cuda(const torch::Tensor& z, const torch::Tensor& base, const to
         const int smem = static_cast<int>(2 * layout.total);
         if (smem > 48 * 1024)
           C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-        kernel<<<static_cast<unsigned>(B), kThreads, smem, stream>>>(
+        kernel<<<static_cast<unsigned>(B), staged_threads, smem, stream>>>(
             zp, base.data_ptr<scalar_t>(), bx.data_ptr<scalar_t>(), data_or_null<float>(h), lambda.data_ptr<scalar_t>(),
             y.data_ptr<float>(), lowp_ptr, state.stepsize.data_ptr<double>(), state.diff.data_ptr<float>(),
             state.ymax.data_ptr<float>(), T, D, ld, rows8, static_cast<int>(rank), ac, static_cast<float>(eps),
@@ -1546,7 +1554,7 @@ void fp_mixscan_cuda(const torch::Tensor& z, const torch::Tensor& base, const to
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
     auto with_cpt = [&](auto* lowp_ptr) {
-      switch (cpt) {
+      switch (staged ? staged_cpt : cpt) {
         case 1: launch(lowp_ptr, std::integral_constant<int, 1>{}); break;
         case 2: launch(lowp_ptr, std::integral_constant<int, 2>{}); break;
         case 4: launch(lowp_ptr, std::integral_constant<int, 4>{}); break;
