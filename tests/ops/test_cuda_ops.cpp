@@ -55,8 +55,38 @@ TEST_P(LinrecCudaTest, FwdAndBwdMatchReference) {
 INSTANTIATE_TEST_SUITE_P(
     Shapes, LinrecCudaTest,
     ::testing::Combine(::testing::Values(ScanShape{1, 1, 1}, ScanShape{3, 17, 33}, ScanShape{2, 700, 5},
-                                         ScanShape{1, 4099, 7}, ScanShape{64, 17, 1024}),
+                                         ScanShape{1, 4099, 7}, ScanShape{64, 17, 1024}, ScanShape{2, 700, 6},
+                                         ScanShape{1, 4099, 8}),
                        ::testing::Values(torch::kFloat64, torch::kFloat32, torch::kBFloat16), ::testing::Bool()));
+
+// Two channels per thread (D even, pointers pair-aligned: bfloat16 and float32) against one (the same tensors
+// one element into their storage): bit for bit the same, forward and backward, one chunk (A5-like) and several
+// (long T, few channels).
+TEST(LinrecCuda, PairedChannelsAgreeBitwiseWithSingle) {
+  FPRNN_REQUIRE_GPU();
+  const auto shifted = [](const Tensor& t) {  // same values, data pointer one element past a pair boundary
+    Tensor buf = torch::empty({t.numel() + 2}, t.options());
+    Tensor view = buf.narrow(0, 1, t.numel()).view(t.sizes());
+    view.copy_(t);
+    return view;
+  };
+  for (const auto& sh : {ScanShape{64, 17, 1024}, ScanShape{2, 700, 6}}) {
+    for (auto dt : {torch::kFloat32, torch::kBFloat16}) {
+      for (bool reverse : {false, true}) {
+        const Tensor u = randn({sh.B, sh.T, sh.D}, 21).to(dt).cuda();
+        const Tensor c = torch::sigmoid(randn({sh.B, sh.T, sh.D}, 22) + 1.0).to(dt).cuda();
+        const Tensor g = randn({sh.B, sh.T, sh.D}, 23).to(dt).cuda();
+        const std::string what = "T " + std::to_string(sh.T) + " " + dtype_name(dt) + (reverse ? " reverse" : "");
+        const Tensor y2 = ops::linrec_fwd_cuda(u, c, reverse), y1 = ops::linrec_fwd_cuda(shifted(u), shifted(c), reverse);
+        EXPECT_TRUE(torch::equal(y2, y1)) << what << ": y";
+        const auto [du2, dc2] = ops::linrec_bwd_cuda(g, c, y2, reverse);
+        const auto [du1, dc1] = ops::linrec_bwd_cuda(shifted(g), shifted(c), shifted(y2), reverse);
+        EXPECT_TRUE(torch::equal(du2, du1)) << what << ": du";
+        EXPECT_TRUE(torch::equal(dc2, dc1)) << what << ": dc";
+      }
+    }
+  }
+}
 
 TEST(LinrecCuda, AutogradEntryMatchesCpu) {
   FPRNN_REQUIRE_GPU();
