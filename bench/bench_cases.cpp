@@ -198,6 +198,19 @@ std::vector<Row> bench_conv(const Options& opts) {
   return rows;
 }
 
+#ifdef FPRNN_WITH_CUDA
+// The shapes of the GPU-only kernel cases (mixscan, mixstep): the A5 and LM-like layers' (a tiny one with
+// --quick); none, with a note, off the GPU.
+std::vector<NamedShape> gpu_kernel_shapes(const Options& opts) {
+  if (!opts.device.is_cuda()) {
+    std::printf("  (GPU only: run with --device cuda)\n");
+    return {};
+  }
+  if (opts.quick) return {{"tiny", 2, 40, 256}};
+  return {{"A5", 512, 17, 1024}, {"LM-like", 8, 2048, 1536}};
+}
+#endif
+
 // ---- mixscan: one no-grad iteration's mixer and scan on the GPU -------------------------------------------
 // The device loop's ways of running the mix + scan of one iteration (Householder r = 1, bfloat16 operands, the
 // GEMM row z given): fp_mix_cuda + fp_scan_cuda (the baseline), the chunked one-pass kernel
@@ -206,17 +219,8 @@ std::vector<Row> bench_conv(const Options& opts) {
 std::vector<Row> bench_mixscan(const Options& opts) {
   std::vector<Row> rows;
 #ifdef FPRNN_WITH_CUDA
-  if (!opts.device.is_cuda()) {
-    std::printf("  (GPU only: run with --device cuda)\n");
-    return rows;
-  }
-  std::vector<NamedShape> shapes;
-  if (opts.quick)
-    shapes = {{"tiny", 2, 40, 256}};
-  else
-    shapes = {{"A5", 512, 17, 1024}, {"LM-like", 8, 2048, 1536}};
   const int64_t r = 1;
-  for (const auto& s : shapes) {
+  for (const auto& s : gpu_kernel_shapes(opts)) {
     torch::manual_seed(0);
     const int64_t rows8 = (r * s.D + r + 7) / 8 * 8;
     const auto o = torch::TensorOptions().device(opts.device);
@@ -281,17 +285,9 @@ std::vector<Row> bench_mixscan(const Options& opts) {
 // d(1 − λ) written (7·D per token), raw read and d raw written (2·ld), 2 bytes each.
 std::vector<Row> bench_mixstep(const Options& opts) {
   std::vector<Row> rows;
-  if (!opts.device.is_cuda()) {
-    std::printf("  (GPU only: run with --device cuda)\n");
-    return rows;
-  }
-  std::vector<NamedShape> shapes;
-  if (opts.quick)
-    shapes = {{"tiny", 2, 40, 256}};
-  else
-    shapes = {{"A5", 512, 17, 1024}, {"LM-like", 8, 2048, 1536}};
+#ifdef FPRNN_WITH_CUDA
   const int64_t r = 1;
-  for (const auto& s : shapes) {
+  for (const auto& s : gpu_kernel_shapes(opts)) {
     const std::string name = "mix_step backward " + s.label + " " + shape_str({s.B, s.T, s.D}) + " bfloat16";
     if (!opts.selected(name)) continue;
     torch::manual_seed(0);
@@ -318,6 +314,10 @@ std::vector<Row> bench_mixstep(const Options& opts) {
     row.check = check;
     rows.push_back(row);
   }
+#else
+  (void)opts;
+  std::printf("  (GPU only: this build has no CUDA kernels)\n");
+#endif
   return rows;
 }
 

@@ -1,5 +1,6 @@
 // Small device helpers shared by the CUDA kernels: the accumulation type of a storage type (float32 for
-// bfloat16, float16 and float32; float64 for float64), exp overloaded for both accumulation types, and the
+// bfloat16, float16 and float32; float64 for float64), exp overloaded for both accumulation types, aligned
+// VEC-element loads and stores (Vec), and the
 // pieces of the warp-per-token kernels (fp_step, mix_step): 8-channel chunk loads and stores, CPT-channel row
 // loads and stores (fp_step's mix + scan kernel, the convolutions), warp sums and a barrier over a token's warps,
 // 16-byte asynchronous copies into shared memory.
@@ -23,6 +24,27 @@ struct AccType<double> {
 
 __device__ __forceinline__ float ex(float v) { return expf(v); }
 __device__ __forceinline__ double ex(double v) { return exp(v); }
+
+// VEC consecutive elements of type T as one aligned access (16 bytes for 8 bfloat16 or 4 float32 values, 4 bytes
+// for 2 bfloat16), converted to or from the accumulation type A element by element (the gates, the diagonal
+// scan). p must be aligned to VEC elements.
+template <typename T, int VEC>
+struct alignas(sizeof(T) * VEC) Vec {
+  T v[VEC];
+};
+template <typename T, int VEC, typename A>
+__device__ __forceinline__ void load_vec(const T* p, A (&out)[VEC]) {
+  const Vec<T, VEC> v = *reinterpret_cast<const Vec<T, VEC>*>(p);
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) out[k] = static_cast<A>(v.v[k]);
+}
+template <typename T, int VEC, typename A>
+__device__ __forceinline__ void store_vec(T* p, const A (&in)[VEC]) {
+  Vec<T, VEC> v;
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) v.v[k] = static_cast<T>(in[k]);
+  *reinterpret_cast<Vec<T, VEC>*>(p) = v;
+}
 
 // Eight consecutive values from p (chunk c of a row covers elements 8c … 8c + 7) as floats: one 16-byte load for
 // bfloat16, two for float32 when `vec` (p 16-byte aligned and all eight inside the row), else element by element

@@ -66,33 +66,18 @@ __device__ __forceinline__ void gate_grad(A z, A c, A h, A gy, A w, A r, A coef,
   gate_grad_s(z, c, h, sigm(z), sigm(c), gy, w, r, coef, dw, dz, dc, dh);
 }
 
-template <typename T, int VEC>
-struct alignas(sizeof(T) * VEC) Vec {
-  T v[VEC];
-};
+using cuda_math::load_vec;
+using cuda_math::store_vec;
+using cuda_math::Vec;
 
-// VEC consecutive elements at p (aligned to VEC elements when VEC > 1) as accumulators.
-template <typename T, int VEC, typename A>
-__device__ __forceinline__ void load(const T* p, A (&out)[VEC]) {
-  const Vec<T, VEC> v = *reinterpret_cast<const Vec<T, VEC>*>(p);
-#pragma unroll
-  for (int k = 0; k < VEC; ++k) out[k] = static_cast<A>(v.v[k]);
-}
 template <typename T, int VEC, typename A>
 __device__ __forceinline__ void load_or_zero(const T* p, A (&out)[VEC]) {
   if (p == nullptr) {
 #pragma unroll
     for (int k = 0; k < VEC; ++k) out[k] = A(0);
   } else {
-    load<T, VEC, A>(p, out);
+    load_vec<T, VEC, A>(p, out);
   }
-}
-template <typename T, int VEC, typename A>
-__device__ __forceinline__ void store(T* p, const A (&in)[VEC]) {
-  Vec<T, VEC> v;
-#pragma unroll
-  for (int k = 0; k < VEC; ++k) v.v[k] = static_cast<T>(in[k]);
-  *reinterpret_cast<Vec<T, VEC>*>(p) = v;
 }
 
 template <typename A>
@@ -114,19 +99,19 @@ __global__ void __launch_bounds__(kThreads)
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t e = i * VEC, d = e % D;
     A vb[VEC], vx[VEC], vl[VEC], vbias[VEC], o_bx[VEC], o_lam[VEC], o_oml[VEC];
-    load<T, VEC, A>(b + e, vb);
-    load<T, VEC, A>(x + e, vx);
-    load<T, VEC, A>(l + e, vl);
-    load<T, VEC, A>(bias + d, vbias);
+    load_vec<T, VEC, A>(b + e, vb);
+    load_vec<T, VEC, A>(x + e, vx);
+    load_vec<T, VEC, A>(l + e, vl);
+    load_vec<T, VEC, A>(bias + d, vbias);
 #pragma unroll
     for (int k = 0; k < VEC; ++k) {
       o_bx[k] = vb[k] * sigm(vb[k]) * vx[k];
       o_lam[k] = sigm(vl[k] + vbias[k]);
       o_oml[k] = A(1) - o_lam[k];
     }
-    store<T, VEC, A>(bx + e, o_bx);
-    store<T, VEC, A>(lam + e, o_lam);
-    store<T, VEC, A>(oml + e, o_oml);
+    store_vec<T, VEC, A>(bx + e, o_bx);
+    store_vec<T, VEC, A>(lam + e, o_lam);
+    store_vec<T, VEC, A>(oml + e, o_oml);
   }
 }
 
@@ -144,9 +129,9 @@ __global__ void __launch_bounds__(kThreads)
     load_or_zero<T, VEC, A>(g_bx != nullptr ? g_bx + e : nullptr, gb);
     load_or_zero<T, VEC, A>(g_lam != nullptr ? g_lam + e : nullptr, gl);
     load_or_zero<T, VEC, A>(g_oml != nullptr ? g_oml + e : nullptr, go);
-    load<T, VEC, A>(b + e, vb);
-    load<T, VEC, A>(x + e, vx);
-    load<T, VEC, A>(lam + e, vlam);
+    load_vec<T, VEC, A>(b + e, vb);
+    load_vec<T, VEC, A>(x + e, vx);
+    load_vec<T, VEC, A>(lam + e, vlam);
 #pragma unroll
     for (int k = 0; k < VEC; ++k) {
       const A s = sigm(vb[k]);
@@ -154,9 +139,9 @@ __global__ void __launch_bounds__(kThreads)
       o_dx[k] = gb[k] * vb[k] * s;
       o_dl[k] = (gl[k] - go[k]) * vlam[k] * (A(1) - vlam[k]);
     }
-    store<T, VEC, A>(db + e, o_db);
-    store<T, VEC, A>(dx + e, o_dx);
-    store<T, VEC, A>(dl + e, o_dl);
+    store_vec<T, VEC, A>(db + e, o_db);
+    store_vec<T, VEC, A>(dx + e, o_dx);
+    store_vec<T, VEC, A>(dl + e, o_dl);
   }
 }
 
@@ -177,9 +162,9 @@ __global__ void __launch_bounds__(kWarps * 32)
     A ss = A(0);
     for (int64_t d = static_cast<int64_t>(lane) * VEC; d < D; d += 32 * VEC) {
       A vz[VEC], vc[VEC], vh[VEC];
-      load<T, VEC, A>(zn + d, vz);
-      load<T, VEC, A>(cn + d, vc);
-      load<T, VEC, A>(hn + d, vh);
+      load_vec<T, VEC, A>(zn + d, vz);
+      load_vec<T, VEC, A>(cn + d, vc);
+      load_vec<T, VEC, A>(hn + d, vh);
 #pragma unroll
       for (int k = 0; k < VEC; ++k) {
         const A g = gate(vz[k], vc[k], vh[k]);
@@ -190,13 +175,13 @@ __global__ void __launch_bounds__(kWarps * 32)
     const A r = A(1) / sqrt(ss / static_cast<A>(D) + static_cast<A>(eps));
     for (int64_t d = static_cast<int64_t>(lane) * VEC; d < D; d += 32 * VEC) {
       A vz[VEC], vc[VEC], vh[VEC], vw[VEC], out[VEC];
-      load<T, VEC, A>(zn + d, vz);
-      load<T, VEC, A>(cn + d, vc);
-      load<T, VEC, A>(hn + d, vh);
-      load<A, VEC, A>(w + d, vw);
+      load_vec<T, VEC, A>(zn + d, vz);
+      load_vec<T, VEC, A>(cn + d, vc);
+      load_vec<T, VEC, A>(hn + d, vh);
+      load_vec<A, VEC, A>(w + d, vw);
 #pragma unroll
       for (int k = 0; k < VEC; ++k) out[k] = vw[k] * gate(vz[k], vc[k], vh[k]) * r;
-      store<T, VEC, A>(y + n * D + d, out);
+      store_vec<T, VEC, A>(y + n * D + d, out);
     }
   }
 }
@@ -222,11 +207,11 @@ __global__ void __launch_bounds__(kWarps * 32)
     A ss = A(0), s = A(0);
     for (int64_t d = static_cast<int64_t>(lane) * VEC; d < D; d += 32 * VEC) {
       A vz[VEC], vc[VEC], vh[VEC], vg[VEC], vw[VEC];
-      load<T, VEC, A>(zn + d, vz);
-      load<T, VEC, A>(cn + d, vc);
-      load<T, VEC, A>(hn + d, vh);
-      load<T, VEC, A>(gn + d, vg);
-      load<A, VEC, A>(w + d, vw);
+      load_vec<T, VEC, A>(zn + d, vz);
+      load_vec<T, VEC, A>(cn + d, vc);
+      load_vec<T, VEC, A>(hn + d, vh);
+      load_vec<T, VEC, A>(gn + d, vg);
+      load_vec<A, VEC, A>(w + d, vw);
 #pragma unroll
       for (int k = 0; k < VEC; ++k) {
         const A g = gate(vz[k], vc[k], vh[k]);
@@ -240,11 +225,11 @@ __global__ void __launch_bounds__(kWarps * 32)
     const A coef = r * r * r * s / static_cast<A>(D);
     for (int64_t d = static_cast<int64_t>(lane) * VEC; d < D; d += 32 * VEC) {
       A vz[VEC], vc[VEC], vh[VEC], vg[VEC], vw[VEC], o_dz[VEC], o_dc[VEC], o_dh[VEC];
-      load<T, VEC, A>(zn + d, vz);
-      load<T, VEC, A>(cn + d, vc);
-      load<T, VEC, A>(hn + d, vh);
-      load<T, VEC, A>(gn + d, vg);
-      load<A, VEC, A>(w + d, vw);
+      load_vec<T, VEC, A>(zn + d, vz);
+      load_vec<T, VEC, A>(cn + d, vc);
+      load_vec<T, VEC, A>(hn + d, vh);
+      load_vec<T, VEC, A>(gn + d, vg);
+      load_vec<A, VEC, A>(w + d, vw);
       // This lane's VEC channels of the warp's dw row, as one vector (lanes 32·VEC·sizeof(A) bytes apart).
       Vec<A, VEC>& dw_ref = *reinterpret_cast<Vec<A, VEC>*>(dw + d);
       Vec<A, VEC> dwv = dw_ref;
@@ -252,9 +237,9 @@ __global__ void __launch_bounds__(kWarps * 32)
       for (int k = 0; k < VEC; ++k)
         gate_grad(vz[k], vc[k], vh[k], vg[k], vw[k], r, coef, dwv.v[k], o_dz[k], o_dc[k], o_dh[k]);
       dw_ref = dwv;
-      store<T, VEC, A>(dz + n * D + d, o_dz);
-      store<T, VEC, A>(dc + n * D + d, o_dc);
-      store<T, VEC, A>(dh + n * D + d, o_dh);
+      store_vec<T, VEC, A>(dz + n * D + d, o_dz);
+      store_vec<T, VEC, A>(dc + n * D + d, o_dc);
+      store_vec<T, VEC, A>(dh + n * D + d, o_dh);
     }
   }
   __syncthreads();
@@ -303,13 +288,13 @@ __global__ void __launch_bounds__(kMaxRowThreads)
   __shared__ A red[2][32];
   const int64_t d = static_cast<int64_t>(threadIdx.x) * VEC;
   A vw[VEC];
-  load<A, VEC, A>(w + d, vw);
+  load_vec<A, VEC, A>(w + d, vw);
   int parity = 0;
   for (int64_t n = blockIdx.x; n < N; n += gridDim.x, parity ^= 1) {
     A vz[VEC], vc[VEC], vh[VEC], g[VEC];
-    load<T, VEC, A>(z + n * ldz + d, vz);
-    load<T, VEC, A>(c + n * D + d, vc);
-    load<T, VEC, A>(h + n * D + d, vh);
+    load_vec<T, VEC, A>(z + n * ldz + d, vz);
+    load_vec<T, VEC, A>(c + n * D + d, vc);
+    load_vec<T, VEC, A>(h + n * D + d, vh);
     A ss = A(0);
 #pragma unroll
     for (int k = 0; k < VEC; ++k) {
@@ -322,7 +307,7 @@ __global__ void __launch_bounds__(kMaxRowThreads)
     A out[VEC];
 #pragma unroll
     for (int k = 0; k < VEC; ++k) out[k] = vw[k] * g[k] * r;
-    store<T, VEC, A>(y + n * D + d, out);
+    store_vec<T, VEC, A>(y + n * D + d, out);
   }
 }
 
@@ -339,16 +324,16 @@ __global__ void __launch_bounds__(kMaxRowThreads)
   __shared__ A red_ss[2][32], red_s[2][32];
   const int64_t d = static_cast<int64_t>(threadIdx.x) * VEC;
   A vw[VEC], dwacc[VEC];
-  load<A, VEC, A>(w + d, vw);
+  load_vec<A, VEC, A>(w + d, vw);
 #pragma unroll
   for (int k = 0; k < VEC; ++k) dwacc[k] = A(0);
   int parity = 0;
   for (int64_t n = blockIdx.x; n < N; n += gridDim.x, parity ^= 1) {
     A vz[VEC], vc[VEC], vh[VEC], vg[VEC];
-    load<T, VEC, A>(z + n * ldz + d, vz);
-    load<T, VEC, A>(c + n * D + d, vc);
-    load<T, VEC, A>(h + n * D + d, vh);
-    load<T, VEC, A>(gy + n * D + d, vg);
+    load_vec<T, VEC, A>(z + n * ldz + d, vz);
+    load_vec<T, VEC, A>(c + n * D + d, vc);
+    load_vec<T, VEC, A>(h + n * D + d, vh);
+    load_vec<T, VEC, A>(gy + n * D + d, vg);
     A ss = A(0), s = A(0), sgz[VEC], sgc[VEC];
 #pragma unroll
     for (int k = 0; k < VEC; ++k) {
@@ -365,11 +350,11 @@ __global__ void __launch_bounds__(kMaxRowThreads)
 #pragma unroll
     for (int k = 0; k < VEC; ++k)
       gate_grad_s(vz[k], vc[k], vh[k], sgz[k], sgc[k], vg[k], vw[k], r, coef, dwacc[k], o_dz[k], o_dc[k], o_dh[k]);
-    store<T, VEC, A>(dz + n * D + d, o_dz);
-    store<T, VEC, A>(dc + n * D + d, o_dc);
-    store<T, VEC, A>(dh + n * D + d, o_dh);
+    store_vec<T, VEC, A>(dz + n * D + d, o_dz);
+    store_vec<T, VEC, A>(dc + n * D + d, o_dc);
+    store_vec<T, VEC, A>(dh + n * D + d, o_dh);
   }
-  store<A, VEC, A>(partial + static_cast<int64_t>(blockIdx.x) * D + d, dwacc);
+  store_vec<A, VEC, A>(partial + static_cast<int64_t>(blockIdx.x) * D + d, dwacc);
 }
 
 // ---- column_sum --------------------------------------------------------------------------------------
@@ -393,7 +378,7 @@ __global__ void __launch_bounds__(kThreads)
   if (d < D) {
     for (int64_t n = r0 + warp; n < r1; n += kRowWarps) {
       A v[VEC];
-      load<T, VEC, A>(m + n * D + d, v);
+      load_vec<T, VEC, A>(m + n * D + d, v);
 #pragma unroll
       for (int k = 0; k < VEC; ++k) acc[k] += v[k];
     }

@@ -14,6 +14,7 @@
 // steps per thread), chunking to NC = 22 gives 270 k threads at ~126 µs of traffic.
 #include "fprnn/ops/linrec.h"
 
+#include "ops/cuda_math.cuh"
 #include "ops/linrec/linrec_common.h"
 
 #include <ATen/Dispatch.h>
@@ -38,26 +39,12 @@ constexpr int kThreads = 256;
 // 100 + 99 µs forward and 68 + 180 µs backward (summary + output), 3–5× their bytes' time.
 constexpr int kBatch = 8;
 
-// V consecutive channels of one step as one load or store (V = 2: 4 bytes in bfloat16, 8 in float32), so a
-// thread moves V channels per instruction; V = 1 is the plain element. The arithmetic per channel is the same
-// for any V (each channel's own scan, in the same order): the results are bitwise those of V = 1.
-template <typename scalar_t, int V>
-struct alignas(sizeof(scalar_t) * V) Pack {
-  scalar_t v[V];
-};
-template <int V, typename scalar_t, typename acc_t>
-__device__ __forceinline__ void load_pack(const scalar_t* p, acc_t (&out)[V]) {
-  const Pack<scalar_t, V> x = *reinterpret_cast<const Pack<scalar_t, V>*>(p);
-#pragma unroll
-  for (int j = 0; j < V; ++j) out[j] = static_cast<acc_t>(x.v[j]);
-}
-template <int V, typename scalar_t, typename acc_t>
-__device__ __forceinline__ void store_pack(scalar_t* p, const acc_t (&in)[V]) {
-  Pack<scalar_t, V> x;
-#pragma unroll
-  for (int j = 0; j < V; ++j) x.v[j] = static_cast<scalar_t>(in[j]);
-  *reinterpret_cast<Pack<scalar_t, V>*>(p) = x;
-}
+// A thread's V consecutive channels of one step are one load or store (cuda_math::Vec; V = 2: 4 bytes in
+// bfloat16, 8 in float32), so it moves V channels per instruction; V = 1 is the plain element. The arithmetic per
+// channel is the same for any V (each channel's own scan, in the same order): the results are bitwise those of
+// V = 1.
+using cuda_math::load_vec;
+using cuda_math::store_vec;
 
 // Threads the chip should have in flight (132 SMs × 2048 on an H200); read off the device at run time.
 int64_t target_threads() {
@@ -128,13 +115,13 @@ __global__ void __launch_bounds__(kThreads)
     for (int u = 0; u < kBatch; ++u) {
       const bool in = s0 + u < count;
       if (in && !(c_zero && s0 + u == 0)) {
-        load_pack<V>(cp + (s0 + u) * step, cv[u]);
+        load_vec<scalar_t, V>(cp + (s0 + u) * step, cv[u]);
       } else {
 #pragma unroll
         for (int j = 0; j < V; ++j) cv[u][j] = !in ? acc_t(1) : acc_t(0);
       }
       if (in) {
-        load_pack<V>(xp + (s0 + u) * step, xv[u]);
+        load_vec<scalar_t, V>(xp + (s0 + u) * step, xv[u]);
       } else {
 #pragma unroll
         for (int j = 0; j < V; ++j) xv[u][j] = acc_t(0);
@@ -204,20 +191,20 @@ __global__ void __launch_bounds__(kThreads)
     for (int u = 0; u < kBatch; ++u) {
       const bool in = s0 + u < count;
       if (in && !(c_zero && s0 + u == 0)) {
-        load_pack<V>(cp + (s0 + u) * step, cv[u]);
+        load_vec<scalar_t, V>(cp + (s0 + u) * step, cv[u]);
       } else {
 #pragma unroll
         for (int j = 0; j < V; ++j) cv[u][j] = acc_t(0);
       }
       if (in) {
-        load_pack<V>(xp + (s0 + u) * step, xv[u]);
+        load_vec<scalar_t, V>(xp + (s0 + u) * step, xv[u]);
       } else {
 #pragma unroll
         for (int j = 0; j < V; ++j) xv[u][j] = acc_t(0);
       }
       if constexpr (kBwd) {
         if (s0 + u < y_count) {
-          load_pack<V>(yp + (s0 + u) * step, yv[u]);
+          load_vec<scalar_t, V>(yp + (s0 + u) * step, yv[u]);
         } else {
 #pragma unroll
           for (int j = 0; j < V; ++j) yv[u][j] = acc_t(0);
@@ -234,8 +221,8 @@ __global__ void __launch_bounds__(kThreads)
         h[j] = cv[u][j] * h[j] + xv[u][j];
         if constexpr (kBwd) dcv[j] = h[j] * yv[u][j];
       }
-      store_pack<V>(op + u * step, h);
-      if constexpr (kBwd) store_pack<V>(a.dc + first_i + (s0 + u) * step, dcv);
+      store_vec<scalar_t, V>(op + u * step, h);
+      if constexpr (kBwd) store_vec<scalar_t, V>(a.dc + first_i + (s0 + u) * step, dcv);
     }
   }
 }
