@@ -46,6 +46,17 @@ constexpr int kBatch = 8;
 using cuda_math::load_vec;
 using cuda_math::store_vec;
 
+// The V values at p where `in`, else V copies of `fill` (steps past the chunk, the missing first coefficient).
+template <int V, typename scalar_t, typename acc_t>
+__device__ __forceinline__ void load_or_fill(bool in, const scalar_t* p, acc_t fill, acc_t (&out)[V]) {
+  if (in) {
+    load_vec<scalar_t, V>(p, out);
+  } else {
+#pragma unroll
+    for (int j = 0; j < V; ++j) out[j] = fill;
+  }
+}
+
 // Threads the chip should have in flight (132 SMs × 2048 on an H200); read off the device at run time.
 int64_t target_threads() {
   int device = 0;
@@ -114,18 +125,8 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int u = 0; u < kBatch; ++u) {
       const bool in = s0 + u < count;
-      if (in && !(c_zero && s0 + u == 0)) {
-        load_vec<scalar_t, V>(cp + (s0 + u) * step, cv[u]);
-      } else {
-#pragma unroll
-        for (int j = 0; j < V; ++j) cv[u][j] = !in ? acc_t(1) : acc_t(0);
-      }
-      if (in) {
-        load_vec<scalar_t, V>(xp + (s0 + u) * step, xv[u]);
-      } else {
-#pragma unroll
-        for (int j = 0; j < V; ++j) xv[u][j] = acc_t(0);
-      }
+      load_or_fill<V>(in && !(c_zero && s0 + u == 0), cp + (s0 + u) * step, !in ? acc_t(1) : acc_t(0), cv[u]);
+      load_or_fill<V>(in, xp + (s0 + u) * step, acc_t(0), xv[u]);
     }
 #pragma unroll
     for (int u = 0; u < kBatch; ++u) {
@@ -190,26 +191,9 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int u = 0; u < kBatch; ++u) {
       const bool in = s0 + u < count;
-      if (in && !(c_zero && s0 + u == 0)) {
-        load_vec<scalar_t, V>(cp + (s0 + u) * step, cv[u]);
-      } else {
-#pragma unroll
-        for (int j = 0; j < V; ++j) cv[u][j] = acc_t(0);
-      }
-      if (in) {
-        load_vec<scalar_t, V>(xp + (s0 + u) * step, xv[u]);
-      } else {
-#pragma unroll
-        for (int j = 0; j < V; ++j) xv[u][j] = acc_t(0);
-      }
-      if constexpr (kBwd) {
-        if (s0 + u < y_count) {
-          load_vec<scalar_t, V>(yp + (s0 + u) * step, yv[u]);
-        } else {
-#pragma unroll
-          for (int j = 0; j < V; ++j) yv[u][j] = acc_t(0);
-        }
-      }
+      load_or_fill<V>(in && !(c_zero && s0 + u == 0), cp + (s0 + u) * step, acc_t(0), cv[u]);
+      load_or_fill<V>(in, xp + (s0 + u) * step, acc_t(0), xv[u]);
+      if constexpr (kBwd) load_or_fill<V>(s0 + u < y_count, yp + (s0 + u) * step, acc_t(0), yv[u]);
     }
     scalar_t* op = a.out + first_i + s0 * step;
 #pragma unroll

@@ -1,5 +1,5 @@
 // CUDA kernels of mix_step (formulas and layout: include/fprnn/ops/mix_step.h). The forward in float32 and
-// bfloat16 runs the warp-per-token kernel at the end of this file, the backward there the row kernel (8
+// bfloat16 runs the warp-per-token kernel at the end of this file, the backward the row kernel below (8
 // consecutive channels per thread) where rows are 16-byte aligned; everything else one block of 256 threads per
 // token: thread k holds channels d = k + j·256 (j < CPT ≤ 8) of every per-channel vector in registers, so each
 // reflection costs one block reduction forward (‖a_i‖², a_iᵀw) and one more backward (u_iᵀg). The backward
