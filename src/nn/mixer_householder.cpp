@@ -44,9 +44,8 @@ std::pair<std::vector<Tensor>, Tensor> HouseholderMixerImpl::padded_projection(t
   Linear& a = alpha_proj->stages.front();
   const int64_t rows = raw_size(), padded = (rows + 7) / 8 * 8;
   const auto opt = torch::TensorOptions().dtype(dtype).device(device);
-  std::vector<Tensor> b{torch::zeros({rank * n}, opt), a->bias.to(opt)};
-  if (padded > rows) b.push_back(torch::zeros({padded - rows}, opt));
-  const Tensor bias = torch::cat(b, 0);
+  // [0 (r·n), alpha's bias (r), 0 (pad)]: one cast and one pad (whose backward is a view of the gradient).
+  const Tensor bias = at::constant_pad_nd(a->bias.to(opt), {rank * n, padded - rows});
   const Tensor& pv = u->weight_norm ? u->weight_v : u->weight_plain;
   const auto pt = pv.scalar_type();
   if (u->weight_norm == a->weight_norm && pv.device() == device && (pt == torch::kFloat32 || pt == torch::kFloat64)) {

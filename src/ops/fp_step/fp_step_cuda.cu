@@ -65,27 +65,23 @@ __device__ __forceinline__ float2 block_sum2(float a, float b, float* scratch, i
     buf[32 + warp] = b;
   }
   __syncthreads();
+  // The partial sums read four at a time where they come in fours (a quarter of the shared-memory loads), added
+  // in the same order as one at a time.
   float ra = 0.0f, rb = 0.0f;
-  if (warps == kThreads / 32) {
-    // The usual block: the partial sums read four at a time (a quarter of the shared-memory loads), added in
-    // the same order as the loop below.
-    static_assert(kThreads % 128 == 0, "block_sum2 reads the warps' sums in groups of four");
-#pragma unroll
-    for (int w = 0; w < kThreads / 32; w += 4) {
-      const float4 pa = *reinterpret_cast<const float4*>(buf + w);
-      const float4 pb = *reinterpret_cast<const float4*>(buf + 32 + w);
-      ra += pa.x;
-      ra += pa.y;
-      ra += pa.z;
-      ra += pa.w;
-      rb += pb.x;
-      rb += pb.y;
-      rb += pb.z;
-      rb += pb.w;
-    }
-    return make_float2(ra, rb);
+  int w = 0;
+  for (; w + 4 <= warps; w += 4) {
+    const float4 pa = *reinterpret_cast<const float4*>(buf + w);
+    const float4 pb = *reinterpret_cast<const float4*>(buf + 32 + w);
+    ra += pa.x;
+    ra += pa.y;
+    ra += pa.z;
+    ra += pa.w;
+    rb += pb.x;
+    rb += pb.y;
+    rb += pb.z;
+    rb += pb.w;
   }
-  for (int w = 0; w < warps; ++w) {
+  for (; w < warps; ++w) {
     ra += buf[w];
     rb += buf[32 + w];
   }
@@ -680,10 +676,17 @@ __device__ __forceinline__ void copy_token_operands(char* st, const StageLayout&
 // The mixer part of one token from its stage (`st`; `has_z`: whether it holds the previous token's GEMM row), for
 // thread k's consecutive channels [c0, c0 + CPT), c0 = CPT·k (`live`: c0 < D): w = Q(raw)(b⊙x − h) and the iterate
 // hv (zeros without h), each operand one 16-byte (or CPT-element) shared-memory load.
-template <typename zt, int CPT>
+struct NoOp {
+  __device__ void operator()() const {}
+};
+
+// `after_first_sum` runs right after the first block sum, when every thread of the block has finished the tokens
+// before this one (the staged kernel then reuses the previous token's stage).
+template <typename zt, int CPT, typename F = NoOp>
 __device__ __forceinline__ void mix_token_rows(const char* st, const StageLayout& L, bool has_h, bool has_z, bool live,
                                                int c0, float (&w)[CPT], float (&hv)[CPT], int D, int r, int ac,
-                                               float eps, bool sum_form, float* scratch, int& reductions) {
+                                               float eps, bool sum_form, float* scratch, int& reductions,
+                                               F&& after_first_sum = F{}) {
   const zt* bn = reinterpret_cast<const zt*>(st + L.base);
   const zt* zp = reinterpret_cast<const zt*>(st + L.z);
   float delta[CPT];
@@ -715,6 +718,7 @@ __device__ __forceinline__ void mix_token_rows(const char* st, const StageLayout
       for (int j = 0; j < CPT; ++j) a[j] = 0.0f;
     }
     const float2 sums = block_sum2(uu, uw, scratch, reductions++);
+    if (i == 0) after_first_sum();
     const float inv = 1.0f / fmaxf(sqrtf(sums.x), eps);  // u = a / max(‖a‖, eps)
     const int ia = r * D + i;
     const float raw_alpha = static_cast<float>(bn[ia]) + (has_z ? static_cast<float>(zp[ia]) : 0.0f);
@@ -771,16 +775,18 @@ __device__ __forceinline__ void scan_token_rows(bool live, int c0, const float (
 // of the shared-memory loads and global stores of the strided layout at CPT = 4, for the same per-element
 // arithmetic (the block sums add the channels in another order). `st`: the token's stage; `has_z`: whether it
 // holds the previous token's GEMM row.
-template <typename zt, typename lt, int CPT>
+template <typename zt, typename lt, int CPT, typename F = NoOp>
 __device__ __forceinline__ void mixscan_token_rows(const char* st, const StageLayout& L, bool has_h, bool has_z,
                                                    float (&state)[CPT],
                                                    float s_b, float* __restrict__ yn, lt* __restrict__ yln,
                                                    unsigned* diff_n, unsigned* ymax_n, int D, int r, int ac, float eps,
-                                                   bool sum_form, float* scratch, int& reductions) {
+                                                   bool sum_form, float* scratch, int& reductions,
+                                                   F&& after_first_sum = F{}) {
   const int c0 = static_cast<int>(threadIdx.x) * CPT;
   const bool live = c0 < D;
   float w[CPT], hv[CPT], lv[CPT], v[CPT];
-  mix_token_rows<zt, CPT>(st, L, has_h, has_z, live, c0, w, hv, D, r, ac, eps, sum_form, scratch, reductions);
+  mix_token_rows<zt, CPT>(st, L, has_h, has_z, live, c0, w, hv, D, r, ac, eps, sum_form, scratch, reductions,
+                          after_first_sum);
   if (live) {
     load_row<CPT>(reinterpret_cast<const zt*>(st + L.lam) + c0, lv);
 #pragma unroll
@@ -790,14 +796,19 @@ __device__ __forceinline__ void mixscan_token_rows(const char* st, const StageLa
 }
 
 // The same walk with the operands staged: while token t is mixed and scanned from shared memory, the copies of
-// token t + 1's operands are in flight (two stages, cp.async), so the walk is no longer a chain of
-// global-memory round trips. Needs 16-byte aligned rows and D a multiple of CPT (see fp_mixscan_cuda). At the
-// A5 shape this took the kernel from 78 µs (operands prefetched into registers) to 75 µs, and four stages gave
-// no more. `ncu` then showed the walk issue-bound, not memory-bound (SM throughput 66 %, an instruction issued
-// on 72 % of the cycles, DRAM at 45 %: `results/h200/mixscan_rows/`), with one shared-memory load per operand
-// and two global stores per channel and token in the strided layout of mixscan_token; consecutive channels per
+// token t + 1's operands are in flight (two stages), so the walk is no longer a chain of global-memory round
+// trips. Needs 16-byte aligned rows and D a multiple of CPT (see fp_mixscan_cuda). At the A5 shape this took the
+// kernel from 78 µs (operands prefetched into registers) to 75 µs; three and four stages gave no more (also with
+// 8 channels per thread: 53 µs at 2, 3 and 4 stages, results/h200/mixscan_bulk/). Consecutive channels per
 // thread (mixscan_token_rows) load and store CPT at a time. The block has D/CPT threads rounded up to whole warps
 // (fp_mixscan_cuda picks CPT = 8 for D > 512 where D allows).
+//
+// `ncu` at 8 channels per thread (results/h200/mixscan_bulk/): an instruction issued on 54 % of the cycles with
+// four warps per scheduler, DRAM at 56 %, about 760 instructions per warp and token, some 140 of them each
+// thread's share of the 16-byte cp.async copies (address arithmetic and loop control for five rows). On sm_90
+// the copy engine takes those over: thread 0 issues one bulk copy per row, completing on the stage's mbarrier,
+// which every thread waits on; and with the stage's reuse moved behind the token's first block sum (by then
+// every thread has finished the token before), the walk has one barrier per token instead of two.
 template <typename zt, typename lt, int CPT>
 __global__ void __launch_bounds__(kThreads) fp_mixscan_staged_kernel(
     const zt* __restrict__ z, const zt* __restrict__ base, const zt* __restrict__ bx, const float* __restrict__ h,
@@ -811,25 +822,61 @@ __global__ void __launch_bounds__(kThreads) fp_mixscan_staged_kernel(
   const StageLayout L(D, rows8, sizeof(zt));
   const int64_t b = blockIdx.x;
   const float s_b = static_cast<float>(stepsize[b]);
-  // Token t's operands go to stage t mod 2, one commit group per token.
+  float state[CPT];
+#pragma unroll
+  for (int j = 0; j < CPT; ++j) state[j] = 0.0f;
+  auto token = [&](int64_t t, auto&& after_first_sum) {
+    const int64_t n = b * T + t;
+    mixscan_token_rows<zt, lt, CPT>(stage_mem + (t & 1) * L.total, L, h != nullptr, t > 0 && z != nullptr, state, s_b,
+                                    y + n * D, y_lowp != nullptr ? y_lowp + n * D : nullptr,
+                                    reinterpret_cast<unsigned*>(diff) + n, reinterpret_cast<unsigned*>(ymax) + n,
+                                    static_cast<int>(D), r, ac, eps, sum_form, scratch, reductions, after_first_sum);
+  };
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  __shared__ __align__(8) uint64_t full[2];  // stage s's barrier: its token's bytes have landed
+  if (threadIdx.x == 0) {
+    cuda_math::mbarrier_init(&full[0], 1);
+    cuda_math::mbarrier_init(&full[1], 1);
+    cuda_math::mbarrier_init_fence();
+  }
+  __syncthreads();
+  // Token t's rows into stage t mod 2, by thread 0: h (unless the zero iterate), b⊙x, λ, the parameter row and,
+  // for t > 0, the previous token's GEMM row (unless z is the zero iterate's).
+  auto issue = [&](int64_t t) {
+    if (threadIdx.x != 0 || t >= T) return;
+    char* st = stage_mem + (t & 1) * L.total;
+    uint64_t* bar = &full[t & 1];
+    const int64_t n = b * T + t;
+    const bool zrow = t > 0 && z != nullptr;
+    const unsigned row_bytes = static_cast<unsigned>(D * sizeof(zt)), par_bytes = static_cast<unsigned>(rows8 * sizeof(zt));
+    const unsigned h_bytes = h != nullptr ? static_cast<unsigned>(D * 4) : 0u;
+    cuda_math::mbarrier_arrive_expect(&full[t & 1], h_bytes + 2 * row_bytes + (zrow ? 2 : 1) * par_bytes);
+    if (h != nullptr) cuda_math::bulk_copy(st + L.h, h + n * D, h_bytes, bar);
+    cuda_math::bulk_copy(st + L.bx, bx + n * D, row_bytes, bar);
+    cuda_math::bulk_copy(st + L.lam, lambda + n * D, row_bytes, bar);
+    cuda_math::bulk_copy(st + L.base, base + n * ld, par_bytes, bar);
+    if (zrow) cuda_math::bulk_copy(st + L.z, z + (n - 1) * ld, par_bytes, bar);
+  };
+  issue(0);
+  for (int64_t t = 0; t < T; ++t) {
+    cuda_math::mbarrier_wait(&full[t & 1], static_cast<unsigned>((t >> 1) & 1));  // token t's rows have landed
+    // Token t + 1 goes into token t − 1's stage, once every thread is done with it: after token t's first block sum.
+    token(t, [&] { issue(t + 1); });
+  }
+#else
+  // Before sm_90: every thread copies its share of the rows in 16-byte pieces (cp.async), one commit group per token.
   auto issue = [&](int64_t t) {
     if (t < T) copy_token_operands<zt>(stage_mem + (t & 1) * L.total, L, h, bx, lambda, base, z, b * T + t, t, D, ld, rows8);
     copy_async_commit();
   };
-  float state[CPT];
-#pragma unroll
-  for (int j = 0; j < CPT; ++j) state[j] = 0.0f;
   issue(0);
   for (int64_t t = 0; t < T; ++t) {
     copy_async_wait_all();  // this thread's copies of token t have landed
     __syncthreads();        // everyone's have, and everyone is done with token t − 1's stage
     issue(t + 1);           // into token t − 1's stage
-    const int64_t n = b * T + t;
-    mixscan_token_rows<zt, lt, CPT>(stage_mem + (t & 1) * L.total, L, h != nullptr, t > 0 && z != nullptr, state, s_b,
-                                    y + n * D, y_lowp != nullptr ? y_lowp + n * D : nullptr,
-                                    reinterpret_cast<unsigned*>(diff) + n, reinterpret_cast<unsigned*>(ymax) + n,
-                                    static_cast<int>(D), r, ac, eps, sum_form, scratch, reductions);
+    token(t, NoOp{});
   }
+#endif
   if (ctl.counters != nullptr) fused_control(b, T, diff, ymax, ctl);
 }
 
@@ -1199,6 +1246,25 @@ __global__ void __launch_bounds__(kControllerThreads)
   if (threadIdx.x == 0) finish_iteration(all, counters, B, quantile, threshold, stepsize_thresh, max_iter);
 }
 
+// make_device_solver_state's initial values in one launch: best and last residuals +∞, every sample's step size
+// and patience, the counters [iterations, active, blocks done] = [0, 1, 0], and the residual maxima 0.
+__global__ void init_solver_state_kernel(double* best, double* last, double* stepsize, double step0, int64_t* patience,
+                                         int64_t patience0, int64_t* counters, float* diff, float* ymax, int64_t B,
+                                         int64_t BT) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < B) {
+    best[i] = std::numeric_limits<double>::infinity();
+    last[i] = std::numeric_limits<double>::infinity();
+    stepsize[i] = step0;
+    patience[i] = patience0;
+  }
+  if (i < 3) counters[i] = i == 1 ? 1 : 0;
+  if (i < BT) {
+    diff[i] = 0.0f;
+    ymax[i] = 0.0f;
+  }
+}
+
 void check_f32(const torch::Tensor& t, const char* name, c10::IntArrayRef sizes) {
   TORCH_CHECK(t.is_cuda() && t.is_contiguous() && t.scalar_type() == torch::kFloat32 && t.sizes() == sizes,
               "fp_step_cuda: ", name, " must be a contiguous float32 CUDA tensor of sizes ", sizes, ", got ",
@@ -1262,18 +1328,24 @@ DeviceSolverState make_device_solver_state(int64_t B, int64_t T, const DeviceSol
   TORCH_CHECK(device.is_cuda(), "fp_step_cuda: the device solver needs a CUDA device");
   TORCH_CHECK(B > 0 && T > 0, "fp_step_cuda: empty batch");
   TORCH_CHECK(opt.max_iter > 0, "fp_step_cuda: max_iter must be positive");
+  const c10::cuda::CUDAGuard guard(device);
   const auto f64 = torch::TensorOptions().dtype(torch::kFloat64).device(device);
   DeviceSolverState s;
-  s.best = torch::full({B}, std::numeric_limits<double>::infinity(), f64);
-  s.last = torch::full({B}, std::numeric_limits<double>::infinity(), f64);
-  s.stepsize = torch::full({B}, opt.stepsize, f64);
-  s.patience = torch::full({B}, opt.decay_patience, f64.dtype(torch::kInt64));
-  // [iterations, active, blocks done] = [0, 1, 0], filled on the device: a host-to-device copy would be illegal
-  // while the stream is being captured into a CUDA graph.
-  s.counters = torch::zeros({3}, f64.dtype(torch::kInt64));
-  s.counters.narrow(0, 1, 1).fill_(1);
-  s.diff = torch::zeros({B, T}, f64.dtype(torch::kFloat32));
-  s.ymax = torch::zeros({B, T}, f64.dtype(torch::kFloat32));
+  s.best = torch::empty({B}, f64);
+  s.last = torch::empty({B}, f64);
+  s.stepsize = torch::empty({B}, f64);
+  s.patience = torch::empty({B}, f64.dtype(torch::kInt64));
+  s.counters = torch::empty({3}, f64.dtype(torch::kInt64));
+  s.diff = torch::empty({B, T}, f64.dtype(torch::kFloat32));
+  s.ymax = torch::empty({B, T}, f64.dtype(torch::kFloat32));
+  // Filled on the device by one kernel (eight ATen fills cost ≈ 15 µs of a graphed A5 step); a host-to-device
+  // copy would be illegal while the stream is being captured into a CUDA graph.
+  const int64_t n = std::max<int64_t>(B * T, 3);
+  init_solver_state_kernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
+      s.best.data_ptr<double>(), s.last.data_ptr<double>(), s.stepsize.data_ptr<double>(), opt.stepsize,
+      s.patience.data_ptr<int64_t>(), opt.decay_patience, s.counters.data_ptr<int64_t>(), s.diff.data_ptr<float>(),
+      s.ymax.data_ptr<float>(), B, B * T);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
   return s;
 }
 
