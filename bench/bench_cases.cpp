@@ -744,7 +744,7 @@ std::vector<Row> bench_train_step(const Options& opts) {
 // 56 TFLOP/s fp32.
 std::string iteration_note(int64_t N, int64_t D, int64_t r, torch::Dtype dtype, double ms_per_iter) {
   const double s = dtype == torch::kBFloat16 ? 2.0 : 4.0;
-  const double R = static_cast<double>((r * D + r + 7) / 8 * 8);
+  const double R = static_cast<double>(nn::padded_projection_rows(r * D + r));  // the GEMM's padded width
   const double n = static_cast<double>(N), d = static_cast<double>(D);
   const double bytes = n * d * s + R * d * s + 2 * n * R * s + 4 * n * d + 2 * n * d * s + (4 + s) * n * d;
   const double flops = 2 * n * d * R;

@@ -269,9 +269,9 @@ FastStep::FastStep(FPRNNLayerImpl& layer, const FPRNNLayerImpl::Inputs& in)
     Tensor bias0 = torch::cat(b0, 0);
     if (device_loop_) {
       // r·D + r rows (1025 for D = 1024, r = 1) make cuBLAS fall back to unaligned kernels at several times
-      // the cost of aligned ones; zero rows up to a multiple of 8 keep every GEMM of the loop aligned. The
-      // device kernels take the padded width as their leading dimension and never read the pad.
-      const int64_t rows = W0.size(0), padded = (rows + 7) / 8 * 8;
+      // the cost of aligned ones; zero rows up to padded_projection_rows keep every GEMM of the loop aligned.
+      // The device kernels take the padded width as their leading dimension and never read the pad.
+      const int64_t rows = W0.size(0), padded = padded_projection_rows(rows);
       if (padded != rows) {
         W0 = torch::cat({W0, torch::zeros({padded - rows, W0.size(1)}, W0.options())}, 0);
         bias0 = torch::cat({bias0, torch::zeros({padded - rows}, bias0.options())}, 0);

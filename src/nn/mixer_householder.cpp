@@ -34,6 +34,13 @@ HouseholderMixerImpl::HouseholderMixerImpl(int64_t in_features, int64_t n, int64
   alpha_proj = register_module("alpha_proj", Projection(in_features, rank, -1, /*bias=*/true, weight_norm));
 }
 
+int64_t padded_projection_rows(int64_t rows) {
+  // 16 rather than 8: at the A5 shape (1025 rows) cuBLAS's iteration GEMM takes 1040 columns faster than 1032
+  // (29.6 against 31.6 µs back to back, results/h200/mixscan_rows/gemm_shapes.txt; the graphed A5 17-iteration
+  // row 2.811 → 2.798 ms, LM-like 5 iterations unchanged: results/h200/mixscan_bulk/ab_variant_pad.txt).
+  return (rows + 15) / 16 * 16;
+}
+
 std::pair<std::vector<Tensor>, Tensor> HouseholderMixerImpl::padded_projection(torch::Dtype dtype,
                                                                              const torch::Device& device,
                                                                              int64_t blocks) {
@@ -42,7 +49,7 @@ std::pair<std::vector<Tensor>, Tensor> HouseholderMixerImpl::padded_projection(t
   // cuBLAS fall back to unaligned kernels, forward and backward, at several times the cost of the aligned GEMM.
   Linear& u = u_proj->stages.front();
   Linear& a = alpha_proj->stages.front();
-  const int64_t rows = raw_size(), padded = (rows + 7) / 8 * 8;
+  const int64_t rows = raw_size(), padded = padded_projection_rows(rows);
   const auto opt = torch::TensorOptions().dtype(dtype).device(device);
   // [0 (r·n), alpha's bias (r), 0 (pad)]: one cast and one pad (whose backward is a view of the gradient).
   const Tensor bias = at::constant_pad_nd(a->bias.to(opt), {rank * n, padded - rows});

@@ -509,7 +509,8 @@ void expect_same_iteration(const Tensor& y, const Tensor& low, const ops::Device
 
 // The one-block-per-sample kernel against fp_mix_cuda + fp_scan_cuda: iterate, rounded copy and residual
 // maxima, for widths below, across and at several multiples of the block (1, 2 and 4 channels per thread),
-// both mixer forms, float32 and bfloat16 inputs, damped and undamped; and nothing written after the stop.
+// both mixer forms, float32 and bfloat16 inputs, damped and undamped, every activation for one reflection in
+// product form (the staged kernel's compile-time variants); and nothing written after the stop.
 TEST(FpStepCuda, MixScanKernelMatchesTheTwoKernels) {
   FPRNN_REQUIRE_GPU();
   const auto f32 = torch::TensorOptions().dtype(torch::kFloat32).device(torch::kCUDA);
@@ -526,20 +527,26 @@ TEST(FpStepCuda, MixScanKernelMatchesTheTwoKernels) {
       const Tensor lambda = torch::sigmoid(randn({B, T, D}, 44, torch::kFloat32)).cuda();
       for (bool sum_form : {false, true}) {
         for (auto dtype : {torch::kFloat32, torch::kBFloat16}) {
-          for (double step : {1.0, 0.7}) {
-            const std::string what = "D " + std::to_string(D) + " r " + std::to_string(r) + " sum_form " +
-                                     std::to_string(sum_form) + " " + dtype_name(dtype) + " step " + std::to_string(step);
-            ops::DeviceSolverOptions opt;
-            opt.stepsize = step;
-            auto s1 = ops::make_device_solver_state(B, T, opt, torch::kCUDA);
-            auto s2 = ops::make_device_solver_state(B, T, opt, torch::kCUDA);
-            const Tensor zc = z.to(dtype), bc = base.to(dtype), bxc = bx.to(dtype), lc = lambda.to(dtype);
-            Tensor v = torch::empty({B, T, D}, f32), y1 = torch::empty({B, T, D}, f32), y2 = torch::empty({B, T, D}, f32);
-            Tensor low1 = torch::empty({B * T, D}, f32.dtype(torch::kBFloat16)), low2 = torch::empty_like(low1);
-            ops::fp_mix_cuda(zc, bc, bxc, h, lc, v, r, "silu", 1e-6, sum_form, s1);
-            ops::fp_scan_cuda(v, lc, h, y1, s1, &low1);
-            ops::fp_mixscan_cuda(zc, bc, bxc, h, lc, y2, r, "silu", 1e-6, sum_form, s2, &low2);
-            expect_same_iteration(y2, low2, s2, y1, s1, 1e-6, what);
+          // One reflection in product form at 8 channels per thread has a variant per activation (compile time).
+          using Names = std::vector<std::string>;
+          const Names acs = r == 1 && !sum_form ? Names{"silu", "relu", "identity"} : Names{"silu"};
+          for (const auto& ac : acs) {
+            for (double step : {1.0, 0.7}) {
+              const std::string what = "D " + std::to_string(D) + " r " + std::to_string(r) + " sum_form " +
+                                       std::to_string(sum_form) + " " + dtype_name(dtype) + " " + ac + " step " +
+                                       std::to_string(step);
+              ops::DeviceSolverOptions opt;
+              opt.stepsize = step;
+              auto s1 = ops::make_device_solver_state(B, T, opt, torch::kCUDA);
+              auto s2 = ops::make_device_solver_state(B, T, opt, torch::kCUDA);
+              const Tensor zc = z.to(dtype), bc = base.to(dtype), bxc = bx.to(dtype), lc = lambda.to(dtype);
+              Tensor v = torch::empty({B, T, D}, f32), y1 = torch::empty({B, T, D}, f32), y2 = torch::empty({B, T, D}, f32);
+              Tensor low1 = torch::empty({B * T, D}, f32.dtype(torch::kBFloat16)), low2 = torch::empty_like(low1);
+              ops::fp_mix_cuda(zc, bc, bxc, h, lc, v, r, ac, 1e-6, sum_form, s1);
+              ops::fp_scan_cuda(v, lc, h, y1, s1, &low1);
+              ops::fp_mixscan_cuda(zc, bc, bxc, h, lc, y2, r, ac, 1e-6, sum_form, s2, &low2);
+              expect_same_iteration(y2, low2, s2, y1, s1, 1e-6, what);
+            }
           }
         }
       }

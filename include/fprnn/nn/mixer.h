@@ -61,6 +61,10 @@ class MixerImpl : public torch::nn::Module {
 // "nonselective") for width n and parameter width P; unknown names throw, listing the valid ones.
 std::shared_ptr<MixerImpl> make_mixer(const LayerConfig& cfg, int64_t in_features, int64_t n);
 
+// The width the GPU pads a projection's `rows` output columns to (zero columns past them), a multiple of 16:
+// 8 keeps cuBLAS on its aligned kernels (r·n + r columns would not be), 16 picks faster tiles at the A5 shape.
+int64_t padded_projection_rows(int64_t rows);
+
 // --- Householder products (spec §7.1) and DPLR (§7.2) ------------------------------------------------
 // raw = [u_proj(param) (r·n), alpha_proj(param) (r)];  u_i = normalize(act(u_i raw)), α_i = σ(raw_α,i).
 class HouseholderMixerImpl : public MixerImpl {
@@ -72,10 +76,10 @@ class HouseholderMixerImpl : public MixerImpl {
   int64_t raw_size() const override { return rank * n + rank; }
   std::vector<Projection> projections() override { return {u_proj, alpha_proj}; }
   // On a GPU with single-stage projections: the projection's output with its width padded by zero columns to
-  // a multiple of 8, (…, ⌈raw_size()/8⌉·8) (project() is its first raw_size() columns); elsewhere project().
+  // padded_projection_rows(raw_size()) (project() is its first raw_size() columns); elsewhere project().
   Tensor project_padded(const Tensor& param);
-  // The matrix and bias project_padded applies (single-stage projections only): W (⌈raw_size()/8⌉·8,
-  // in_features) cut into `blocks` contiguous column blocks of equal width (the x and h halves of [x, shift(h)]
+  // The matrix and bias project_padded applies (single-stage projections only): W (padded_projection_rows(
+  // raw_size()), in_features) cut into `blocks` contiguous column blocks of equal width (the x and h halves of [x, shift(h)]
   // with 2), and b, in `dtype` on `device`, zero rows and entries past raw_size(); differentiable. Float32/64
   // parameters on `device` go through one op (ops::weight_norm_blocks), others through Linear::weight().
   std::pair<std::vector<Tensor>, Tensor> padded_projection(torch::Dtype dtype, const torch::Device& device,

@@ -682,11 +682,17 @@ struct NoOp {
 
 // `after_first_sum` runs right after the first block sum, when every thread of the block has finished the tokens
 // before this one (the staged kernel then reuses the previous token's stage).
-template <typename zt, int CPT, typename F = NoOp>
+//
+// AC ≥ 0: the activation AC and one reflection in product form (r = 1, not the sum form) known at compile time,
+// the arguments ac, r and sum_form ignored; AC = −1: all three at run time.
+template <typename zt, int CPT, int AC = -1, typename F = NoOp>
 __device__ __forceinline__ void mix_token_rows(const char* st, const StageLayout& L, bool has_h, bool has_z, bool live,
-                                               int c0, float (&w)[CPT], float (&hv)[CPT], int D, int r, int ac,
-                                               float eps, bool sum_form, float* scratch, int& reductions,
+                                               int c0, float (&w)[CPT], float (&hv)[CPT], int D, int r_arg, int ac_arg,
+                                               float eps, bool sum_form_arg, float* scratch, int& reductions,
                                                F&& after_first_sum = F{}) {
+  const int r = AC >= 0 ? 1 : r_arg;
+  const int ac = AC >= 0 ? AC : ac_arg;
+  const bool sum_form = AC >= 0 ? false : sum_form_arg;
   const zt* bn = reinterpret_cast<const zt*>(st + L.base);
   const zt* zp = reinterpret_cast<const zt*>(st + L.z);
   float delta[CPT];
@@ -775,7 +781,7 @@ __device__ __forceinline__ void scan_token_rows(bool live, int c0, const float (
 // of the shared-memory loads and global stores of the strided layout at CPT = 4, for the same per-element
 // arithmetic (the block sums add the channels in another order). `st`: the token's stage; `has_z`: whether it
 // holds the previous token's GEMM row.
-template <typename zt, typename lt, int CPT, typename F = NoOp>
+template <typename zt, typename lt, int CPT, int AC = -1, typename F = NoOp>
 __device__ __forceinline__ void mixscan_token_rows(const char* st, const StageLayout& L, bool has_h, bool has_z,
                                                    float (&state)[CPT],
                                                    float s_b, float* __restrict__ yn, lt* __restrict__ yln,
@@ -785,8 +791,8 @@ __device__ __forceinline__ void mixscan_token_rows(const char* st, const StageLa
   const int c0 = static_cast<int>(threadIdx.x) * CPT;
   const bool live = c0 < D;
   float w[CPT], hv[CPT], lv[CPT], v[CPT];
-  mix_token_rows<zt, CPT>(st, L, has_h, has_z, live, c0, w, hv, D, r, ac, eps, sum_form, scratch, reductions,
-                          after_first_sum);
+  mix_token_rows<zt, CPT, AC>(st, L, has_h, has_z, live, c0, w, hv, D, r, ac, eps, sum_form, scratch, reductions,
+                              after_first_sum);
   if (live) {
     load_row<CPT>(reinterpret_cast<const zt*>(st + L.lam) + c0, lv);
 #pragma unroll
@@ -809,7 +815,9 @@ __device__ __forceinline__ void mixscan_token_rows(const char* st, const StageLa
 // the copy engine takes those over: thread 0 issues one bulk copy per row, completing on the stage's mbarrier,
 // which every thread waits on; and with the stage's reuse moved behind the token's first block sum (by then
 // every thread has finished the token before), the walk has one barrier per token instead of two.
-template <typename zt, typename lt, int CPT>
+//
+// AC ≥ 0: a variant for one reflection in product form with the activation AC (mix_token_rows).
+template <typename zt, typename lt, int CPT, int AC>
 __global__ void __launch_bounds__(kThreads) fp_mixscan_staged_kernel(
     const zt* __restrict__ z, const zt* __restrict__ base, const zt* __restrict__ bx, const float* __restrict__ h,
     const zt* __restrict__ lambda, float* __restrict__ y, lt* __restrict__ y_lowp, const double* __restrict__ stepsize,
@@ -827,7 +835,7 @@ __global__ void __launch_bounds__(kThreads) fp_mixscan_staged_kernel(
   for (int j = 0; j < CPT; ++j) state[j] = 0.0f;
   auto token = [&](int64_t t, auto&& after_first_sum) {
     const int64_t n = b * T + t;
-    mixscan_token_rows<zt, lt, CPT>(stage_mem + (t & 1) * L.total, L, h != nullptr, t > 0 && z != nullptr, state, s_b,
+    mixscan_token_rows<zt, lt, CPT, AC>(stage_mem + (t & 1) * L.total, L, h != nullptr, t > 0 && z != nullptr, state, s_b,
                                     y + n * D, y_lowp != nullptr ? y_lowp + n * D : nullptr,
                                     reinterpret_cast<unsigned*>(diff) + n, reinterpret_cast<unsigned*>(ymax) + n,
                                     static_cast<int>(D), r, ac, eps, sum_form, scratch, reductions, after_first_sum);
@@ -1607,7 +1615,17 @@ void fp_mixscan_cuda(const torch::Tensor& z, const torch::Tensor& base, const to
       constexpr int kCpt = decltype(cpt_tag)::value;
       const scalar_t* zp = data_or_null<scalar_t>(z);
       if (staged) {
-        const auto kernel = fp_mixscan_staged_kernel<scalar_t, lt_, kCpt>;
+        // One reflection in product form (the Householder r = 1 mixer) at 8 channels per thread has variants with
+        // the activation, the rank and the form fixed at compile time (graphed A5 17-iteration row 2.826 → 2.811
+        // ms against the run-time variant in the same run, results/h200/mixscan_bulk/ab_variant_pad.txt).
+        auto kernel = fp_mixscan_staged_kernel<scalar_t, lt_, kCpt, -1>;
+        if constexpr (kCpt == 8 && !std::is_same_v<scalar_t, double>) {
+          if (rank == 1 && !sum_form) {
+            kernel = ac == kSilu   ? fp_mixscan_staged_kernel<scalar_t, lt_, kCpt, kSilu>
+                     : ac == kRelu ? fp_mixscan_staged_kernel<scalar_t, lt_, kCpt, kRelu>
+                                   : fp_mixscan_staged_kernel<scalar_t, lt_, kCpt, kIdentity>;
+          }
+        }
         const int smem = static_cast<int>(2 * layout.total);
         if (smem > 48 * 1024)
           C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
