@@ -79,9 +79,10 @@ class HouseholderMixerImpl : public MixerImpl {
   // padded_projection_rows(raw_size()) (project() is its first raw_size() columns); elsewhere project().
   Tensor project_padded(const Tensor& param);
   // The matrix and bias project_padded applies (single-stage projections only): W (padded_projection_rows(
-  // raw_size()), in_features) cut into `blocks` contiguous column blocks of equal width (the x and h halves of [x, shift(h)]
-  // with 2), and b, in `dtype` on `device`, zero rows and entries past raw_size(); differentiable. Float32/64
-  // parameters on `device` go through one op (ops::weight_norm_blocks), others through Linear::weight().
+  // raw_size()), in_features) cut into `blocks` contiguous column blocks of equal width (the x and h halves of
+  // [x, shift(h)] with 2), and b, in `dtype` on `device`, zero rows and entries past raw_size(); differentiable.
+  // Float32/64 parameters on `device` go through one op (ops::weight_norm_blocks), others through
+  // Linear::weight().
   std::pair<std::vector<Tensor>, Tensor> padded_projection(torch::Dtype dtype, const torch::Device& device,
                                                            int64_t blocks);
 

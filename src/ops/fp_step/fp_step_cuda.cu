@@ -673,15 +673,15 @@ __device__ __forceinline__ void copy_token_operands(char* st, const StageLayout&
   if (t > 0 && z != nullptr) copy_async(st + L.z, z + (n - 1) * ld, rows8 * static_cast<int64_t>(sizeof(zt)));
 }
 
-// The mixer part of one token from its stage (`st`; `has_z`: whether it holds the previous token's GEMM row), for
-// thread k's consecutive channels [c0, c0 + CPT), c0 = CPT·k (`live`: c0 < D): w = Q(raw)(b⊙x − h) and the iterate
-// hv (zeros without h), each operand one 16-byte (or CPT-element) shared-memory load.
 struct NoOp {
   __device__ void operator()() const {}
 };
 
-// `after_first_sum` runs right after the first block sum, when every thread of the block has finished the tokens
-// before this one (the staged kernel then reuses the previous token's stage).
+// The mixer part of one token from its stage (`st`; `has_z`: whether it holds the previous token's GEMM row), for
+// thread k's consecutive channels [c0, c0 + CPT), c0 = CPT·k (`live`: c0 < D): w = Q(raw)(b⊙x − h) and the iterate
+// hv (zeros without h), each operand one 16-byte (or CPT-element) shared-memory load. `after_first_sum` runs right
+// after the first block sum, when every thread of the block has finished the tokens before this one (the staged
+// kernel then reuses the previous token's stage).
 //
 // AC ≥ 0: the activation AC and one reflection in product form (r = 1, not the sum form) known at compile time,
 // the arguments ac, r and sum_form ignored; AC = −1: all three at run time.
@@ -835,10 +835,10 @@ __global__ void __launch_bounds__(kThreads) fp_mixscan_staged_kernel(
   for (int j = 0; j < CPT; ++j) state[j] = 0.0f;
   auto token = [&](int64_t t, auto&& after_first_sum) {
     const int64_t n = b * T + t;
-    mixscan_token_rows<zt, lt, CPT, AC>(stage_mem + (t & 1) * L.total, L, h != nullptr, t > 0 && z != nullptr, state, s_b,
-                                    y + n * D, y_lowp != nullptr ? y_lowp + n * D : nullptr,
-                                    reinterpret_cast<unsigned*>(diff) + n, reinterpret_cast<unsigned*>(ymax) + n,
-                                    static_cast<int>(D), r, ac, eps, sum_form, scratch, reductions, after_first_sum);
+    mixscan_token_rows<zt, lt, CPT, AC>(stage_mem + (t & 1) * L.total, L, h != nullptr, t > 0 && z != nullptr, state,
+                                        s_b, y + n * D, y_lowp != nullptr ? y_lowp + n * D : nullptr,
+                                        reinterpret_cast<unsigned*>(diff) + n, reinterpret_cast<unsigned*>(ymax) + n,
+                                        static_cast<int>(D), r, ac, eps, sum_form, scratch, reductions, after_first_sum);
   };
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   __shared__ __align__(8) uint64_t full[2];  // stage s's barrier: its token's bytes have landed
@@ -856,9 +856,9 @@ __global__ void __launch_bounds__(kThreads) fp_mixscan_staged_kernel(
     uint64_t* bar = &full[t & 1];
     const int64_t n = b * T + t;
     const bool zrow = t > 0 && z != nullptr;
-    const unsigned row_bytes = static_cast<unsigned>(D * sizeof(zt)), par_bytes = static_cast<unsigned>(rows8 * sizeof(zt));
+    const auto row_bytes = static_cast<unsigned>(D * sizeof(zt)), par_bytes = static_cast<unsigned>(rows8 * sizeof(zt));
     const unsigned h_bytes = h != nullptr ? static_cast<unsigned>(D * 4) : 0u;
-    cuda_math::mbarrier_arrive_expect(&full[t & 1], h_bytes + 2 * row_bytes + (zrow ? 2 : 1) * par_bytes);
+    cuda_math::mbarrier_arrive_expect(bar, h_bytes + 2 * row_bytes + (zrow ? 2 : 1) * par_bytes);
     if (h != nullptr) cuda_math::bulk_copy(st + L.h, h + n * D, h_bytes, bar);
     cuda_math::bulk_copy(st + L.bx, bx + n * D, row_bytes, bar);
     cuda_math::bulk_copy(st + L.lam, lambda + n * D, row_bytes, bar);
@@ -872,9 +872,11 @@ __global__ void __launch_bounds__(kThreads) fp_mixscan_staged_kernel(
     token(t, [&] { issue(t + 1); });
   }
 #else
-  // Before sm_90: every thread copies its share of the rows in 16-byte pieces (cp.async), one commit group per token.
+  // Before sm_90: every thread copies its share of the rows in 16-byte pieces (cp.async), one commit group per
+  // token.
   auto issue = [&](int64_t t) {
-    if (t < T) copy_token_operands<zt>(stage_mem + (t & 1) * L.total, L, h, bx, lambda, base, z, b * T + t, t, D, ld, rows8);
+    if (t < T)
+      copy_token_operands<zt>(stage_mem + (t & 1) * L.total, L, h, bx, lambda, base, z, b * T + t, t, D, ld, rows8);
     copy_async_commit();
   };
   issue(0);
